@@ -1,0 +1,159 @@
+"""Worker side of the stream: windows of tokenized rows -> shuffled, length-grouped, padded batches.
+
+Ray Data hands each worker windows of ``window_batches * batch_size`` tokenized rows. Within a
+window we (optionally) sort by length so each batch holds pairs of similar length, cut the window
+into batches, and shuffle the order of those batches. Every row of the window lands in exactly
+one batch, so every pair is still trained once per epoch; the number of batches per worker is
+``ceil(rows_per_worker / batch_size)``, the same on every worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+
+@dataclass
+class Batch:
+    """One padded batch, as numpy arrays on the host."""
+
+    input_ids: np.ndarray  # (n, L) int64
+    attention_mask: np.ndarray  # (n, L) int64
+    token_type_ids: np.ndarray | None
+    labels: np.ndarray  # (n,) float32
+    weights: np.ndarray  # (n,) float32: 0 for filler rows
+    pair_ids: list | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_pairs(self) -> float:
+        return float(self.weights.sum())
+
+    def features(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The model's inputs on ``device`` (pinned, non-blocking copies on CUDA)."""
+        arrays = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        if self.token_type_ids is not None:
+            arrays["token_type_ids"] = self.token_type_ids
+        return {name: _to_device(array, device) for name, array in arrays.items()}
+
+    def targets(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        return _to_device(self.labels, device), _to_device(self.weights, device)
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
+
+
+def _ragged(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(flat values, lengths) of a list column, without a Python loop."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    offsets = column.offsets.to_numpy()
+    values = column.values.to_numpy()[offsets[0] : offsets[-1]]
+    return values, np.diff(offsets)
+
+
+def pad(values: np.ndarray, lengths: np.ndarray, pad_value: int, left: bool = False, multiple: int = 1) -> np.ndarray:
+    """Rows of ``lengths`` taken in order from ``values``, padded to the longest (rounded up to ``multiple``)."""
+    width = int(lengths.max()) if len(lengths) else 0
+    width = -(-width // multiple) * multiple
+    out = np.full((len(lengths), width), pad_value, dtype=np.int64)
+    positions = np.arange(width)
+    mask = positions >= (width - lengths)[:, None] if left else positions < lengths[:, None]
+    out[mask] = values  # row-major fill order matches the concatenated rows
+    return out
+
+
+@dataclass
+class Collator:
+    """Pads rows into a :class:`Batch` the way the model's tokenizer would."""
+
+    pad_token_id: int
+    pad_token_type_id: int = 0
+    left_padding: bool = False
+    pad_to_multiple_of: int = 1
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, pad_to_multiple_of: int = 1) -> Collator:
+        return cls(
+            pad_token_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
+            pad_token_type_id=int(getattr(tokenizer, "pad_token_type_id", 0) or 0),
+            left_padding=getattr(tokenizer, "padding_side", "right") == "left",
+            pad_to_multiple_of=pad_to_multiple_of,
+        )
+
+    def __call__(self, rows: pa.Table) -> Batch:
+        ids, lengths = _ragged(rows.column("input_ids"))
+        input_ids = pad(ids, lengths, self.pad_token_id, self.left_padding, self.pad_to_multiple_of)
+        ones = np.ones(len(ids), dtype=np.int64)
+        attention_mask = pad(ones, lengths, 0, self.left_padding, self.pad_to_multiple_of)
+        token_type_ids = None
+        if "token_type_ids" in rows.column_names:
+            types, _ = _ragged(rows.column("token_type_ids"))
+            token_type_ids = pad(
+                types.astype(np.int64), lengths, self.pad_token_type_id, self.left_padding, self.pad_to_multiple_of
+            )
+        return Batch(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            labels=rows.column("label").to_numpy().astype(np.float32),
+            weights=rows.column("weight").to_numpy().astype(np.float32),
+            pair_ids=rows.column("pair_id").to_pylist() if "pair_id" in rows.column_names else None,
+        )
+
+
+def row_lengths(rows: pa.Table) -> np.ndarray:
+    column = rows.column("input_ids")
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return np.diff(column.offsets.to_numpy())
+
+
+def window_order(
+    lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None, group_by_length: bool
+) -> list[np.ndarray]:
+    """Row indices of each batch of one window.
+
+    Shuffled: rows are permuted first (so equal lengths tie at random), then stably sorted by
+    length when grouping, cut into batches of ``batch_size``, and the batches are permuted.
+    """
+    n = len(lengths)
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    if group_by_length:
+        order = order[np.argsort(lengths[order], kind="stable")]
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if rng is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def iter_batches(
+    shard,
+    batch_size: int,
+    collate: Collator,
+    *,
+    window_batches: int,
+    group_by_length: bool,
+    rng: np.random.Generator | None,
+    prefetch_windows: int = 2,
+) -> Iterator[Batch]:
+    """Batches of one epoch from a Ray Data shard iterator (``DataIterator``)."""
+    window_rows = batch_size * window_batches
+    for window in shard.iter_batches(batch_size=window_rows, batch_format="pyarrow", prefetch_batches=prefetch_windows):
+        lengths = row_lengths(window)
+        for index in window_order(lengths, batch_size, rng, group_by_length):
+            yield collate(window.take(pa.array(index)))
+
+
+def batches_per_epoch(rows_per_worker: int, batch_size: int) -> int:
+    return -(-rows_per_worker // batch_size)

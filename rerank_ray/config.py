@@ -1,0 +1,465 @@
+"""The one typed configuration of a run.
+
+A run is described by nested dataclasses (model, data, train, eval, scaling, run). They are loaded
+from YAML plus dotted ``key=value`` overrides, checked before Ray starts, handed to every Ray
+worker as a plain dict and rebuilt there with :meth:`Config.from_dict`.
+
+Every field has a docstring right under it; ``rerank-ray config --help-fields`` prints them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, raised before any Ray worker starts. Its message names the key."""
+
+
+EvalKind = Literal["binary", "correlation", "classification", "reranking"]
+Precision = Literal["fp32", "fp16", "bf16"]
+DataFormat = Literal["auto", "parquet", "jsonl", "csv", "tsv"]
+
+#: The canonical column names every pair file is mapped onto.
+PAIR_COLUMNS = ("sentence_0", "sentence_1", "label")
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = ""
+    """Base model: a Hugging Face hub id (``cross-encoder/ms-marco-MiniLM-L6-v2``) or a local folder.
+    Anything ``CrossEncoder(...)`` loads, including a sentence-transformers bi-encoder folder (it gets
+    a new, untrained scoring head)."""
+
+    num_labels: int = 1
+    """Outputs of the scoring head: 1 for a relevance score (binary, graded and reranking labels),
+    the number of classes for multi-class classification."""
+
+    max_length: int | None = None
+    """Longest pair in tokens; longer pairs are truncated (longest first). None: the tokenizer's own
+    limit, capped at 512."""
+
+    trust_remote_code: bool = False
+    """Run modelling code shipped with the model on the hub. Off unless you have read that code."""
+
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of the base model."""
+
+    attn_implementation: str | None = None
+    """Attention kernel passed to transformers (``sdpa``, ``eager``, ``flash_attention_2``). None:
+    the library's default."""
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(default_factory=list)
+    """Training pairs: files, folders or globs, local or any URI pyarrow reads (``s3://``, ``gs://``).
+    A single string is accepted too."""
+
+    eval: list[str] = field(default_factory=list)
+    """Evaluation pairs, same forms as ``train``. Empty: no evaluation; the last checkpoint is exported."""
+
+    name: str | None = None
+    """Name of the training set in the model card. None: the folder of its first file."""
+
+    format: DataFormat = "auto"
+    """File format. ``auto`` picks it from the file extension (.parquet, .jsonl/.json, .csv, .tsv)."""
+
+    columns: dict[str, str] = field(default_factory=dict)
+    """Maps ``sentence_0``, ``sentence_1`` and ``label`` (keys) onto the names used in your files
+    (values), e.g. ``{sentence_0: query, sentence_1: passage, label: score}``. Unmapped keys keep
+    their canonical name."""
+
+    label_scale: float = 1.0
+    """Every label is multiplied by this on read (0.2 turns 0-5 similarity scores into 0-1)."""
+
+    shuffle: bool = True
+    """Shuffle training pairs within each window (and the order of batches) every epoch."""
+
+    group_by_length: bool = True
+    """Build each batch from pairs of similar token length (within a window), so batches carry
+    little padding. Every pair is still seen once per epoch."""
+
+    window_batches: int = 32
+    """Batches per shuffle / length-grouping window on each worker. Larger: more randomness and
+    less padding, more memory."""
+
+    id_column: str | None = None
+    """Optional column that identifies a pair; with ``run.audit`` on, the ids each worker trained
+    in each step are written down."""
+
+    tokenize_batch_size: int = 1024
+    """Rows per Ray Data tokenization task."""
+
+
+@dataclass
+class TrainConfig:
+    loss: str = "BinaryCrossEntropyLoss"
+    """A pointwise sentence-transformers cross-encoder loss, by class name:
+    ``BinaryCrossEntropyLoss``, ``MSELoss`` or ``CrossEntropyLoss``."""
+
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the loss, e.g. ``{pos_weight: 4.0}`` for BinaryCrossEntropyLoss."""
+
+    epochs: int = 3
+    """Passes over the training data (sentence-transformers' default: 3)."""
+
+    per_device_batch_size: int = 8
+    """Pairs per batch on each worker, as ``per_device_train_batch_size`` in sentence-transformers
+    (default 8, as there).
+    The global batch is this times the number of workers times ``gradient_accumulation_steps``."""
+
+    gradient_accumulation_steps: int = 1
+    """Batches whose gradients are summed before each optimizer step."""
+
+    learning_rate: float = 5e-5
+    """Peak learning rate of AdamW."""
+
+    weight_decay: float = 0.0
+    """AdamW weight decay (not applied to biases and LayerNorm weights)."""
+
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+
+    adam_beta2: float = 0.999
+    """AdamW beta2."""
+
+    adam_epsilon: float = 1e-8
+    """AdamW epsilon."""
+
+    lr_scheduler: str = "linear"
+    """A transformers scheduler name: linear, cosine, constant_with_warmup, ..."""
+
+    warmup_ratio: float = 0.0
+    """Fraction of all optimizer steps spent warming the learning rate up from 0."""
+
+    max_grad_norm: float = 1.0
+    """Gradients are clipped to this global norm before each step (0 turns clipping off)."""
+
+    precision: Precision = "fp32"
+    """fp32, or fp16 / bf16 autocast on GPU (fp16 with a gradient scaler). On CPU fp16 falls back
+    to fp32 and bf16 uses CPU autocast."""
+
+    seed: int = 42
+    """Seed for the scoring head's initialisation, dropout and the shuffle."""
+
+    logging_steps: int = 10
+    """Optimizer steps between progress lines (step/total, loss, pairs/s, ETA)."""
+
+
+@dataclass
+class EvalConfig:
+    kind: EvalKind = "binary"
+    """Evaluator: ``binary`` (headline: average precision), ``correlation`` (Spearman),
+    ``classification`` (macro F1) or ``reranking`` (nDCG@10). Each headline is the primary metric
+    of the matching sentence-transformers evaluator."""
+
+    steps: int = 0
+    """Evaluate (and checkpoint) every this many optimizer steps; 0: at the end of each epoch.
+    There is always an evaluation at the end."""
+
+    before_training: bool = True
+    """Evaluate the base model before the first step, so the gain is visible."""
+
+    batch_size: int = 64
+    """Pairs per scoring batch on each worker."""
+
+    name: str = "eval"
+    """Prefix of the metric names (``eval_average_precision``)."""
+
+
+@dataclass
+class ScalingConfig:
+    num_workers: int = 2
+    """Ray Train workers (DDP ranks)."""
+
+    use_gpu: bool = False
+    """One GPU per worker (NCCL); CPU workers use gloo."""
+
+    cpus_per_worker: float = 1.0
+    """CPUs reserved for each worker; a CPU worker runs that many torch threads."""
+
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
+    """Extra Ray resources per worker, e.g. ``{accelerator_type:H100: 0.01}``."""
+
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """How workers are placed on nodes (Ray placement group strategy)."""
+
+
+@dataclass
+class RunConfig:
+    name: str | None = None
+    """Run name: the folder under ``storage_path``. None: ``rerank-<timestamp>``."""
+
+    storage_path: str = "runs"
+    """Where checkpoints and results go: a local folder, NFS, ``s3://`` or ``gs://``."""
+
+    output_dir: str | None = None
+    """Where the exported model goes. None: ``<storage_path>/<name>/model``."""
+
+    export: Literal["best", "last"] = "best"
+    """Export the checkpoint with the best headline metric, or the last one."""
+
+    num_checkpoints_to_keep: int = 2
+    """Checkpoints kept in storage (the best ones by headline metric when evaluating)."""
+
+    resume: bool = False
+    """Continue the run ``run.name`` from its last checkpoint in ``storage_path`` (same as
+    ``rerank-ray train --resume``). Without it, a run name that already has checkpoints is an
+    error rather than a silent restart or overwrite."""
+
+    ray_address: str | None = None
+    """Ray cluster to join. None: ``RAY_ADDRESS`` if set, else an embedded local Ray."""
+
+    audit: bool = False
+    """Write ``audit/rank<N>.jsonl`` in the run folder (local storage): per step, the ids
+    (``data.id_column``) of the pairs that worker trained; per checkpoint, a digest of its
+    parameters. Proves every pair was seen once and all ranks hold the same weights."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The base model."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Where the pairs come from and how they are batched."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Loss, optimizer, schedule and precision."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation kind and frequency."""
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    """Workers and their resources."""
+    run: RunConfig = field(default_factory=RunConfig)
+    """Run name, storage and export."""
+
+    # ----------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Config:
+        """Build and check a config from a plain nested dict (YAML, or the dict a worker gets)."""
+        config = _build(cls, raw, prefix="")
+        config.check()
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def headline_metric(self) -> str:
+        """The metric key that selects the best checkpoint and that Tune optimises."""
+        from rerank_ray.evaluation import headline_metric_key
+
+        return headline_metric_key(self.eval.kind, self.eval.name)
+
+    def check(self) -> None:
+        """Cross-field checks; each error names the key and the fix."""
+        if not self.model.name_or_path:
+            raise ConfigError("model.name_or_path is required: a hub id or a local model folder")
+        if not self.data.train:
+            raise ConfigError("data.train is required: a file, folder, glob or URI of training pairs")
+        positive = {
+            "train.epochs": self.train.epochs,
+            "train.per_device_batch_size": self.train.per_device_batch_size,
+            "train.gradient_accumulation_steps": self.train.gradient_accumulation_steps,
+            "train.logging_steps": self.train.logging_steps,
+            "eval.batch_size": self.eval.batch_size,
+            "scaling.num_workers": self.scaling.num_workers,
+            "model.num_labels": self.model.num_labels,
+            "data.window_batches": self.data.window_batches,
+            "data.tokenize_batch_size": self.data.tokenize_batch_size,
+            "run.num_checkpoints_to_keep": self.run.num_checkpoints_to_keep,
+        }
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{key} must be at least 1, got {value}")
+        if self.model.max_length is not None and self.model.max_length < 2:
+            raise ConfigError(f"model.max_length must be at least 2 tokens, got {self.model.max_length}")
+        if not 0 <= self.train.warmup_ratio < 1:
+            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.train.warmup_ratio}")
+        if not self.train.learning_rate > 0 or not math.isfinite(self.train.learning_rate):
+            raise ConfigError(f"train.learning_rate must be a positive number, got {self.train.learning_rate}")
+        for key, value in {
+            "train.weight_decay": self.train.weight_decay,
+            "train.max_grad_norm": self.train.max_grad_norm,
+            "eval.steps": self.eval.steps,
+            "scaling.cpus_per_worker": self.scaling.cpus_per_worker,
+        }.items():
+            if value < 0:
+                raise ConfigError(f"{key} must not be negative, got {value}")
+        if self.data.label_scale == 0:
+            raise ConfigError("data.label_scale must not be 0")
+        if self.run.resume and not self.run.name:
+            raise ConfigError("run.resume needs run.name: the name of the run to continue")
+        unknown_columns = set(self.data.columns) - set(PAIR_COLUMNS)
+        if unknown_columns:
+            raise ConfigError(
+                f"data.columns has unknown key(s) {sorted(unknown_columns)}: its keys are the canonical "
+                f"names {list(PAIR_COLUMNS)} and its values the column names in your files"
+            )
+        # The loss and the evaluator kind must fit the head; fail here rather than in a worker.
+        from rerank_ray.losses import check_loss_fits
+
+        check_loss_fits(self.train.loss, self.model.num_labels, self.eval.kind, self.train.loss_kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading: YAML file + dotted overrides -> checked Config
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config, apply ``a.b=value`` overrides, and check the result."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {err}") from err
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections (model:, data:, ...), not {type(raw).__name__}")
+    for override in overrides:
+        apply_override(raw, override)
+    return Config.from_dict(raw)
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set ``section.key=value`` in a nested dict; the value is parsed as YAML (``[a, b]``, ``null``)."""
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {override!r} must look like section.key=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {key}: cannot parse value {text!r}: {err}") from err
+    node = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        where = prefix.rstrip(".") or "the config"
+        raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__}: {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [key for key in raw if key not in fields]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), list(fields), n=1)
+        hint = f" (did you mean {prefix}{close[0]}?)" if close else f"; known keys: {', '.join(fields)}"
+        raise ConfigError(f"unknown config key {prefix}{key}{hint}")
+    kwargs = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, prefix=f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against the field's type; accept the few lossless conversions YAML needs."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    wrong = ConfigError(f"{key} must be {_type_name(hint)}, got {type(value).__name__}: {value!r}")
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise wrong
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{key} must be one of {', '.join(repr(a) for a in args)}, got {value!r}")
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise wrong
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise wrong
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # PyYAML reads "5e-5" (no dot) as a string; accept any string that is a plain number.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise wrong from None
+        raise wrong
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise wrong
+    if origin is list:
+        (item_type,) = args
+        if item_type is str and isinstance(value, str):
+            return [value]  # a single path is a list of one
+        if not isinstance(value, list):
+            raise wrong
+        return [_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        key_type, value_type = args
+        if not isinstance(value, dict):
+            raise wrong
+        return {_coerce(k, key_type, f"{key} key"): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
+    raise TypeError(f"config field {key} has a type the loader does not handle: {hint}")
+
+
+def field_docs(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, type, docstring) for every leaf field, read from the docstrings in this file."""
+    import ast
+    import inspect
+
+    source = inspect.getsource(cls)
+    tree = ast.parse(source)
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[union-attr]
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            rows.extend(field_docs(hint, prefix=f"{prefix}{f.name}."))
+        else:
+            rows.append((f"{prefix}{f.name}", _type_name(hint), docs.get(f.name, "")))
+    return rows

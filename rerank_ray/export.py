@@ -1,0 +1,306 @@
+"""Export a finished run: the chosen checkpoint as a CrossEncoder folder with its model card,
+``metrics.json``, a training-curve PNG and TensorBoard event files.
+
+The model card is sentence-transformers' own (its template and its dataset statistics, loss,
+evaluation and training-log sections), filled from what the run recorded; a short section with
+what only a distributed run knows (workers, pairs/s, Ray version) is appended.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rerank_ray.config import Config
+from rerank_ray.driver import TrainOutcome, run_name, storage_root
+from rerank_ray.evaluation import build_evaluator
+from rerank_ray.models import PACKAGE_PREFIX
+from rerank_ray.plan import TrainPlan
+from rerank_ray.worker import HISTORY_FILE, MODEL_DIR
+
+CARD_SAMPLE_ROWS = 1000
+
+
+def select_checkpoint(result: Any, config: Config, plan: TrainPlan) -> tuple[Any, dict[str, Any]]:
+    """(checkpoint, its metrics): best by headline metric, or the last one."""
+    if plan.eval_rows and config.run.export == "best" and result.best_checkpoints:
+        scored = [(c, m) for c, m in result.best_checkpoints if plan.headline_metric in m]
+        if scored:
+            return max(scored, key=lambda cm: (cm[1][plan.headline_metric], cm[1].get("step", 0)))
+    if result.checkpoint is None:
+        raise RuntimeError("the run reported no checkpoint: nothing to export")
+    latest = [m for c, m in (result.best_checkpoints or []) if c.path == result.checkpoint.path]
+    return result.checkpoint, (latest[0] if latest else dict(result.metrics or {}))
+
+
+def _download(checkpoint: Any, folder: str) -> str:
+    checkpoint.to_directory(folder)
+    return folder
+
+
+def hyperparameters(config: Config, plan: TrainPlan) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(all, non-default) hyperparameters under sentence-transformers' trainer names, so a card
+    reads like the ones its trainer writes; defaults are that trainer's."""
+    from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments
+
+    train, scaling = config.train, config.scaling
+    values = {
+        "per_device_train_batch_size": train.per_device_batch_size,
+        "per_device_eval_batch_size": config.eval.batch_size,
+        "gradient_accumulation_steps": train.gradient_accumulation_steps,
+        "learning_rate": train.learning_rate,
+        "weight_decay": train.weight_decay,
+        "adam_beta1": train.adam_beta1,
+        "adam_beta2": train.adam_beta2,
+        "adam_epsilon": train.adam_epsilon,
+        "max_grad_norm": train.max_grad_norm,
+        "num_train_epochs": train.epochs,
+        "lr_scheduler_type": train.lr_scheduler,
+        "warmup_steps": plan.warmup_steps,
+        "seed": train.seed,
+        "fp16": train.precision == "fp16",
+        "bf16": train.precision == "bf16",
+        "eval_steps": plan.eval_every,
+        "logging_steps": train.logging_steps,
+        "max_length": plan.max_length,
+        "optim": "adamw_torch_fused" if scaling.use_gpu else "adamw_torch",
+        "group_by_length": config.data.group_by_length,
+        # What only a Ray run has
+        "num_workers": scaling.num_workers,
+        "use_gpu": scaling.use_gpu,
+        "global_batch_size": train.per_device_batch_size * scaling.num_workers * train.gradient_accumulation_steps,
+    }
+    defaults = {f.name: f.default for f in dataclasses.fields(CrossEncoderTrainingArguments)}
+    non_default = {k: v for k, v in values.items() if k in defaults and defaults[k] != v and k != "optim"}
+    return values, non_default
+
+
+def training_logs(history: list[dict[str, Any]], headline: str) -> list[dict[str, Any]]:
+    """sentence-transformers' training-log rows: Epoch, Step, Training Loss, headline metric."""
+    rows: dict[int, dict[str, Any]] = {}
+    for entry in history:
+        row = rows.setdefault(entry["step"], {"Epoch": round(entry.get("epoch", 0.0), 4), "Step": entry["step"]})
+        if "loss" in entry:
+            row["Training Loss"] = round(entry["loss"], 4)
+        if headline in entry:
+            row[headline] = round(entry[headline], 4)
+    out = [rows[s] for s in sorted(rows)]
+    for row in out:
+        row.setdefault("Training Loss", "-")
+    return out
+
+
+def _sample_rows(source: Any, limit: int) -> list[dict[str, Any]]:
+    rows = source.dataset.limit(limit).take(limit)
+    return [{"sentence_0": r["sentence_0"], "sentence_1": r["sentence_1"], "label": r["label"]} for r in rows]
+
+
+def dataset_name(config: Config, source: Any, split: str = "train") -> str:
+    if config.data.name:
+        return config.data.name if split == "train" else f"{config.data.name} ({split})"
+    first = source.files[0].rstrip("/")
+    return first.rsplit("/", 2)[-2] if "/" in first else first
+
+
+def fill_model_card(
+    model: Any,
+    config: Config,
+    plan: TrainPlan,
+    sources: dict[str, Any],
+    history: list[dict],
+    metrics: dict[str, Any],
+    step: int,
+    train_seconds: float,
+) -> None:
+    import datasets
+    import numpy as np
+
+    from rerank_ray.losses import build_library_loss
+
+    card = model.model_card_data
+    model_id = config.model.name_or_path
+    if not os.path.exists(model_id) and not model_id.startswith(PACKAGE_PREFIX):
+        card.base_model = model_id  # a hub id; a local folder is no base-model link
+    card.add_tags("rerank-ray")
+    loss = build_library_loss(model, config.train.loss, config.train.loss_kwargs)
+    card.set_losses([loss])
+
+    train_rows = _sample_rows(sources["train"], CARD_SAMPLE_ROWS)
+    train_sample = datasets.Dataset.from_list(train_rows)
+    card.train_datasets = card.extract_dataset_metadata(
+        dataset=train_sample,
+        dataset_metadata=[{"name": dataset_name(config, sources["train"])}],
+        loss=loss,
+        dataset_type="train",
+    )
+    for meta in card.train_datasets:
+        meta["size"] = plan.train_rows  # the statistics come from the sample; the size is the whole set
+    card.set_widget_examples(train_sample)
+
+    if plan.eval_rows and sources.get("eval") is not None:
+        eval_rows = _sample_rows(sources["eval"], CARD_SAMPLE_ROWS)
+        card.eval_datasets = card.extract_dataset_metadata(
+            dataset=datasets.Dataset.from_list(eval_rows),
+            dataset_metadata=card.eval_datasets,
+            loss=loss,
+            dataset_type="eval",
+        )
+        for meta in card.eval_datasets:
+            meta["size"] = plan.eval_rows
+        evaluator = build_evaluator(
+            config.eval.kind,
+            np.asarray([r["label"] for r in eval_rows]),
+            config.eval.name,
+            pairs=[[r["sentence_0"], r["sentence_1"]] for r in eval_rows],
+        )
+        evaluator.primary_metric = plan.headline_metric
+        card.set_evaluation_metrics(
+            evaluator,
+            {k: v for k, v in metrics.items() if k.startswith(config.eval.name + "_") and not k.endswith("_runtime")},
+            step=step,
+        )
+        card.set_best_model_step(step)
+    card.training_logs = training_logs(history, plan.headline_metric)
+    card.all_hyperparameters, card.non_default_hyperparameters = hyperparameters(config, plan)
+    card.evaluation_duration = sum(e.get(f"{config.eval.name}_runtime", 0.0) for e in history)
+    card._training_start_time = time.time() - train_seconds - card.evaluation_duration
+
+
+def ray_section(config: Config, plan: TrainPlan, history: list[dict], train_seconds: float, pairs_seen: float) -> str:
+    import ray
+    import torch
+
+    scaling = config.scaling
+    kind = "GPU" if scaling.use_gpu else "CPU"
+    pairs_per_second = pairs_seen / train_seconds if train_seconds else 0.0
+    lines = [
+        "## Distributed training (rerank-ray)",
+        "",
+        f"- Workers: {scaling.num_workers} x {kind} (DDP, {'NCCL' if scaling.use_gpu else 'gloo'}), "
+        f"{scaling.cpus_per_worker:g} CPU each" + (", 1 GPU each" if scaling.use_gpu else ""),
+        f"- Training pairs: {plan.train_rows:,}; steps: {plan.total_steps:,} ({plan.steps_per_epoch:,} per epoch)",
+        f"- Throughput: {pairs_per_second:,.1f} pairs/s over {train_seconds:,.0f} s of training",
+        f"- Selected checkpoint: {config.run.export} by `{plan.headline_metric}`"
+        if plan.eval_rows
+        else "- Selected checkpoint: last",
+        f"- Ray: {ray.__version__}; PyTorch: {torch.__version__}; Python: {platform.python_version()}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_curve(history: list[dict], headline: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loss_points = [(e["step"], e["loss"]) for e in history if "loss" in e]
+    metric_points = [(e["step"], e[headline]) for e in history if headline in e]
+    fig, ax_loss = plt.subplots(figsize=(7, 4))
+    if loss_points:
+        ax_loss.plot(*zip(*loss_points), color="tab:blue", label="training loss")
+    ax_loss.set_xlabel("optimizer step")
+    ax_loss.set_ylabel("training loss", color="tab:blue")
+    if metric_points:
+        ax_metric = ax_loss.twinx()
+        ax_metric.plot(*zip(*metric_points), color="tab:orange", marker="o", label=headline)
+        ax_metric.set_ylabel(headline, color="tab:orange")
+    ax_loss.set_title("Training curve")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_tensorboard(history: list[dict], folder: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(folder))
+    try:
+        for entry in history:
+            for key, value in entry.items():
+                if key in ("step", "epoch") or not isinstance(value, (int, float)):
+                    continue
+                tag = (
+                    f"train/{key}" if key in ("loss", "learning_rate", "pairs_per_second") else key.replace("_", "/", 1)
+                )
+                writer.add_scalar(tag, value, entry["step"])
+    finally:
+        writer.close()
+
+
+def _upload(local: str, target: str) -> None:
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(target)
+    fs.create_dir(path, recursive=True)
+    pafs.copy_files(local, path, destination_filesystem=fs)
+
+
+def export_run(config: Config, plan: TrainPlan, result: Any, sources: dict[str, Any]) -> TrainOutcome:
+    from sentence_transformers import CrossEncoder
+
+    name = run_name(config)
+    run_dir = os.path.join(storage_root(config), name)
+    output_dir = config.run.output_dir or os.path.join(run_dir, "model")
+    checkpoint, metrics = select_checkpoint(result, config, plan)
+    with tempfile.TemporaryDirectory(prefix="rerank-export-") as scratch:
+        chosen = _download(checkpoint, os.path.join(scratch, "chosen"))
+        latest = (
+            chosen
+            if checkpoint.path == result.checkpoint.path
+            else _download(result.checkpoint, os.path.join(scratch, "latest"))
+        )
+        history = json.loads(Path(latest, HISTORY_FILE).read_text())
+        final_report = dict(result.metrics or {})
+        train_seconds = float(final_report.get("train_seconds", 0.0))
+        pairs_seen = float(final_report.get("pairs_seen", 0.0))
+        step = int(metrics.get("step", plan.total_steps))
+
+        model = CrossEncoder(
+            os.path.join(chosen, MODEL_DIR), trust_remote_code=config.model.trust_remote_code, device="cpu"
+        )
+        fill_model_card(model, config, plan, sources, history, metrics, step, train_seconds)
+        local_out = output_dir if "://" not in output_dir else os.path.join(scratch, "out")
+        if os.path.isdir(local_out):
+            shutil.rmtree(local_out)  # a stale export must not mix with this one
+        model.save(local_out)
+        readme = Path(local_out, "README.md")
+        text = readme.read_text(encoding="utf-8")
+        readme.write_text(
+            text.rstrip() + "\n\n" + ray_section(config, plan, history, train_seconds, pairs_seen), encoding="utf-8"
+        )
+
+        headline = plan.headline_metric
+        before = next((e for e in history if e["step"] == 0 and headline in e), None)
+        summary = {
+            "headline_metric": headline if plan.eval_rows else None,
+            "selected_step": step,
+            "selected_by": config.run.export if plan.eval_rows else "last",
+            "final": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+            "before_training": {k: v for k, v in (before or {}).items() if k not in ("step", "epoch")} or None,
+            "train": {
+                "pairs": plan.train_rows,
+                "eval_pairs": plan.eval_rows,
+                "epochs": config.train.epochs,
+                "steps": plan.total_steps,
+                "workers": config.scaling.num_workers,
+                "train_seconds": train_seconds,
+                "pairs_per_second": pairs_seen / train_seconds if train_seconds else None,
+            },
+            "run_dir": run_dir,
+            "history": history,
+        }
+        Path(local_out, "metrics.json").write_text(json.dumps(summary, indent=2))
+        plot_curve(history, headline, Path(local_out, "training_curve.png"))
+        write_tensorboard(history, Path(local_out, "tensorboard"))
+        if local_out != output_dir:
+            _upload(local_out, output_dir)
+    return TrainOutcome(run_dir=run_dir, output_dir=output_dir, metrics=summary)

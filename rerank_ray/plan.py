@@ -1,0 +1,72 @@
+"""The step arithmetic of a run, settled on the driver from the row counts.
+
+The number of optimizer steps follows from the data, as in sentence-transformers' trainer: each
+worker gets ``rows / workers`` rows per epoch, cuts them into batches of
+``per_device_batch_size`` and takes an optimizer step every ``gradient_accumulation_steps``
+batches (the last step of an epoch may use fewer).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from rerank_ray.config import Config
+
+
+@dataclass
+class TrainPlan:
+    train_rows: int
+    """Real training pairs."""
+    train_rows_padded: int
+    """Training rows including weight-0 filler rows (a multiple of the number of workers)."""
+    rows_per_worker: int
+    batches_per_epoch: int
+    """Batches per worker per epoch."""
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    eval_rows: int
+    eval_rows_padded: int
+    max_length: int
+    headline_metric: str
+    eval_every: int
+    """Optimizer steps between evaluations (and checkpoints)."""
+    audit_dir: str | None = None
+    """Folder for the per-rank audit files (``run.audit``)."""
+
+    @classmethod
+    def build(
+        cls,
+        config: Config,
+        train_rows: int,
+        train_rows_padded: int,
+        eval_rows: int,
+        eval_rows_padded: int,
+        max_length: int,
+        audit_dir: str | None = None,
+    ) -> TrainPlan:
+        workers = config.scaling.num_workers
+        rows_per_worker = train_rows_padded // workers
+        batches = math.ceil(rows_per_worker / config.train.per_device_batch_size)
+        steps_per_epoch = math.ceil(batches / config.train.gradient_accumulation_steps)
+        total_steps = steps_per_epoch * config.train.epochs
+        eval_every = config.eval.steps if config.eval.steps > 0 else steps_per_epoch
+        return cls(
+            train_rows=train_rows,
+            train_rows_padded=train_rows_padded,
+            rows_per_worker=rows_per_worker,
+            batches_per_epoch=batches,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps,
+            warmup_steps=math.ceil(config.train.warmup_ratio * total_steps),
+            eval_rows=eval_rows,
+            eval_rows_padded=eval_rows_padded,
+            max_length=max_length,
+            headline_metric=config.headline_metric,
+            eval_every=eval_every,
+            audit_dir=audit_dir,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)

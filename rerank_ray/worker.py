@@ -1,0 +1,415 @@
+"""The per-worker training loop: model, shard iterator, step, evaluation, reporting.
+
+Runs inside every Ray Train worker. The driver hands it the config as a plain dict and the
+:class:`~rerank_ray.plan.TrainPlan`; everything else (model, optimizer, batches) is built here.
+
+Why a loop of our own rather than sentence-transformers' CrossEncoderTrainer: that trainer wants
+a map-style HF dataset (a Ray shard turned into one is sharded again by accelerate, silently
+skipping half the data), tokenizes on the training thread, and turns on DDP's
+``find_unused_parameters`` for a CrossEncoder. Here the model, the loss's criterion, the
+evaluators and the checkpoint format are the library's; only the loop is ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from rerank_ray.batching import Batch, Collator, iter_batches
+from rerank_ray.config import Config
+from rerank_ray.evaluation import compute_metrics
+from rerank_ray.losses import PointwiseLoss, build_library_loss
+from rerank_ray.models import load_cross_encoder
+from rerank_ray.plan import TrainPlan
+from rerank_ray.progress import ProgressLine, quiet_libraries
+
+STATE_FILE = "training_state.pt"
+HISTORY_FILE = "history.json"
+MODEL_DIR = "model"
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entrypoint: rebuild the config and run the loop."""
+    quiet_libraries()
+    config = Config.from_dict(loop_config["config"])
+    plan = TrainPlan(**loop_config["plan"])
+    Worker(config, plan).run()
+
+
+@dataclass
+class LoopState:
+    """What a checkpoint must carry besides the weights to continue a run."""
+
+    global_step: int = 0
+    epoch: int = 0
+    batches_done_in_epoch: int = 0
+    pairs_seen: float = 0.0
+    train_seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Worker:
+    def __init__(self, config: Config, plan: TrainPlan):
+        import ray.train
+
+        self.config = config
+        self.plan = plan
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.device = ray.train.torch.get_device()
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, int(config.scaling.cpus_per_worker)))
+        self.state = LoopState()
+        self.train_shard = ray.train.get_dataset_shard("train")
+        self.eval_shard = ray.train.get_dataset_shard("eval") if plan.eval_rows else None
+        self.autocast_dtype = self._autocast_dtype()
+        self._build(ray.train.get_checkpoint())
+
+    # ------------------------------------------------------------------ setup
+    def _autocast_dtype(self) -> torch.dtype | None:
+        precision = self.config.train.precision
+        if precision == "fp32":
+            return None
+        if self.device.type == "cpu" and precision == "fp16":
+            if self.rank == 0:
+                print("[rerank-ray] train.precision fp16 has no CPU autocast here: training in fp32", flush=True)
+            return None
+        return torch.float16 if precision == "fp16" else torch.bfloat16
+
+    def _build(self, checkpoint: Any) -> None:
+        import ray.train.torch
+        from transformers import Trainer, get_scheduler
+
+        train = self.config.train
+        # Same seed on every rank: the new scoring head starts identical everywhere (DDP would
+        # broadcast rank 0's anyway); dropout and shuffles get per-rank seeds below.
+        _seed_everything(train.seed)
+        restored_dir = None
+        if checkpoint is not None:
+            restored_dir = tempfile.mkdtemp(prefix="rerank-restore-")
+            checkpoint.to_directory(restored_dir)
+        restored_model = os.path.join(restored_dir, MODEL_DIR) if restored_dir else None
+        self.model = load_cross_encoder(self.config.model, self.plan.max_length, path=restored_model)
+        self.collate = Collator.for_tokenizer(self.model.tokenizer)
+        self.library_loss = build_library_loss(self.model, train.loss, train.loss_kwargs)
+        self.loss = PointwiseLoss.from_library(self.library_loss).to(self.device)
+
+        # transformers' own rule for which parameters get weight decay (not biases, not norms).
+        decay = set(Trainer.get_decay_parameter_names(None, self.model))
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in named if n in decay], "weight_decay": train.weight_decay},
+            {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
+        ]
+        self.ddp_model = ray.train.torch.prepare_model(
+            self.model,
+            parallel_strategy_kwargs={
+                # A CrossEncoder uses every parameter in every step; "find unused" would add a
+                # graph walk per step and fails with "mark a variable ready only once".
+                "find_unused_parameters": False,
+                # The model's buffers (position ids) are constants: no broadcast per forward.
+                "broadcast_buffers": False,
+            },
+        )
+        self.optimizer = torch.optim.AdamW(
+            groups,
+            lr=train.learning_rate,
+            betas=(train.adam_beta1, train.adam_beta2),
+            eps=train.adam_epsilon,
+            fused=self.device.type == "cuda",
+        )
+        self.scheduler = get_scheduler(
+            train.lr_scheduler,
+            self.optimizer,
+            num_warmup_steps=self.plan.warmup_steps,
+            num_training_steps=self.plan.total_steps,
+        )
+        use_scaler = self.autocast_dtype == torch.float16 and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        if restored_dir:
+            self._restore(restored_dir)
+        _seed_everything(train.seed * 1000 + self.rank + self.state.global_step)
+
+    def _restore(self, folder: str) -> None:
+        saved = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        self.state = LoopState(**saved["loop"])
+        if self.rank == 0:
+            print(f"[rerank-ray] resumed from step {self.state.global_step} (epoch {self.state.epoch + 1})", flush=True)
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> None:
+        plan, config = self.plan, self.config
+        self.progress = ProgressLine(
+            plan.total_steps,
+            self.state.global_step,
+            enabled=self.rank == 0,
+            pairs_before=self.state.pairs_seen,
+            seconds_before=self.state.train_seconds,
+        )
+        if self.state.global_step == 0 and self.eval_shard is not None and config.eval.before_training:
+            metrics = self.evaluate()
+            self._record({"step": 0, "epoch": 0.0, **metrics})
+            self._report(metrics, checkpoint=False)
+        last_report_step = self.state.global_step if self.state.global_step else -1
+        for epoch in range(self.state.epoch, config.train.epochs):
+            self.state.epoch = epoch
+            for micro_batches in self._epoch_steps(epoch):
+                self.train_step(micro_batches)
+                step = self.state.global_step
+                if step % config.train.logging_steps == 0 or step == plan.total_steps:
+                    self._log_progress()
+                if step % plan.eval_every == 0 and step != plan.total_steps:
+                    self._evaluate_and_checkpoint()
+                    last_report_step = step
+            self.state.batches_done_in_epoch = 0
+            self.state.epoch = epoch + 1
+        if last_report_step != self.state.global_step:
+            self._evaluate_and_checkpoint()
+
+    def _epoch_steps(self, epoch: int):
+        """Lists of micro-batches, one list per optimizer step, for one epoch on this worker."""
+        config, plan = self.config, self.plan
+        rng = np.random.default_rng([config.train.seed, epoch, self.rank]) if config.data.shuffle else None
+        batches = iter_batches(
+            self.train_shard,
+            config.train.per_device_batch_size,
+            self.collate,
+            window_batches=config.data.window_batches,
+            group_by_length=config.data.group_by_length,
+            rng=rng,
+        )
+        accumulation = config.train.gradient_accumulation_steps
+        pending: list[Batch] = []
+        seen = 0
+        for batch in batches:
+            seen += 1
+            if seen <= self.state.batches_done_in_epoch:
+                continue  # already trained before the restore
+            pending.append(batch)
+            if len(pending) == accumulation:
+                yield pending
+                pending = []
+        if pending:
+            yield pending
+        if seen != plan.batches_per_epoch:
+            raise RuntimeError(
+                f"rank {self.rank} got {seen} batches in epoch {epoch + 1}, expected {plan.batches_per_epoch} "
+                f"({plan.rows_per_worker} rows per worker): the shard lost or duplicated rows"
+            )
+
+    def train_step(self, micro_batches: list[Batch]) -> None:
+        """One optimizer step over this worker's micro-batches, gradients averaged over all pairs."""
+        self.ddp_model.train()
+        local_pairs = sum(b.num_pairs for b in micro_batches)
+        # The loss is the mean over every real pair of the global step, whatever worker holds it
+        # and however uneven the last batches are: sum(weight * loss) / sum(weight), all workers.
+        global_pairs = self._all_reduce_sum(torch.tensor(local_pairs, dtype=torch.float32, device=self.device))
+        scale = self.world_size / global_pairs.clamp(min=1.0)  # DDP averages gradients over ranks
+        loss_sum = torch.zeros((), device=self.device)
+        for i, batch in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
+            sync = contextlib.nullcontext() if last or self.world_size == 1 else self.ddp_model.no_sync()
+            features = batch.features(self.device)
+            labels, weights = batch.targets(self.device)
+            with sync:
+                with self._autocast():
+                    logits = self.ddp_model(features)["scores"]
+                per_pair = self.loss.per_pair(logits, labels) * weights
+                self.scaler.scale(per_pair.sum() * scale).backward()
+            loss_sum += per_pair.detach().sum()
+            self._record_pair_ids(batch)
+        if self.config.train.max_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.global_step += 1
+        self.state.batches_done_in_epoch += len(micro_batches)
+        self.progress.add(loss_sum, local_pairs, global_pairs)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            dist.all_reduce(tensor)
+        return tensor
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Score this worker's eval shard, gather all scores on rank 0, compute the metrics once
+        with the library's evaluator, and share them with every rank."""
+        self.ddp_model.eval()
+        self.progress.pause()
+        started = time.perf_counter()
+        scores, labels, weights = [], [], []
+        for batch in iter_batches(
+            self.eval_shard,
+            self.config.eval.batch_size,
+            self.collate,
+            window_batches=8,
+            group_by_length=True,
+            rng=None,
+        ):
+            with self._autocast():
+                logits = self.model(batch.features(self.device))["scores"]
+            scores.append(self.model.activation_fn(logits.float()).cpu().numpy())
+            labels.append(batch.labels)
+            weights.append(batch.weights)
+        local = (_concat(scores), _concat(labels), _concat(weights))
+        gathered = [local]
+        if self.world_size > 1:
+            gathered = [None] * self.world_size
+            dist.all_gather_object(gathered, local)
+        metrics: dict[str, float] = {}
+        if self.rank == 0:
+            all_scores = np.concatenate([g[0] for g in gathered])
+            all_labels = np.concatenate([g[1] for g in gathered])
+            real = np.concatenate([g[2] for g in gathered]) > 0
+            if real.sum() != self.plan.eval_rows:
+                raise RuntimeError(f"evaluation saw {int(real.sum())} pairs, the eval set has {self.plan.eval_rows}")
+            all_scores = all_scores[real]
+            if self.model.num_labels == 1:
+                all_scores = all_scores.reshape(-1)
+            metrics = compute_metrics(
+                self.config.eval.kind, all_scores, all_labels[real], self.config.eval.name, self.model.num_labels
+            )
+            metrics[f"{self.config.eval.name}_runtime"] = time.perf_counter() - started
+        if self.world_size > 1:
+            shared = [metrics]
+            dist.broadcast_object_list(shared, src=0)
+            metrics = shared[0]
+        if self.rank == 0:
+            headline = self.plan.headline_metric
+            print(f"[rerank-ray] step {self.state.global_step}: {headline} = {metrics[headline]:.4f}", flush=True)
+        self.progress.resume()
+        return metrics
+
+    # ------------------------------------------------------------------ reporting
+    def _record(self, entry: dict[str, Any]) -> None:
+        self.state.history.append(
+            {k: (float(v) if isinstance(v, (np.floating, np.integer)) else v) for k, v in entry.items()}
+        )
+
+    def _log_progress(self) -> None:
+        summary = self.progress.flush(self._all_reduce_sum, self.scheduler.get_last_lr()[0], self._epoch_float())
+        if summary is not None:
+            self._record({"step": self.state.global_step, **summary})
+
+    def _evaluate_and_checkpoint(self) -> None:
+        self.check_replicas()
+        metrics: dict[str, Any] = {}
+        if self.eval_shard is not None:
+            metrics = self.evaluate()
+            self._record({"step": self.state.global_step, "epoch": self._epoch_float(), **metrics})
+        self._report(metrics, checkpoint=True)
+
+    def _epoch_float(self) -> float:
+        done = self.state.batches_done_in_epoch
+        if done == 0 and self.state.global_step:  # at an epoch boundary, the epoch just finished
+            return float(self.state.epoch)
+        return self.state.epoch + done / self.plan.batches_per_epoch
+
+    def _report(self, metrics: dict[str, Any], checkpoint: bool) -> None:
+        import ray.train
+
+        report = {
+            **metrics,
+            "step": self.state.global_step,
+            "epoch": self._epoch_float(),
+            "pairs_seen": self.progress.pairs_total,
+            "train_seconds": self.progress.train_seconds,
+        }
+        if not checkpoint:
+            ray.train.report(report)
+            return
+        with tempfile.TemporaryDirectory(prefix="rerank-ckpt-") as folder:
+            ray_checkpoint = None
+            if self.rank == 0:
+                self._save_checkpoint(folder)
+                ray_checkpoint = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(
+                report, checkpoint=ray_checkpoint, checkpoint_dir_name=f"checkpoint-{self.state.global_step:07d}"
+            )
+
+    def _save_checkpoint(self, folder: str) -> None:
+        self.model.save(os.path.join(folder, MODEL_DIR), create_model_card=False)
+        state = LoopState(**{**self.state.__dict__})
+        state.pairs_seen = self.progress.pairs_total
+        state.train_seconds = self.progress.train_seconds
+        torch.save(
+            {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "loop": state.__dict__,
+            },
+            os.path.join(folder, STATE_FILE),
+        )
+        Path(folder, HISTORY_FILE).write_text(json.dumps(self.state.history, indent=1))
+
+    def _audit(self, record: dict[str, Any]) -> None:
+        if not self.plan.audit_dir:
+            return
+        path = Path(self.plan.audit_dir, f"rank{self.rank}.jsonl")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _record_pair_ids(self, batch: Batch) -> None:
+        if self.plan.audit_dir and batch.pair_ids is not None:
+            ids = [pid for pid, w in zip(batch.pair_ids, batch.weights) if w > 0]
+            self._audit({"kind": "pairs", "epoch": self.state.epoch, "step": self.state.global_step + 1, "ids": ids})
+
+    def check_replicas(self) -> None:
+        """Fail loudly if the ranks' parameters differ: gradients were not synchronised.
+
+        Each rank reduces every parameter tensor to (sum, sum of squares) on its device; the
+        vectors are all-gathered and must match exactly. Cheap enough for every checkpoint.
+        """
+        with torch.no_grad():
+            fingerprint = torch.stack(
+                [torch.stack([p.double().sum(), p.double().square().sum()]) for p in self.model.parameters()]
+            ).cpu()
+        digest = hashlib.sha256(fingerprint.numpy().tobytes()).hexdigest()
+        self._audit({"kind": "params", "step": self.state.global_step, "digest": digest})
+        if self.world_size == 1:
+            return
+        digests: list[str | None] = [None] * self.world_size
+        dist.all_gather_object(digests, digest)
+        if len(set(digests)) != 1:
+            raise RuntimeError(
+                f"parameters differ across ranks at step {self.state.global_step} ({digests}): "
+                "gradients are not being synchronised"
+            )
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros((0,), dtype=np.float32)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny models built once per session, one local Ray for the session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import build_tiny_bert, synthetic_pairs, write_jsonl  # noqa: E402
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for every test that trains: starting Ray costs seconds, a test should not."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=4,
+            include_dashboard=True,
+            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}},
+            log_to_driver=True,
+        )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def pair_files(tmp_path) -> dict[str, Path]:
+    return {
+        "train": write_jsonl(synthetic_pairs(203, seed=1), tmp_path / "data" / "train.jsonl"),
+        "eval": write_jsonl(synthetic_pairs(61, seed=2), tmp_path / "data" / "eval.jsonl"),
+    }
+
+
+def base_config(model: Path, train_path, eval_path, storage: Path, **sections) -> dict:
+    """A small, fast run: 2 CPU workers, tiny model, frequent evaluation."""
+    raw = {
+        "model": {"name_or_path": str(model)},
+        "data": {"train": [str(p) for p in (train_path if isinstance(train_path, list) else [train_path])]},
+        "train": {"epochs": 2, "per_device_batch_size": 8, "learning_rate": 3e-3, "logging_steps": 4},
+        "eval": {"steps": 10},
+        "scaling": {"num_workers": 2},
+        "run": {"storage_path": str(storage), "name": "run"},
+    }
+    if eval_path is not None:
+        raw["data"]["eval"] = [str(eval_path)]
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return raw

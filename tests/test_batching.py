@@ -1,0 +1,68 @@
+"""Worker-side batching and the tokenization stage, checked against sentence-transformers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from tiny import synthetic_pairs
+
+from rerank_ray.batching import Collator, pad, window_order
+from rerank_ray.data import encode_pairs
+
+
+@pytest.mark.parametrize("group", [True, False])
+@pytest.mark.parametrize("n", [1, 31, 64, 65])
+def test_window_order_puts_every_row_in_exactly_one_batch(group, n):
+    lengths = np.random.default_rng(0).integers(3, 50, size=n)
+    batches = window_order(lengths, 8, np.random.default_rng(1), group)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(n))
+    assert len(batches) == -(-n // 8)
+    assert all(len(b) == 8 for b in sorted(batches, key=len)[1:]) or n <= 8
+
+
+def test_grouping_by_length_cuts_padding():
+    lengths = np.random.default_rng(0).integers(3, 200, size=512)
+
+    def padded(batches):
+        return sum(len(b) * lengths[b].max() for b in batches)
+
+    grouped = padded(window_order(lengths, 16, np.random.default_rng(1), True))
+    random_ = padded(window_order(lengths, 16, np.random.default_rng(1), False))
+    assert grouped < 0.7 * random_
+    assert grouped < 1.1 * lengths.sum()
+
+
+def test_pad_left_and_right():
+    values = np.array([1, 2, 3, 4, 5, 6])
+    lengths = np.array([2, 4])
+    np.testing.assert_array_equal(pad(values, lengths, 0), [[1, 2, 0, 0], [3, 4, 5, 6]])
+    np.testing.assert_array_equal(pad(values, lengths, 0, left=True), [[0, 0, 1, 2], [3, 4, 5, 6]])
+    assert pad(values, lengths, 0, multiple=8).shape == (2, 8)
+
+
+def test_tokenize_and_collate_give_the_features_crossencoder_builds(tiny_bert):
+    """What the model sees in training is exactly what CrossEncoder.preprocess would build."""
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(str(tiny_bert), max_length=12)
+    rows = synthetic_pairs(9)
+    first, second = [r["sentence_0"] for r in rows], [r["sentence_1"] + " the a is" for r in rows]
+    encoded = encode_pairs(model.tokenizer, first, second, max_length=12)
+    table = pa.table(
+        {
+            "input_ids": pa.array(encoded["input_ids"], type=pa.list_(pa.int32())),
+            "token_type_ids": pa.array(encoded["token_type_ids"], type=pa.list_(pa.int8())),
+            "label": pa.array([r["label"] for r in rows], type=pa.float32()),
+            "weight": pa.array([1.0] * len(rows), type=pa.float32()),
+        }
+    )
+    batch = Collator.for_tokenizer(model.tokenizer)(table)
+    ours = batch.features(torch.device("cpu"))
+    theirs = model.preprocess(list(zip(first, second)))
+    assert set(ours) == {k for k in theirs if k != "modality"}
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key].long(), msg=key)
+    assert max(len(ids) for ids in encoded["input_ids"]) == 12  # truncation applied

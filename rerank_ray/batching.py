@@ -24,9 +24,10 @@ class Batch:
     input_ids: np.ndarray  # (n, L) int64
     attention_mask: np.ndarray  # (n, L) int64
     token_type_ids: np.ndarray | None
-    labels: np.ndarray  # (n,) float32
+    labels: np.ndarray  # (n,) float32, or int64 class ids
     weights: np.ndarray  # (n,) float32: 0 for filler rows
     pair_ids: list | None = None
+    group_ids: np.ndarray | None = None  # (n,) int64: the query of each reranking eval pair
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -102,13 +103,16 @@ class Collator:
             token_type_ids = pad(
                 types.astype(np.int64), lengths, self.pad_token_type_id, self.left_padding, self.pad_to_multiple_of
             )
+        labels = rows.column("label").to_numpy()  # read-only view: the astype below copies
         return Batch(
             input_ids=input_ids,
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
-            labels=rows.column("label").to_numpy().astype(np.float32),
+            # Class ids stay integers; targets become float32 whatever the file held.
+            labels=labels.astype(np.int64 if np.issubdtype(labels.dtype, np.integer) else np.float32),
             weights=rows.column("weight").to_numpy().astype(np.float32),
             pair_ids=rows.column("pair_id").to_pylist() if "pair_id" in rows.column_names else None,
+            group_ids=rows.column("group_id").to_numpy() if "group_id" in rows.column_names else None,
         )
 
 

@@ -3,6 +3,8 @@
     rerank-ray train --config jobs/configs/quickstart.yaml [section.key=value ...]
     rerank-ray config --config X.yaml [overrides]     # print the resolved config and exit
     rerank-ray fields                                 # every config key with its docstring
+    rerank-ray eval --model DIR --data FILES --kind KIND [--columns sentence_0=q ...]
+    rerank-ray rank --model DIR --query "..." --docs FILE [--top-k N]
 
 Exit codes: 0 success, 2 a config or data error (the message names the key, file, row or column),
 1 anything else.
@@ -14,6 +16,7 @@ import argparse
 import json
 import sys
 import traceback
+from typing import Any
 
 from rerank_ray.config import ConfigError, field_docs, load_config
 
@@ -58,7 +61,43 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("config", help="print the resolved config (YAML + overrides) and exit")
     _add_config_args(show)
     commands.add_parser("fields", help="list every config key with its type and meaning")
+    _add_eval_parser(commands)
+    _add_rank_parser(commands)
     return parser
+
+
+def _add_eval_parser(commands: Any) -> None:
+    from rerank_ray.evaluation import HEADLINE
+
+    evaluate = commands.add_parser(
+        "eval", help="metrics of a saved model on pair files or a BEIR folder (in this process, no Ray)"
+    )
+    evaluate.add_argument("--model", required=True, help="a saved CrossEncoder folder (e.g. runs/<run>/model)")
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", nargs="+", help="pair files, folders or globs (parquet, jsonl, csv, tsv)")
+    source.add_argument("--beir", help="reranking: a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
+    evaluate.add_argument("--beir-split", default="test", help="qrels/<split>.tsv of --beir (default: test)")
+    evaluate.add_argument("--kind", required=True, choices=list(HEADLINE), help="evaluator kind, as eval.kind")
+    evaluate.add_argument(
+        "--columns", nargs="*", metavar="CANONICAL=COLUMN", help="as data.columns, e.g. sentence_0=query label=score"
+    )
+    evaluate.add_argument("--query-id-column", help="reranking: the column naming each pair's query")
+    evaluate.add_argument("--label-scale", type=float, default=1.0, help="as data.label_scale")
+    evaluate.add_argument("--at-k", type=int, default=10, help="reranking: k of MRR@k and nDCG@k")
+    evaluate.add_argument("--name", default="eval", help="metric prefix (default: eval)")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--output", help="where to write the metrics JSON (default: <model>/eval-<name>.json)")
+    evaluate.add_argument("--trust-remote-code", action="store_true", help="run modelling code shipped with the model")
+
+
+def _add_rank_parser(commands: Any) -> None:
+    rank = commands.add_parser("rank", help="rank documents for a query with a saved model")
+    rank.add_argument("--model", required=True, help="a saved CrossEncoder folder")
+    rank.add_argument("--query", required=True)
+    rank.add_argument("--docs", required=True, help="a text file (one document per line) or JSONL with 'text'")
+    rank.add_argument("--top-k", type=int, help="show only the best K")
+    rank.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rank.add_argument("--trust-remote-code", action="store_true", help="run modelling code shipped with the model")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -94,7 +133,53 @@ def cmd_fields(_: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "config": cmd_config, "fields": cmd_fields}
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rerank_ray.commands import EvalRequest, parse_columns, run_eval
+    from rerank_ray.progress import quiet_libraries
+
+    quiet_libraries()
+    request = EvalRequest(
+        model=args.model,
+        kind=args.kind,
+        data=args.data or [],
+        beir=args.beir,
+        beir_split=args.beir_split,
+        columns=parse_columns(args.columns),
+        query_id_column=args.query_id_column,
+        label_scale=args.label_scale,
+        at_k=args.at_k,
+        name=args.name,
+        batch_size=args.batch_size,
+        output=args.output,
+        trust_remote_code=args.trust_remote_code,
+    )
+    result, output = run_eval(request)
+    headline = result["headline_metric"]
+    print(f"[rerank-ray] {result['pairs']} pairs, eval.kind {result['kind']}")
+    for key, value in result["metrics"].items():
+        print(f"{'*' if key == headline else ' '} {key}: {value:.4f}")
+    print(f"[rerank-ray] metrics written to {output}")
+    return 0
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    from rerank_ray.commands import rank_documents, read_documents
+    from rerank_ray.progress import quiet_libraries
+
+    quiet_libraries()
+    ranked = rank_documents(
+        args.model, args.query, read_documents(args.docs), top_k=args.top_k, trust_remote_code=args.trust_remote_code
+    )
+    if args.json:
+        print(json.dumps(ranked, indent=2, ensure_ascii=False))
+        return 0
+    for row in ranked:
+        text = row["text"] if len(row["text"]) <= 100 else row["text"][:97] + "..."
+        print(f"{row['rank']:>4}  {row['score']:.4f}  {text}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "config": cmd_config, "fields": cmd_fields, "eval": cmd_eval, "rank": cmd_rank}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,7 +66,8 @@ class DataConfig:
     A single string is accepted too."""
 
     eval: list[str] = field(default_factory=list)
-    """Evaluation pairs, same forms as ``train``. Empty: no evaluation; the last checkpoint is exported."""
+    """Evaluation pairs, same forms as ``train``. Empty (and no ``eval.beir``): no evaluation; the last
+    checkpoint is exported."""
 
     name: str | None = None
     """Name of the training set in the model card. None: the folder of its first file."""
@@ -176,6 +177,22 @@ class EvalConfig:
     name: str = "eval"
     """Prefix of the metric names (``eval_average_precision``)."""
 
+    at_k: int = 10
+    """Reranking: the cut-off of MRR@k and nDCG@k (the headline is ``ndcg@<at_k>``), as ``at_k`` of
+    sentence-transformers' CrossEncoderRerankingEvaluator."""
+
+    query_id_column: str | None = None
+    """Reranking with pair files: the column that names the query of each eval pair. None: pairs
+    with the same ``sentence_0`` text belong to one query."""
+
+    beir: str | None = None
+    """Reranking: a BEIR-style folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<beir_split>.tsv``)
+    to evaluate on instead of ``data.eval``. Each query's candidates are its judged documents, with
+    their graded judgements as labels."""
+
+    beir_split: str = "test"
+    """The qrels file of ``eval.beir`` to use: ``qrels/<beir_split>.tsv``."""
+
 
 @dataclass
 class ScalingConfig:
@@ -257,7 +274,7 @@ class Config:
         """The metric key that selects the best checkpoint and that Tune optimises."""
         from rerank_ray.evaluation import headline_metric_key
 
-        return headline_metric_key(self.eval.kind, self.eval.name)
+        return headline_metric_key(self.eval.kind, self.eval.name, self.eval.at_k)
 
     def check(self) -> None:
         """Cross-field checks; each error names the key and the fix."""
@@ -296,6 +313,7 @@ class Config:
                 raise ConfigError(f"{key} must not be negative, got {value}")
         if self.data.label_scale == 0:
             raise ConfigError("data.label_scale must not be 0")
+        self._check_eval()
         if self.run.resume and not self.run.name:
             raise ConfigError("run.resume needs run.name: the name of the run to continue")
         unknown_columns = set(self.data.columns) - set(PAIR_COLUMNS)
@@ -308,6 +326,24 @@ class Config:
         from rerank_ray.losses import check_loss_fits
 
         check_loss_fits(self.train.loss, self.model.num_labels, self.eval.kind, self.train.loss_kwargs)
+
+    def _check_eval(self) -> None:
+        """The reranking inputs belong to the reranking kind; class labels are not scaled."""
+        evaluation = self.eval
+        if evaluation.at_k < 1:
+            raise ConfigError(f"eval.at_k must be at least 1, got {evaluation.at_k}")
+        reranking_only = {"eval.query_id_column": evaluation.query_id_column, "eval.beir": evaluation.beir}
+        for key, value in reranking_only.items():
+            if value is not None and evaluation.kind != "reranking":
+                raise ConfigError(f"{key} is only used by eval.kind reranking (eval.kind is {evaluation.kind!r})")
+        if evaluation.beir is not None and self.data.eval:
+            raise ConfigError("set either data.eval (pair files) or eval.beir (a BEIR folder), not both")
+        if self.train.loss == "CrossEntropyLoss" and self.data.label_scale != 1.0:
+            raise ConfigError("data.label_scale must stay 1 with CrossEntropyLoss: its labels are class ids")
+
+    @property
+    def has_eval_data(self) -> bool:
+        return bool(self.data.eval) or self.eval.beir is not None
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,9 +9,12 @@ Every dataset that reaches the workers has these columns:
 
 - ``input_ids`` (list<int32>) and, when the tokenizer makes them, ``token_type_ids`` (list<int8>):
   the pair, tokenized and truncated, not padded (padding happens per batch, on the worker);
-- ``label`` (float32); ``weight`` (float32): 1 for a real pair, 0 for the filler rows that make
-  the row count a multiple of the number of workers (see :func:`pad_to_multiple`);
-- ``pair_id`` when ``data.id_column`` is set.
+- ``label``: float32, or int64 class ids for a multi-class head (CrossEntropyLoss), so class
+  labels stay integers from the file to the loss and the evaluator;
+- ``weight`` (float32): 1 for a real pair, 0 for the filler rows that make the row count a
+  multiple of the number of workers (see :func:`pad_to_multiple`);
+- ``pair_id`` when ``data.id_column`` is set; ``group_id`` (int64, the query of a reranking eval
+  pair, see :mod:`rerank_ray.reranking`).
 """
 
 from __future__ import annotations
@@ -161,11 +164,14 @@ def read_raw(files: list[str], fmt: str, seed: int | None = None) -> ray.data.Da
     raise ConfigError(f"data.format {fmt!r} is not readable")
 
 
-def column_mapping(data: DataConfig) -> dict[str, str]:
-    """file column -> canonical column, for the columns a run needs."""
+def column_mapping(data: DataConfig, query_id_column: str | None = None) -> dict[str, str]:
+    """file column -> canonical column, for the columns a run needs (``query_id``: the query of a
+    reranking eval pair, when a column names it)."""
     mapping = {data.columns.get(name, name): name for name in PAIR_COLUMNS}
     if data.id_column:
         mapping[data.id_column] = "pair_id"
+    if query_id_column:
+        mapping[query_id_column] = "query_id"
     return mapping
 
 
@@ -178,7 +184,7 @@ def check_columns(schema_names: list[str], mapping: dict[str, str], files: list[
         hint = (
             f"map it with data.columns.{canonical}=<your column>"
             if canonical in PAIR_COLUMNS
-            else "check data.id_column"
+            else ("check eval.query_id_column" if canonical == "query_id" else "check data.id_column")
         )
         shown = files[0] if len(files) == 1 else f"{files[0]} (and {len(files) - 1} more)"
         raise DataError(
@@ -242,20 +248,24 @@ class SplitFiles:
     format: str
     footer_rows: int | None
     """Row count from Parquet footers, when every file's footer was read."""
+    mapping: dict[str, str]
+    """file column -> canonical column (:func:`column_mapping`)."""
 
 
-def inspect_split(specs: list[str], data: DataConfig, what: str) -> SplitFiles:
+def inspect_split(specs: list[str], data: DataConfig, what: str, query_id_column: str | None = None) -> SplitFiles:
     """Find one split's files and check their columns on the files themselves (footers, or the
     first megabyte), so a missing column fails in seconds, naming the file, before Ray starts."""
     files, fmt = resolve_paths(specs, data.format, what)
-    mapping = column_mapping(data)
+    mapping = column_mapping(data, query_id_column)
     rows = []
     for path in files[:MAX_FILES_PEEKED]:
         schema, count = peek(path, fmt)
         check_columns(list(schema.names), mapping, [path], what)
         rows.append(count)
     known = fmt == "parquet" and len(files) <= MAX_FILES_PEEKED
-    return SplitFiles(what=what, files=files, format=fmt, footer_rows=int(sum(rows)) if known else None)
+    return SplitFiles(
+        what=what, files=files, format=fmt, footer_rows=int(sum(rows)) if known else None, mapping=mapping
+    )
 
 
 @dataclass
@@ -267,12 +277,14 @@ class PairSource:
     format: str
     dataset: Any
     num_rows: int
+    name: str | None = None
+    """Name for the model card. None: the folder of the first file."""
 
 
 def open_pairs(split: SplitFiles, data: DataConfig, seed: int | None) -> PairSource:
     """Read one split with Ray Data, rename its columns to the canonical names, count its rows."""
     raw = read_raw(split.files, split.format, seed=seed)
-    mapping = column_mapping(data)
+    mapping = split.mapping
     renamed = raw.select_columns(list(mapping)).rename_columns(mapping)
     num_rows = split.footer_rows if split.footer_rows is not None else renamed.count()
     if num_rows == 0:
@@ -329,8 +341,11 @@ def _text_column(batch: pa.Table, name: str) -> list[str]:
     return values
 
 
-def tokenize_batch(batch: pa.Table, handle: TokenizerHandle, max_length: int, label_scale: float) -> pa.Table:
-    """Ray Data map: canonical text columns -> token ids, label, weight (and pair_id)."""
+def tokenize_batch(
+    batch: pa.Table, handle: TokenizerHandle, max_length: int, label_scale: float, num_classes: int | None = None
+) -> pa.Table:
+    """Ray Data map: canonical text columns -> token ids, label, weight (and pair_id, group_id).
+    ``num_classes``: labels are class ids of a multi-class head and stay int64."""
     tokenizer = handle.get()
     encoded = encode_pairs(tokenizer, _text_column(batch, "sentence_0"), _text_column(batch, "sentence_1"), max_length)
     columns: dict[str, pa.Array] = {
@@ -341,42 +356,94 @@ def tokenize_batch(batch: pa.Table, handle: TokenizerHandle, max_length: int, la
     labels = batch.column("label")
     if not pa.types.is_floating(labels.type) and not pa.types.is_integer(labels.type):
         raise DataError(f"column 'label' holds {labels.type}, not numbers")
-    labels = labels.cast(pa.float32())
-    if label_scale != 1.0:
-        import pyarrow.compute as pc
+    if num_classes is not None:
+        columns["label"] = class_labels(labels, num_classes)
+    else:
+        labels = labels.cast(pa.float32())
+        if label_scale != 1.0:
+            import pyarrow.compute as pc
 
-        labels = pc.multiply(labels, pa.scalar(label_scale, pa.float32()))
-    columns["label"] = labels
+            labels = pc.multiply(labels, pa.scalar(label_scale, pa.float32()))
+        columns["label"] = labels
     columns["weight"] = pa.array([1.0] * batch.num_rows, type=pa.float32())
     if "pair_id" in batch.column_names:
         columns["pair_id"] = batch.column("pair_id").cast(pa.string())
+    if "group_id" in batch.column_names:
+        columns["group_id"] = batch.column("group_id")
     return pa.table(columns)
 
 
-def tokenize(source: PairSource, handle: TokenizerHandle, max_length: int, data: DataConfig) -> ray.data.Dataset:
+def class_labels(labels: pa.ChunkedArray, num_classes: int) -> pa.ChunkedArray:
+    """Labels as int64 class ids in [0, num_classes): a float column holding whole numbers (JSON
+    often writes ``1.0``) is converted exactly; anything else is an error naming the value."""
+    import pyarrow.compute as pc
+
+    try:
+        ids = labels.cast(pa.int64())  # a safe cast: 1.5 raises instead of truncating
+    except pa.ArrowInvalid as err:
+        raise DataError(f"column 'label': class labels must be whole numbers 0..{num_classes - 1}: {err}") from err
+    bounds = pc.min_max(ids)
+    low, high = bounds["min"].as_py(), bounds["max"].as_py()
+    if low is not None and (low < 0 or high >= num_classes):
+        bad = low if low < 0 else high
+        raise DataError(
+            f"column 'label' holds class {bad}; model.num_labels = {num_classes} allows 0..{num_classes - 1}"
+        )
+    return ids
+
+
+#: The type of the label column of float targets (every loss but CrossEntropyLoss).
+FLOAT_LABELS = pa.float32()
+
+
+def label_type(num_classes: int | None) -> pa.DataType:
+    """The type of the ``label`` column: int64 class ids, or float32 targets."""
+    return pa.int64() if num_classes is not None else FLOAT_LABELS
+
+
+def tokenize(
+    source: PairSource, handle: TokenizerHandle, max_length: int, data: DataConfig, num_classes: int | None = None
+) -> ray.data.Dataset:
     return source.dataset.map_batches(
         tokenize_batch,
         batch_format="pyarrow",
         batch_size=data.tokenize_batch_size,
-        fn_kwargs={"handle": handle, "max_length": max_length, "label_scale": data.label_scale},
+        fn_kwargs={
+            "handle": handle,
+            "max_length": max_length,
+            "label_scale": data.label_scale,
+            "num_classes": num_classes,
+        },
     )
 
 
-def filler_rows(tokenizer: Any, count: int, max_length: int, schema: pa.Schema) -> pa.Table:
+def filler_rows(
+    tokenizer: Any, count: int, max_length: int, schema: pa.Schema, labels: pa.DataType = FLOAT_LABELS
+) -> pa.Table:
     """``count`` rows of weight 0: an empty pair, label 0. They never change a gradient or a metric."""
     encoded = encode_pairs(tokenizer, [""] * count, [""] * count, max_length)
     columns: dict[str, pa.Array] = {"input_ids": pa.array(encoded["input_ids"], type=pa.list_(pa.int32()))}
     if "token_type_ids" in schema.names:
         columns["token_type_ids"] = pa.array(encoded["token_type_ids"], type=pa.list_(pa.int8()))
-    columns["label"] = pa.array([0.0] * count, type=pa.float32())
+    columns["label"] = pa.array([0] * count, type=labels)
     columns["weight"] = pa.array([0.0] * count, type=pa.float32())
     if "pair_id" in schema.names:
         columns["pair_id"] = pa.array([None] * count, type=pa.string())
+    if "group_id" in schema.names:
+        columns["group_id"] = pa.array([-1] * count, type=pa.int64())
     return pa.table(columns)
 
 
 def pad_to_multiple(
-    ds: ray.data.Dataset, num_rows: int, world_size: int, tokenizer: Any, max_length: int, id_column: bool
+    ds: ray.data.Dataset,
+    num_rows: int,
+    world_size: int,
+    tokenizer: Any,
+    max_length: int,
+    id_column: bool,
+    *,
+    group_ids: bool = False,
+    labels: pa.DataType = FLOAT_LABELS,
 ) -> tuple[ray.data.Dataset, int]:
     """Append weight-0 rows so the row count divides by the number of workers.
 
@@ -393,9 +460,9 @@ def pad_to_multiple(
     names = ["input_ids"]
     if "token_type_ids" in tokenizer.model_input_names:
         names.append("token_type_ids")
-    names += ["label", "weight"] + (["pair_id"] if id_column else [])
+    names += ["label", "weight"] + (["pair_id"] if id_column else []) + (["group_id"] if group_ids else [])
     schema = pa.schema([(n, pa.null()) for n in names])
-    filler = ray.data.from_arrow(filler_rows(tokenizer, missing, max_length, schema))
+    filler = ray.data.from_arrow(filler_rows(tokenizer, missing, max_length, schema, labels))
     return ds.union(filler), num_rows + missing
 
 

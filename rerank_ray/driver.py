@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rerank_ray.config import Config, ConfigError
-from rerank_ray.models import load_tokenizer
+from rerank_ray.models import check_base_model, load_tokenizer
 from rerank_ray.plan import TrainPlan
 
 #: Logical CPUs an embedded local Ray keeps free for Ray Data's read and tokenize tasks.
@@ -93,11 +93,26 @@ def ensure_ray(config: Config) -> None:
 def inspect_data(config: Config) -> dict[str, Any]:
     """Check the splits' files and columns; needs no Ray, so bad input fails in seconds."""
     from rerank_ray import data
+    from rerank_ray.beir import inspect_beir
 
     splits = {"train": data.inspect_split(config.data.train, config.data, "data.train")}
-    if config.data.eval:
-        splits["eval"] = data.inspect_split(config.data.eval, config.data, "data.eval")
+    if config.eval.beir is not None:
+        splits["eval"] = inspect_beir(config.eval.beir, config.eval.beir_split)
+    elif config.data.eval:
+        splits["eval"] = data.inspect_split(config.data.eval, config.data, "data.eval", config.eval.query_id_column)
     return splits
+
+
+def open_eval_pairs(config: Config, split: Any) -> Any:
+    """The eval split as a PairSource; for reranking, each pair carries the id of its query."""
+    from rerank_ray import data, reranking
+    from rerank_ray.beir import BeirFiles, open_beir
+
+    source = open_beir(split) if isinstance(split, BeirFiles) else data.open_pairs(split, config.data, seed=None)
+    if config.eval.kind != "reranking":
+        return source
+    named = isinstance(split, BeirFiles) or config.eval.query_id_column is not None
+    return reranking.with_group_ids(source, key=reranking.QUERY_ID if named else "sentence_0")
 
 
 def prepare_datasets(
@@ -105,32 +120,38 @@ def prepare_datasets(
 ) -> tuple[dict[str, Any], TrainPlan, dict[str, Any]]:
     """Read, tokenize and pad the splits with Ray Data; settle the step arithmetic."""
     from rerank_ray import data
+    from rerank_ray.losses import integer_labels
 
     world = config.scaling.num_workers
     max_length = data.default_max_length(tokenizer, config.model.max_length)
     seed = config.train.seed if config.data.shuffle else None
     train_src = data.open_pairs(splits["train"], config.data, seed=seed)
-    eval_src = data.open_pairs(splits["eval"], config.data, seed=None) if "eval" in splits else None
+    eval_src = open_eval_pairs(config, splits["eval"]) if "eval" in splits else None
     handle = data.TokenizerHandle(tokenizer, key=f"{config.model.name_or_path}@{config.model.revision}")
     has_ids = bool(config.data.id_column)
+    num_classes = config.model.num_labels if integer_labels(config.train.loss) else None
+    labels = data.label_type(num_classes)
     train_ds, train_padded = data.pad_to_multiple(
-        data.tokenize(train_src, handle, max_length, config.data),
+        data.tokenize(train_src, handle, max_length, config.data, num_classes),
         train_src.num_rows,
         world,
         tokenizer,
         max_length,
         has_ids,
+        labels=labels,
     )
     datasets = {"train": train_ds}
     eval_rows = eval_padded = 0
     if eval_src is not None:
         eval_ds, eval_padded = data.pad_to_multiple(
-            data.tokenize(eval_src, handle, max_length, config.data),
+            data.tokenize(eval_src, handle, max_length, config.data, num_classes),
             eval_src.num_rows,
             world,
             tokenizer,
             max_length,
-            has_ids,
+            has_ids and config.eval.beir is None,  # BEIR pairs carry no id column
+            group_ids=config.eval.kind == "reranking",
+            labels=labels,
         )
         datasets["eval"] = eval_ds
         eval_rows = eval_src.num_rows
@@ -194,6 +215,7 @@ def train(config: Config) -> TrainOutcome:
     # Everything that can be checked without Ray is checked first: bad input fails in seconds.
     check_run_name(config, name)
     splits = inspect_data(config)
+    check_base_model(config.model)
     tokenizer = load_tokenizer(config.model)
     ensure_ray(config)
     quiet_ray_data()

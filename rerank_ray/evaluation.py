@@ -1,9 +1,16 @@
 """Metrics of the evaluator kinds, computed by sentence-transformers' own evaluators.
 
-Workers score their shard of the eval set; rank 0 gathers the scores and hands them to the
-matching sentence-transformers evaluator through :class:`PrecomputedScores`, a stand-in model
-whose ``predict`` returns those scores. So every metric a user reads is the number the library's
-evaluator computed, and nobody scores the whole eval set on one rank.
+Workers score their shard of the eval set; rank 0 gathers the scores (plus the labels and, for
+reranking, a 64-bit query id per pair) and computes the metrics once, with the library's code:
+
+- ``binary``, ``classification`` and ``correlation`` hand the scores to the matching
+  sentence-transformers evaluator through :class:`PrecomputedScores`, a stand-in model whose
+  ``predict`` returns them;
+- ``reranking`` groups the scores by query and applies CrossEncoderRerankingEvaluator's own
+  per-query computation (:mod:`rerank_ray.reranking`).
+
+So every metric a user reads is the number the library's evaluator computes for those scores,
+and nobody scores the whole eval set on one rank.
 """
 
 from __future__ import annotations
@@ -17,12 +24,12 @@ HEADLINE = {
     "binary": "average_precision",
     "correlation": "spearman",
     "classification": "f1_macro",
-    "reranking": "ndcg@10",
+    "reranking": "ndcg@{at_k}",
 }
 
 
-def headline_metric_key(kind: str, name: str) -> str:
-    return f"{name}_{HEADLINE[kind]}"
+def headline_metric_key(kind: str, name: str, at_k: int = 10) -> str:
+    return f"{name}_{HEADLINE[kind].format(at_k=at_k)}"
 
 
 class _NoModelCard:
@@ -50,37 +57,82 @@ class PrecomputedScores:
         return self.scores
 
 
-def build_evaluator(kind: str, labels: np.ndarray, name: str, pairs: list[list[str]] | None = None) -> Any:
+def build_evaluator(
+    kind: str, labels: np.ndarray, name: str, pairs: list[list[str]] | None = None, at_k: int = 10
+) -> Any:
     """The sentence-transformers evaluator of ``kind``. ``pairs`` only matter for the model card;
     metrics come from the scores, so placeholders are used when they are not given."""
     from sentence_transformers.cross_encoder.evaluation import (
         CrossEncoderClassificationEvaluator,
         CrossEncoderCorrelationEvaluator,
+        CrossEncoderRerankingEvaluator,
     )
 
     pairs = pairs if pairs is not None else [["", ""]] * len(labels)
-    if kind == "binary":
-        return CrossEncoderClassificationEvaluator(pairs, labels.astype(int).tolist(), name=name, write_csv=False)
-    if kind == "classification":
+    if kind in ("binary", "classification"):
         return CrossEncoderClassificationEvaluator(pairs, labels.astype(int).tolist(), name=name, write_csv=False)
     if kind == "correlation":
         return CrossEncoderCorrelationEvaluator(pairs, labels.astype(float).tolist(), name=name, write_csv=False)
-    raise NotImplementedError(f"eval.kind {kind!r} is not implemented yet")
+    if kind == "reranking":
+        # The per-query samples are not needed: the metrics come from rerank_ray.reranking.
+        return CrossEncoderRerankingEvaluator(samples=[], at_k=at_k, name=name, write_csv=False)
+    raise ValueError(f"unknown eval.kind {kind!r}")
 
 
-def compute_metrics(kind: str, scores: np.ndarray, labels: np.ndarray, name: str, num_labels: int = 1) -> dict:
-    """Metrics of ``kind`` for scores already passed through the model's activation (as ``predict``)."""
+def compute_metrics(
+    kind: str,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    name: str,
+    num_labels: int = 1,
+    *,
+    groups: np.ndarray | None = None,
+    at_k: int = 10,
+) -> dict[str, float]:
+    """Metrics of ``kind`` for scores already passed through the model's activation (as ``predict``).
+
+    ``scores`` holds one score per pair, or one row of ``num_labels`` logits for ``classification``;
+    ``groups`` the query id of each pair for ``reranking``.
+    """
     if len(scores) == 0:
         raise ValueError("the eval set is empty: nothing to evaluate")
+    if kind == "reranking":
+        from rerank_ray.reranking import reranking_metrics
+
+        if groups is None:
+            raise ValueError("eval.kind reranking needs the query of every pair")
+        return reranking_metrics(groups, scores, labels, name, at_k)
     if kind == "binary":
-        bad = ~np.isin(labels, (0, 1))
-        if bad.any():
-            value = labels[bad][0].item()
-            raise ValueError(
-                f"eval.kind binary needs labels 0 or 1; found {value!r}. Use eval.kind correlation for graded labels"
-            )
-        if len(np.unique(labels)) < 2:
-            raise ValueError("eval.kind binary needs both labels 0 and 1 in the eval set")
+        _check_binary(labels)
+    if kind == "classification":
+        labels = _class_ids(labels, num_labels)
     evaluator = build_evaluator(kind, labels, name)
-    metrics = evaluator(PrecomputedScores(scores, num_labels))
-    return {key: float(value) for key, value in metrics.items()}
+    metrics = {key: float(value) for key, value in evaluator(PrecomputedScores(scores, num_labels)).items()}
+    if kind == "classification":
+        # The library reports macro, micro and weighted F1; accuracy is what a reader looks for next.
+        metrics[f"{name}_accuracy"] = float(np.mean(np.argmax(scores, axis=1) == labels))
+    return metrics
+
+
+def _check_binary(labels: np.ndarray) -> None:
+    bad = ~np.isin(labels, (0, 1))
+    if bad.any():
+        value = labels[bad][0].item()
+        raise ValueError(
+            f"eval.kind binary needs labels 0 or 1; found {value!r}. Use eval.kind correlation for graded labels"
+        )
+    if len(np.unique(labels)) < 2:
+        raise ValueError("eval.kind binary needs both labels 0 and 1 in the eval set")
+
+
+def _class_ids(labels: np.ndarray, num_labels: int) -> np.ndarray:
+    """Labels as integer class ids in [0, num_labels), or an error naming the first bad value."""
+    ids = labels.astype(np.int64)
+    bad = (ids != labels) | (ids < 0) | (ids >= num_labels)
+    if bad.any():
+        value = labels[bad][0].item()
+        raise ValueError(
+            f"eval.kind classification needs class ids 0..{num_labels - 1} (model.num_labels = {num_labels}); "
+            f"found {value!r}"
+        )
+    return ids

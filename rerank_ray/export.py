@@ -1,27 +1,19 @@
-"""Export a finished run: the chosen checkpoint as a CrossEncoder folder with its model card,
-``metrics.json``, a training-curve PNG and TensorBoard event files.
-
-The model card is sentence-transformers' own (its template and its dataset statistics, loss,
-evaluation and training-log sections), filled from what the run recorded; a short section with
-what only a distributed run knows (workers, pairs/s, Ray version) is appended.
+"""Export a finished run: the chosen checkpoint as a CrossEncoder folder with its model card
+(:mod:`rerank_ray.model_card`), ``metrics.json``, a training-curve PNG and TensorBoard event files.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import platform
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from rerank_ray.config import Config
 from rerank_ray.driver import TrainOutcome, run_name, storage_root
-from rerank_ray.evaluation import build_evaluator
-from rerank_ray.models import PACKAGE_PREFIX
+from rerank_ray.model_card import RunRecord, SearchSummary, dataset_name, write_model_card
 from rerank_ray.plan import TrainPlan
 from rerank_ray.worker import HISTORY_FILE, MODEL_DIR
 
@@ -45,155 +37,9 @@ def _download(checkpoint: Any, folder: str) -> str:
     return folder
 
 
-def hyperparameters(config: Config, plan: TrainPlan) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(all, non-default) hyperparameters under sentence-transformers' trainer names, so a card
-    reads like the ones its trainer writes; defaults are that trainer's."""
-    from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments
-
-    train, scaling = config.train, config.scaling
-    values = {
-        "per_device_train_batch_size": train.per_device_batch_size,
-        "per_device_eval_batch_size": config.eval.batch_size,
-        "gradient_accumulation_steps": train.gradient_accumulation_steps,
-        "learning_rate": train.learning_rate,
-        "weight_decay": train.weight_decay,
-        "adam_beta1": train.adam_beta1,
-        "adam_beta2": train.adam_beta2,
-        "adam_epsilon": train.adam_epsilon,
-        "max_grad_norm": train.max_grad_norm,
-        "num_train_epochs": train.epochs,
-        "lr_scheduler_type": train.lr_scheduler,
-        "warmup_steps": plan.warmup_steps,
-        "seed": train.seed,
-        "fp16": train.precision == "fp16",
-        "bf16": train.precision == "bf16",
-        "eval_steps": plan.eval_every,
-        "logging_steps": train.logging_steps,
-        "max_length": plan.max_length,
-        "optim": "adamw_torch_fused" if scaling.use_gpu else "adamw_torch",
-        "group_by_length": config.data.group_by_length,
-        # What only a Ray run has
-        "num_workers": scaling.num_workers,
-        "use_gpu": scaling.use_gpu,
-        "global_batch_size": train.per_device_batch_size * scaling.num_workers * train.gradient_accumulation_steps,
-    }
-    defaults = {f.name: f.default for f in dataclasses.fields(CrossEncoderTrainingArguments)}
-    non_default = {k: v for k, v in values.items() if k in defaults and defaults[k] != v and k != "optim"}
-    return values, non_default
-
-
-def training_logs(history: list[dict[str, Any]], headline: str) -> list[dict[str, Any]]:
-    """sentence-transformers' training-log rows: Epoch, Step, Training Loss, headline metric."""
-    rows: dict[int, dict[str, Any]] = {}
-    for entry in history:
-        row = rows.setdefault(entry["step"], {"Epoch": round(entry.get("epoch", 0.0), 4), "Step": entry["step"]})
-        if "loss" in entry:
-            row["Training Loss"] = round(entry["loss"], 4)
-        if headline in entry:
-            row[headline] = round(entry[headline], 4)
-    out = [rows[s] for s in sorted(rows)]
-    for row in out:
-        row.setdefault("Training Loss", "-")
-    return out
-
-
 def _sample_rows(source: Any, limit: int) -> list[dict[str, Any]]:
     rows = source.dataset.limit(limit).take(limit)
     return [{"sentence_0": r["sentence_0"], "sentence_1": r["sentence_1"], "label": r["label"]} for r in rows]
-
-
-def dataset_name(config: Config, source: Any, split: str = "train") -> str:
-    if config.data.name:
-        return config.data.name if split == "train" else f"{config.data.name} ({split})"
-    first = source.files[0].rstrip("/")
-    return first.rsplit("/", 2)[-2] if "/" in first else first
-
-
-def fill_model_card(
-    model: Any,
-    config: Config,
-    plan: TrainPlan,
-    sources: dict[str, Any],
-    history: list[dict],
-    metrics: dict[str, Any],
-    step: int,
-    train_seconds: float,
-) -> None:
-    import datasets
-    import numpy as np
-
-    from rerank_ray.losses import build_library_loss
-
-    card = model.model_card_data
-    model_id = config.model.name_or_path
-    if not os.path.exists(model_id) and not model_id.startswith(PACKAGE_PREFIX):
-        card.base_model = model_id  # a hub id; a local folder is no base-model link
-    card.add_tags("rerank-ray")
-    loss = build_library_loss(model, config.train.loss, config.train.loss_kwargs)
-    card.set_losses([loss])
-
-    train_rows = _sample_rows(sources["train"], CARD_SAMPLE_ROWS)
-    train_sample = datasets.Dataset.from_list(train_rows)
-    card.train_datasets = card.extract_dataset_metadata(
-        dataset=train_sample,
-        dataset_metadata=[{"name": dataset_name(config, sources["train"])}],
-        loss=loss,
-        dataset_type="train",
-    )
-    for meta in card.train_datasets:
-        meta["size"] = plan.train_rows  # the statistics come from the sample; the size is the whole set
-    card.set_widget_examples(train_sample)
-
-    if plan.eval_rows and sources.get("eval") is not None:
-        eval_rows = _sample_rows(sources["eval"], CARD_SAMPLE_ROWS)
-        card.eval_datasets = card.extract_dataset_metadata(
-            dataset=datasets.Dataset.from_list(eval_rows),
-            dataset_metadata=card.eval_datasets,
-            loss=loss,
-            dataset_type="eval",
-        )
-        for meta in card.eval_datasets:
-            meta["size"] = plan.eval_rows
-        evaluator = build_evaluator(
-            config.eval.kind,
-            np.asarray([r["label"] for r in eval_rows]),
-            config.eval.name,
-            pairs=[[r["sentence_0"], r["sentence_1"]] for r in eval_rows],
-        )
-        evaluator.primary_metric = plan.headline_metric
-        card.set_evaluation_metrics(
-            evaluator,
-            {k: v for k, v in metrics.items() if k.startswith(config.eval.name + "_") and not k.endswith("_runtime")},
-            step=step,
-        )
-        card.set_best_model_step(step)
-    card.training_logs = training_logs(history, plan.headline_metric)
-    card.all_hyperparameters, card.non_default_hyperparameters = hyperparameters(config, plan)
-    card.evaluation_duration = sum(e.get(f"{config.eval.name}_runtime", 0.0) for e in history)
-    card._training_start_time = time.time() - train_seconds - card.evaluation_duration
-
-
-def ray_section(config: Config, plan: TrainPlan, history: list[dict], train_seconds: float, pairs_seen: float) -> str:
-    import ray
-    import torch
-
-    scaling = config.scaling
-    kind = "GPU" if scaling.use_gpu else "CPU"
-    pairs_per_second = pairs_seen / train_seconds if train_seconds else 0.0
-    lines = [
-        "## Distributed training (rerank-ray)",
-        "",
-        f"- Workers: {scaling.num_workers} x {kind} (DDP, {'NCCL' if scaling.use_gpu else 'gloo'}), "
-        f"{scaling.cpus_per_worker:g} CPU each" + (", 1 GPU each" if scaling.use_gpu else ""),
-        f"- Training pairs: {plan.train_rows:,}; steps: {plan.total_steps:,} ({plan.steps_per_epoch:,} per epoch)",
-        f"- Throughput: {pairs_per_second:,.1f} pairs/s over {train_seconds:,.0f} s of training",
-        f"- Selected checkpoint: {config.run.export} by `{plan.headline_metric}`"
-        if plan.eval_rows
-        else "- Selected checkpoint: last",
-        f"- Ray: {ray.__version__}; PyTorch: {torch.__version__}; Python: {platform.python_version()}",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def plot_curve(history: list[dict], headline: str, path: Path) -> None:
@@ -244,7 +90,18 @@ def _upload(local: str, target: str) -> None:
     pafs.copy_files(local, path, destination_filesystem=fs)
 
 
-def export_run(config: Config, plan: TrainPlan, result: Any, sources: dict[str, Any]) -> TrainOutcome:
+def export_run(
+    config: Config,
+    plan: TrainPlan,
+    result: Any,
+    sources: dict[str, Any],
+    search_summary: SearchSummary | None = None,
+) -> TrainOutcome:
+    """Write the chosen checkpoint, its card and its metrics to the output folder.
+
+    ``search_summary``: for a model selected by a hyperparameter search, what the search tried;
+    it goes into the card (a "Hyperparameter search (Ray Tune)" section) and ``metrics.json``.
+    """
     from sentence_transformers import CrossEncoder
 
     name = run_name(config)
@@ -267,16 +124,24 @@ def export_run(config: Config, plan: TrainPlan, result: Any, sources: dict[str, 
         model = CrossEncoder(
             os.path.join(chosen, MODEL_DIR), trust_remote_code=config.model.trust_remote_code, device="cpu"
         )
-        fill_model_card(model, config, plan, sources, history, metrics, step, train_seconds)
+        evaluating = bool(plan.eval_rows and sources.get("eval") is not None)
+        record = RunRecord(
+            config=config,
+            plan=plan,
+            history=history,
+            metrics=metrics,
+            step=step,
+            train_seconds=train_seconds,
+            pairs_seen=pairs_seen,
+            train_rows=_sample_rows(sources["train"], CARD_SAMPLE_ROWS),
+            train_name=dataset_name(config, sources["train"]),
+            eval_rows=_sample_rows(sources["eval"], CARD_SAMPLE_ROWS) if evaluating else [],
+            eval_name=dataset_name(config, sources["eval"], "eval") if evaluating else None,
+        )
         local_out = output_dir if "://" not in output_dir else os.path.join(scratch, "out")
         if os.path.isdir(local_out):
             shutil.rmtree(local_out)  # a stale export must not mix with this one
-        model.save(local_out)
-        readme = Path(local_out, "README.md")
-        text = readme.read_text(encoding="utf-8")
-        readme.write_text(
-            text.rstrip() + "\n\n" + ray_section(config, plan, history, train_seconds, pairs_seen), encoding="utf-8"
-        )
+        write_model_card(model, record, local_out, search_summary)
 
         headline = plan.headline_metric
         before = next((e for e in history if e["step"] == 0 and headline in e), None)
@@ -298,6 +163,8 @@ def export_run(config: Config, plan: TrainPlan, result: Any, sources: dict[str, 
             "run_dir": run_dir,
             "history": history,
         }
+        if search_summary is not None:
+            summary["search"] = search_summary.to_dict()
         Path(local_out, "metrics.json").write_text(json.dumps(summary, indent=2))
         plot_curve(history, headline, Path(local_out, "training_curve.png"))
         write_tensorboard(history, Path(local_out, "tensorboard"))

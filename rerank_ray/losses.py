@@ -25,6 +25,11 @@ POINTWISE_LOSSES = {
 }
 
 
+def integer_labels(loss_name: str) -> bool:
+    """Whether the loss takes class ids (kept as integers from the file to the loss)."""
+    return POINTWISE_LOSSES[loss_name]["labels"] == "integer class id"
+
+
 def check_loss_fits(loss_name: str, num_labels: int, eval_kind: str, loss_kwargs: dict[str, Any]) -> None:
     """Raise a ConfigError when the loss cannot train this head or feed this evaluator."""
     from rerank_ray.config import ConfigError

@@ -30,6 +30,48 @@ def model_source(model: ModelConfig) -> str:
     return str(module.get_model_path())
 
 
+def base_config(model: ModelConfig) -> dict[str, Any]:
+    """The base model's config.json as a dict, read without running any code it names."""
+    from transformers import PretrainedConfig
+
+    source = model_source(model)
+    try:
+        config, _ = PretrainedConfig.get_config_dict(source, revision=model.revision)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.name_or_path {model.name_or_path!r}: cannot read its config.json: {err}") from err
+    return config
+
+
+def check_base_model(model: ModelConfig) -> None:
+    """Checks on the base model's config.json, before anything runs.
+
+    Refuses a model whose architecture is code shipped with it (``auto_map`` and a ``model_type``
+    transformers does not know) unless ``model.trust_remote_code`` says to run it, and says so
+    when the model's classification head is replaced by one of ``model.num_labels`` outputs.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    config = base_config(model)
+    auto_map = config.get("auto_map") or {}
+    needs_code = bool(auto_map) and config.get("model_type") not in CONFIG_MAPPING
+    if needs_code and not model.trust_remote_code:
+        files = sorted({str(ref).split(".")[0] + ".py" for ref in auto_map.values()})
+        raise ConfigError(
+            f"model.name_or_path {model.name_or_path!r} ships its own modelling code "
+            f"({', '.join(files)}, named by auto_map in its config.json); loading it runs that code. "
+            "Read it, then set model.trust_remote_code: true to allow it"
+        )
+    if replaces_head(model, config):
+        print(f"[rerank-ray] the base model's head is replaced by a new {model.num_labels}-label head", flush=True)
+
+
+def replaces_head(model: ModelConfig, config: dict[str, Any]) -> bool:
+    """Whether the base model's classification head has another size than ``model.num_labels``
+    (e.g. a 3-label NLI cross-encoder fine-tuned as a 1-label reranker): then the head is new."""
+    labels = len(config["id2label"]) if config.get("id2label") else config.get("num_labels")
+    return labels is not None and labels != model.num_labels
+
+
 def load_tokenizer(model: ModelConfig) -> Any:
     from transformers import AutoTokenizer
 
@@ -45,13 +87,19 @@ def load_cross_encoder(model: ModelConfig, max_length: int, path: str | None = N
     from sentence_transformers import CrossEncoder
 
     source = path or model_source(model)
-    model_kwargs = {"attn_implementation": model.attn_implementation} if model.attn_implementation else None
+    model_kwargs: dict[str, Any] = (
+        {"attn_implementation": model.attn_implementation} if model.attn_implementation else {}
+    )
+    if path is None and replaces_head(model, base_config(model)):
+        # transformers refuses to load a checkpoint whose head has another shape unless told to;
+        # the new head is initialised from the seed, the same on every rank.
+        model_kwargs["ignore_mismatched_sizes"] = True
     return CrossEncoder(
         source,
         num_labels=model.num_labels,
         max_length=max_length,
         trust_remote_code=model.trust_remote_code,
         revision=model.revision if path is None else None,
-        model_kwargs=model_kwargs,
+        model_kwargs=model_kwargs or None,
         device="cpu",
     )

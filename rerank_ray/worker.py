@@ -258,12 +258,13 @@ class Worker:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Score this worker's eval shard, gather all scores on rank 0, compute the metrics once
-        with the library's evaluator, and share them with every rank."""
+        """Score this worker's eval shard, gather the scores (with labels and query ids: a few
+        bytes a pair) on rank 0, compute the metrics once with the library's evaluator, and share
+        them with every rank."""
         self.ddp_model.eval()
         self.progress.pause()
         started = time.perf_counter()
-        scores, labels, weights = [], [], []
+        scores, labels, weights, groups = [], [], [], []
         for batch in iter_batches(
             self.eval_shard,
             self.config.eval.batch_size,
@@ -277,7 +278,10 @@ class Worker:
             scores.append(self.model.activation_fn(logits.float()).cpu().numpy())
             labels.append(batch.labels)
             weights.append(batch.weights)
-        local = (_concat(scores), _concat(labels), _concat(weights))
+            if batch.group_ids is not None:
+                groups.append(batch.group_ids)
+            self._record_pair_ids(batch, kind="eval")
+        local = (_concat(scores), _concat(labels), _concat(weights), _concat(groups))
         gathered = [local]
         if self.world_size > 1:
             gathered = [None] * self.world_size
@@ -292,8 +296,15 @@ class Worker:
             all_scores = all_scores[real]
             if self.model.num_labels == 1:
                 all_scores = all_scores.reshape(-1)
+            all_groups = np.concatenate([g[3] for g in gathered])
             metrics = compute_metrics(
-                self.config.eval.kind, all_scores, all_labels[real], self.config.eval.name, self.model.num_labels
+                self.config.eval.kind,
+                all_scores,
+                all_labels[real],
+                self.config.eval.name,
+                self.model.num_labels,
+                groups=all_groups[real] if len(all_groups) else None,
+                at_k=self.config.eval.at_k,
             )
             metrics[f"{self.config.eval.name}_runtime"] = time.perf_counter() - started
         if self.world_size > 1:
@@ -377,10 +388,13 @@ class Worker:
         with path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def _record_pair_ids(self, batch: Batch) -> None:
+    def _record_pair_ids(self, batch: Batch, kind: str = "pairs") -> None:
+        """Audit: the ids of the real pairs this rank trained in the coming step (``pairs``) or
+        scored in the evaluation at this step (``eval``)."""
         if self.plan.audit_dir and batch.pair_ids is not None:
             ids = [pid for pid, w in zip(batch.pair_ids, batch.weights) if w > 0]
-            self._audit({"kind": "pairs", "epoch": self.state.epoch, "step": self.state.global_step + 1, "ids": ids})
+            step = self.state.global_step + (1 if kind == "pairs" else 0)
+            self._audit({"kind": kind, "epoch": self.state.epoch, "step": step, "ids": ids})
 
     def check_replicas(self) -> None:
         """Fail loudly if the ranks' parameters differ: gradients were not synchronised.

@@ -10,7 +10,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny import build_tiny_bert, synthetic_pairs, write_jsonl  # noqa: E402
+from tiny import (  # noqa: E402
+    build_tiny_bert,
+    build_tiny_custom_code,
+    build_tiny_deberta_v2,
+    build_tiny_xlm_roberta,
+    synthetic_pairs,
+    write_jsonl,
+)
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,6 +27,26 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_3_labels(tmp_path_factory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert-3", num_labels=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_xlm_roberta(tmp_path_factory) -> Path:
+    return build_tiny_xlm_roberta(tmp_path_factory.mktemp("models") / "tiny-xlm-roberta")
+
+
+@pytest.fixture(scope="session")
+def tiny_deberta_v2(tmp_path_factory) -> Path:
+    return build_tiny_deberta_v2(tmp_path_factory.mktemp("models") / "tiny-deberta-v2")
+
+
+@pytest.fixture(scope="session")
+def tiny_custom_code(tmp_path_factory) -> Path:
+    return build_tiny_custom_code(tmp_path_factory.mktemp("models") / "tiny-custom-code")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,173 @@
+"""``rerank-ray eval`` and ``rerank-ray rank``: a saved model on your own pairs or documents.
+
+Both run in this process, without Ray: the pairs are read with PyArrow and scored with
+``CrossEncoder.predict`` (which batches them by length), and the metrics come from the same code
+as during training (:func:`rerank_ray.evaluation.compute_metrics`), so a figure from ``eval``
+is comparable to the one a run reported. That suits the eval and test sets these commands are
+for (thousands to a few hundred thousand pairs); a larger set is better scored by a training
+run's evaluation, which spreads it over the workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from rerank_ray.config import PAIR_COLUMNS, ConfigError, DataConfig
+from rerank_ray.data import DataError, check_columns, column_mapping, resolve_paths
+
+
+@dataclass
+class EvalRequest:
+    """What ``rerank-ray eval`` was asked for."""
+
+    model: str
+    kind: str
+    data: list[str]
+    beir: str | None = None
+    beir_split: str = "test"
+    columns: dict[str, str] | None = None
+    query_id_column: str | None = None
+    label_scale: float = 1.0
+    at_k: int = 10
+    name: str = "eval"
+    batch_size: int = 64
+    output: str | None = None
+    trust_remote_code: bool = False
+
+
+def read_pairs(specs: list[str], columns: dict[str, str], query_id_column: str | None) -> pa.Table:
+    """Pair files (any format ``data.train`` takes, local) as one table with canonical columns."""
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pajson
+    import pyarrow.parquet as pq
+
+    data = DataConfig(columns=columns)
+    files, fmt = resolve_paths(specs, "auto", "--data")
+    mapping = column_mapping(data, query_id_column)
+    tables = []
+    for path in files:
+        if fmt == "parquet":
+            table = pq.read_table(path)
+        elif fmt == "jsonl":
+            table = pajson.read_json(path)
+        else:
+            parse = pacsv.ParseOptions(delimiter="\t", quote_char=False) if fmt == "tsv" else pacsv.ParseOptions()
+            table = pacsv.read_csv(path, parse_options=parse)
+        check_columns(table.column_names, mapping, [path], "--data")
+        tables.append(table.select(list(mapping)).rename_columns(list(mapping.values())))
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def evaluate_saved_model(request: EvalRequest) -> dict[str, Any]:
+    """Score the pairs with the saved model and compute the metrics of ``request.kind``."""
+    from sentence_transformers import CrossEncoder
+
+    from rerank_ray.evaluation import compute_metrics, headline_metric_key
+    from rerank_ray.reranking import QUERY_ID, query_hashes
+
+    if request.beir is not None:
+        from rerank_ray.beir import inspect_beir, read_beir_pairs
+
+        table = read_beir_pairs(inspect_beir(request.beir, request.beir_split))
+    else:
+        table = read_pairs(request.data, request.columns or {}, request.query_id_column)
+    if table.num_rows == 0:
+        raise DataError("the eval pairs are empty")
+    model = CrossEncoder(request.model, trust_remote_code=request.trust_remote_code, device=None)
+    pairs = list(zip(table["sentence_0"].to_pylist(), table["sentence_1"].to_pylist()))
+    scores = model.predict(pairs, batch_size=request.batch_size, show_progress_bar=False)
+    labels = table["label"].to_numpy()
+    if request.kind != "classification":
+        labels = labels.astype(np.float64) * request.label_scale
+    groups = None
+    if request.kind == "reranking":
+        key = QUERY_ID if QUERY_ID in table.column_names else "sentence_0"
+        groups = query_hashes(table[key].to_pylist())
+    metrics = compute_metrics(
+        request.kind, scores, labels, request.name, model.num_labels, groups=groups, at_k=request.at_k
+    )
+    return {
+        "model": request.model,
+        "data": [request.beir] if request.beir else request.data,
+        "kind": request.kind,
+        "pairs": table.num_rows,
+        "headline_metric": headline_metric_key(request.kind, request.name, request.at_k),
+        "metrics": metrics,
+    }
+
+
+def default_output(request: EvalRequest) -> str:
+    """Next to the model's own metrics.json: ``<model>/eval-<name>.json``."""
+    return os.path.join(request.model, f"eval-{request.name}.json")
+
+
+def run_eval(request: EvalRequest) -> tuple[dict[str, Any], str]:
+    if not os.path.isdir(request.model):
+        raise ConfigError(f"--model {request.model}: no such model folder")
+    if request.beir is None and not request.data:
+        raise ConfigError("give --data FILES or --beir FOLDER")
+    result = evaluate_saved_model(request)
+    output = request.output or default_output(request)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(json.dumps(result, indent=2))
+    return result, output
+
+
+def read_documents(path: str, text_field: str = "text") -> list[str]:
+    """Documents to rank: a text file with one per line, or a JSONL file of objects with a
+    ``text`` field (and an optional ``title``, put first as BEIR does). Split on "\\n" only:
+    texts may hold other Unicode line separators."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"--docs {path}: no such file")
+    lines = [line for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
+    if not path.lower().endswith((".jsonl", ".json", ".ndjson")):
+        return lines
+    documents = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: line {number} is not JSON: {err}") from err
+        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+            raise DataError(f"{path}: line {number} has no text field {text_field!r}")
+        title = record.get("title")
+        documents.append(f"{title} {record[text_field]}".strip() if isinstance(title, str) else record[text_field])
+    return documents
+
+
+def rank_documents(
+    model_path: str, query: str, documents: list[str], top_k: int | None = None, trust_remote_code: bool = False
+) -> list[dict[str, Any]]:
+    """The documents sorted by the model's score for ``query`` (CrossEncoder.rank)."""
+    from sentence_transformers import CrossEncoder
+
+    if not os.path.isdir(model_path):
+        raise ConfigError(f"--model {model_path}: no such model folder")
+    if not documents:
+        raise DataError("no documents to rank")
+    model = CrossEncoder(model_path, trust_remote_code=trust_remote_code, device=None)
+    if model.num_labels != 1:
+        raise ConfigError(f"--model {model_path} has {model.num_labels} outputs; ranking needs a 1-output reranker")
+    ranked = model.rank(query, documents, top_k=top_k, return_documents=True, show_progress_bar=False)
+    return [
+        {"rank": i + 1, "index": r["corpus_id"], "score": float(r["score"]), "text": r["text"]}
+        for i, r in enumerate(ranked)
+    ]
+
+
+def parse_columns(items: list[str] | None) -> dict[str, str]:
+    """``sentence_0=query`` items -> {canonical: file column}."""
+    columns = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in PAIR_COLUMNS or not value:
+            raise ConfigError(f"--columns {item!r}: expected one of {', '.join(PAIR_COLUMNS)}=<your column>")
+        columns[key] = value
+    return columns

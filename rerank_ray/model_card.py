@@ -1,0 +1,275 @@
+"""The model card of an exported run: sentence-transformers' own, plus what only a Ray run knows.
+
+sentence-transformers' card (its template, filled through ``model.model_card_data``) has the
+sections of the reference cards its trainer writes: the evaluation metrics with the primary
+metric in bold, the training and evaluation sets (size, columns, approximate statistics of the
+first 100 rows, sample rows), the loss and its parameters, the non-default and all
+hyperparameters, the training logs (epoch, step, training loss, headline metric), the training
+time, the framework versions and a usage snippet. Its trainer fills them from callbacks; our loop
+is not that trainer, so :func:`fill_card_data` fills them from what the run recorded.
+
+Appended after it: the framework versions gain Ray, and a "Distributed training (rerank-ray)"
+section says how many workers of which kind trained it, at how many pairs/s, and, for a model a
+hyperparameter search selected, what that search tried (:class:`SearchSummary`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rerank_ray.config import Config
+from rerank_ray.evaluation import build_evaluator
+from rerank_ray.models import PACKAGE_PREFIX
+from rerank_ray.plan import TrainPlan
+
+DISTRIBUTED_HEADING = "## Distributed training (rerank-ray)"
+SEARCH_HEADING = "### Hyperparameter search (Ray Tune)"
+
+
+@dataclass
+class SearchSummary:
+    """What a hyperparameter search found, for the card of the model it selected.
+
+    Pass one to :func:`rerank_ray.export.export_run` (``search_summary=``): the card then gets a
+    "Hyperparameter search (Ray Tune)" section and ``metrics.json`` a ``search`` entry.
+    """
+
+    metric: str
+    """The metric the search optimised, e.g. ``eval_ndcg@10``."""
+    mode: str
+    """``max`` or ``min``."""
+    num_trials: int
+    """Trials run (finished, stopped early or failed)."""
+    best_config: dict[str, Any]
+    """The selected trial's hyperparameters, by dotted config key (``train.learning_rate``)."""
+    best_value: float
+    """The selected trial's value of ``metric``."""
+    search_space: dict[str, str] = field(default_factory=dict)
+    """Each searched key and its distribution, as text (``loguniform(1e-05, 0.0001)``)."""
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    """One row per trial (its hyperparameters, ``metric``, status), shown as a table."""
+    searcher: str | None = None
+    """The search algorithm (``OptunaSearch``), if any."""
+    scheduler: str | None = None
+    """The trial scheduler (``ASHAScheduler``), if any."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_markdown(self) -> str:
+        from sentence_transformers.base.model_card import make_markdown_table
+
+        lines = [
+            SEARCH_HEADING,
+            "",
+            f"- Trials: {self.num_trials}, {self.mode}imising `{self.metric}`"
+            + (f"; searcher {self.searcher}" if self.searcher else "")
+            + (f"; scheduler {self.scheduler}" if self.scheduler else ""),
+            f"- Selected trial: `{self.metric}` = {_short(self.best_value)} with "
+            + ", ".join(f"`{k}` = {_short(v)}" for k, v in self.best_config.items()),
+        ]
+        if self.search_space:
+            lines += ["- Search space:"] + [f"  - `{k}`: {v}" for k, v in self.search_space.items()]
+        if self.trials:
+            rows = [{k: _short(v) for k, v in trial.items()} for trial in self.trials]
+            lines += ["", "<details><summary>All trials</summary>", "", make_markdown_table(rows), "", "</details>"]
+        return "\n".join(lines) + "\n"
+
+
+def _short(value: Any) -> Any:
+    return f"{value:.4g}" if isinstance(value, float) else value
+
+
+@dataclass
+class RunRecord:
+    """What an exported run recorded: everything the card is filled from."""
+
+    config: Config
+    plan: TrainPlan
+    history: list[dict[str, Any]]
+    """The loop's history: progress lines (loss, pairs/s) and evaluations, by step."""
+    metrics: dict[str, Any]
+    """The exported checkpoint's report (its metrics, step, epoch)."""
+    step: int
+    """The exported checkpoint's step."""
+    train_seconds: float
+    pairs_seen: float
+    train_rows: list[dict[str, Any]]
+    """The first training pairs (canonical columns): statistics, samples and usage examples."""
+    train_name: str
+    eval_rows: list[dict[str, Any]] = field(default_factory=list)
+    eval_name: str | None = None
+
+
+def hyperparameters(config: Config, plan: TrainPlan) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(all, non-default) hyperparameters under sentence-transformers' trainer names, so a card
+    reads like the ones its trainer writes; defaults are that trainer's."""
+    from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments
+
+    train, scaling = config.train, config.scaling
+    values = {
+        "per_device_train_batch_size": train.per_device_batch_size,
+        "per_device_eval_batch_size": config.eval.batch_size,
+        "gradient_accumulation_steps": train.gradient_accumulation_steps,
+        "learning_rate": train.learning_rate,
+        "weight_decay": train.weight_decay,
+        "adam_beta1": train.adam_beta1,
+        "adam_beta2": train.adam_beta2,
+        "adam_epsilon": train.adam_epsilon,
+        "max_grad_norm": train.max_grad_norm,
+        "num_train_epochs": train.epochs,
+        "lr_scheduler_type": train.lr_scheduler,
+        "warmup_steps": plan.warmup_steps,
+        "seed": train.seed,
+        "fp16": train.precision == "fp16",
+        "bf16": train.precision == "bf16",
+        "eval_steps": plan.eval_every,
+        "logging_steps": train.logging_steps,
+        "max_length": plan.max_length,
+        "optim": "adamw_torch_fused" if scaling.use_gpu else "adamw_torch",
+        "group_by_length": config.data.group_by_length,
+        # What only a Ray run has
+        "num_workers": scaling.num_workers,
+        "use_gpu": scaling.use_gpu,
+        "global_batch_size": train.per_device_batch_size * scaling.num_workers * train.gradient_accumulation_steps,
+    }
+    defaults = {f.name: f.default for f in dataclasses.fields(CrossEncoderTrainingArguments)}
+    non_default = {k: v for k, v in values.items() if k in defaults and defaults[k] != v and k != "optim"}
+    return values, non_default
+
+
+def training_logs(history: list[dict[str, Any]], headline: str) -> list[dict[str, Any]]:
+    """sentence-transformers' training-log rows: Epoch, Step, Training Loss, headline metric."""
+    rows: dict[int, dict[str, Any]] = {}
+    for entry in history:
+        row = rows.setdefault(entry["step"], {"Epoch": round(entry.get("epoch", 0.0), 4), "Step": entry["step"]})
+        if "loss" in entry:
+            row["Training Loss"] = round(entry["loss"], 4)
+        if headline in entry:
+            row[headline] = round(entry[headline], 4)
+    out = [rows[s] for s in sorted(rows)]
+    for row in out:
+        row.setdefault("Training Loss", "-")
+    return out
+
+
+def dataset_name(config: Config, source: Any, split: str = "train") -> str:
+    """The name a split goes by in the card: ``data.name``, the source's own, or its folder."""
+    if config.data.name:
+        return config.data.name if split == "train" else f"{config.data.name} ({split})"
+    if getattr(source, "name", None):
+        return source.name
+    first = source.files[0].rstrip("/")
+    return first.rsplit("/", 2)[-2] if "/" in first else first
+
+
+def fill_card_data(model: Any, record: RunRecord) -> None:
+    """Fill ``model.model_card_data`` the way sentence-transformers' trainer does."""
+    import datasets
+    import numpy as np
+
+    from rerank_ray.losses import build_library_loss
+
+    config, plan = record.config, record.plan
+    card = model.model_card_data
+    model_id = config.model.name_or_path
+    if not os.path.exists(model_id) and not model_id.startswith(PACKAGE_PREFIX):
+        card.base_model = model_id  # a hub id; a local folder is no base-model link
+    card.add_tags("rerank-ray")
+    loss = build_library_loss(model, config.train.loss, config.train.loss_kwargs)
+    card.set_losses([loss])
+
+    train_sample = datasets.Dataset.from_list(record.train_rows)
+    card.train_datasets = card.extract_dataset_metadata(
+        dataset=train_sample, dataset_metadata=[{"name": record.train_name}], loss=loss, dataset_type="train"
+    )
+    for meta in card.train_datasets:
+        meta["size"] = plan.train_rows  # the statistics come from the sample; the size is the whole set
+    card.set_widget_examples(train_sample)
+
+    if plan.eval_rows and record.eval_rows:
+        card.eval_datasets = card.extract_dataset_metadata(
+            dataset=datasets.Dataset.from_list(record.eval_rows),
+            dataset_metadata=[{"name": record.eval_name}],
+            loss=loss,
+            dataset_type="eval",
+        )
+        for meta in card.eval_datasets:
+            meta["size"] = plan.eval_rows
+        evaluator = build_evaluator(
+            config.eval.kind,
+            np.asarray([r["label"] for r in record.eval_rows]),
+            config.eval.name,
+            pairs=[[r["sentence_0"], r["sentence_1"]] for r in record.eval_rows],
+            at_k=config.eval.at_k,
+        )
+        evaluator.primary_metric = plan.headline_metric
+        prefix = config.eval.name + "_"
+        card.set_evaluation_metrics(
+            evaluator,
+            {k: v for k, v in record.metrics.items() if k.startswith(prefix) and not k.endswith("_runtime")},
+            step=record.step,
+        )
+        card.set_best_model_step(record.step)
+    card.training_logs = training_logs(record.history, plan.headline_metric)
+    card.all_hyperparameters, card.non_default_hyperparameters = hyperparameters(config, plan)
+    card.evaluation_duration = sum(e.get(f"{config.eval.name}_runtime", 0.0) for e in record.history)
+    card._training_start_time = time.time() - record.train_seconds - card.evaluation_duration
+
+
+def distributed_section(record: RunRecord, search: SearchSummary | None = None) -> str:
+    """What only a Ray run knows: workers, throughput, the checkpoint choice, the search."""
+    config, plan = record.config, record.plan
+    scaling = config.scaling
+    kind = "GPU" if scaling.use_gpu else "CPU"
+    pairs_per_second = record.pairs_seen / record.train_seconds if record.train_seconds else 0.0
+    evaluation = (
+        f"- Evaluation: `{config.eval.kind}` on {plan.eval_rows:,} pairs, every {plan.eval_every:,} steps, "
+        "each worker scoring its shard"
+        if plan.eval_rows
+        else "- Evaluation: none"
+    )
+    lines = [
+        DISTRIBUTED_HEADING,
+        "",
+        f"- Workers: {scaling.num_workers} x {kind} (DDP, {'NCCL' if scaling.use_gpu else 'gloo'}), "
+        f"{scaling.cpus_per_worker:g} CPU each" + (", 1 GPU each" if scaling.use_gpu else ""),
+        f"- Training pairs: {plan.train_rows:,}; steps: {plan.total_steps:,} ({plan.steps_per_epoch:,} per epoch)",
+        f"- Throughput: {pairs_per_second:,.1f} pairs/s over {record.train_seconds:,.0f} s of training",
+        evaluation,
+        f"- Selected checkpoint: {config.run.export} by `{plan.headline_metric}` (step {record.step:,})"
+        if plan.eval_rows
+        else "- Selected checkpoint: last",
+        f"- Precision: {config.train.precision}"
+        + (" (fp32 on these CPU workers)" if config.train.precision == "fp16" and not scaling.use_gpu else "")
+        + f"; seed: {config.train.seed}",
+        "",
+    ]
+    if search is not None:
+        lines.append(search.to_markdown())
+    return "\n".join(lines)
+
+
+def add_ray_version(card_text: str) -> str:
+    """The template's framework versions, with Ray after the libraries it lists."""
+    import ray
+
+    match = re.search(r"### Framework Versions\n(?:- .*\n)+", card_text)
+    if match is None:
+        return card_text
+    return card_text[: match.end()] + f"- Ray: {ray.__version__}\n" + card_text[match.end() :]
+
+
+def write_model_card(model: Any, record: RunRecord, folder: str, search: SearchSummary | None = None) -> None:
+    """Save ``model`` to ``folder`` with its filled card (``README.md``)."""
+    fill_card_data(model, record)
+    model.save(folder)
+    readme = Path(folder, "README.md")
+    text = add_ray_version(readme.read_text(encoding="utf-8"))
+    readme.write_text(text.rstrip() + "\n\n" + distributed_section(record, search), encoding="utf-8")

@@ -341,10 +341,6 @@ class Config:
         if self.train.loss == "CrossEntropyLoss" and self.data.label_scale != 1.0:
             raise ConfigError("data.label_scale must stay 1 with CrossEntropyLoss: its labels are class ids")
 
-    @property
-    def has_eval_data(self) -> bool:
-        return bool(self.data.eval) or self.eval.beir is not None
-
 
 # --------------------------------------------------------------------------------------------
 # Loading: YAML file + dotted overrides -> checked Config

@@ -5,7 +5,7 @@
     rerank-ray fields                                 # every config key with its docstring
 
 Exit codes: 0 success, 2 a config or data error (the message names the key, file, row or column),
-1 anything else.
+1 anything else. What it prints passes through :func:`rerank_ray.redact.redact` (no credentials).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import sys
 import traceback
 
 from rerank_ray.config import ConfigError, field_docs, load_config
+from rerank_ray.redact import redact
 
 EXIT_USAGE = 2
 
@@ -76,7 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(
             f"[rerank-ray] {headline}: {before_text}{after:.4f} (step {summary['selected_step']}, {summary['selected_by']})"
         )
-    print(f"[rerank-ray] model exported to {outcome.output_dir}")
+    print(f"[rerank-ray] model exported to {redact(outcome.output_dir)}")
     return 0
 
 
@@ -84,7 +85,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
     config = load_config(args.config, args.overrides)
-    print(yaml.safe_dump(json.loads(json.dumps(config.to_dict())), sort_keys=False), end="")
+    print(redact(yaml.safe_dump(json.loads(json.dumps(config.to_dict())), sort_keys=False)), end="")
     return 0
 
 
@@ -107,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - the top level turns errors into exit codes
         cause = _input_error(err)
         if cause is not None:
-            print(f"error: {cause}", file=sys.stderr)
+            print(f"error: {redact(str(cause))}", file=sys.stderr)
             return EXIT_USAGE
-        traceback.print_exc()
-        print(f"error: {err}", file=sys.stderr)
+        print(redact(traceback.format_exc()), end="", file=sys.stderr)
+        print(f"error: {redact(str(err))}", file=sys.stderr)
         return 1
 
 

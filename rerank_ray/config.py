@@ -201,7 +201,9 @@ class RunConfig:
     """Run name: the folder under ``storage_path``. None: ``rerank-<timestamp>``."""
 
     storage_path: str = "runs"
-    """Where checkpoints and results go: a local folder, NFS, ``s3://`` or ``gs://``."""
+    """Where checkpoints and results go: a local folder, NFS, ``s3://`` or ``gs://`` (pyarrow's
+    options as a query, e.g. ``?endpoint_override=host:9000&scheme=http``). On a multi-node cluster
+    every node must reach it: object storage or a shared mount, never one node's disk."""
 
     output_dir: str | None = None
     """Where the exported model goes. None: ``<storage_path>/<name>/model``."""
@@ -298,6 +300,12 @@ class Config:
             raise ConfigError("data.label_scale must not be 0")
         if self.run.resume and not self.run.name:
             raise ConfigError("run.resume needs run.name: the name of the run to continue")
+        storage_scheme = self.run.storage_path.partition("://")[0] if "://" in self.run.storage_path else "file"
+        if self.run.audit and storage_scheme != "file":
+            raise ConfigError(
+                f"run.audit appends to per-rank files in the run folder, which {storage_scheme}:// storage cannot "
+                "do: use a local or NFS run.storage_path for an audited run, or run.audit=false"
+            )
         unknown_columns = set(self.data.columns) - set(PAIR_COLUMNS)
         if unknown_columns:
             raise ConfigError(

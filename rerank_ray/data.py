@@ -19,6 +19,7 @@ from __future__ import annotations
 import fnmatch
 import glob
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,6 +89,23 @@ def _list_uri(pattern: str) -> list[str]:
     return sorted(uris)
 
 
+_URI_QUERY = re.compile(r"\?[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def _reject_uri_options(spec: str, what: str) -> None:
+    """pyarrow options in a data URI's query would be lost on the files found under it (and ``?``
+    is a glob character here): name the way that works for data, the provider's environment."""
+    if _URI_QUERY.search(spec):
+        from rerank_ray.redact import redact
+
+        raise ConfigError(
+            f"{what}: {redact(spec)}: options in a data URI's query are not supported; give them to "
+            "pyarrow through the environment of the driver and the nodes instead, e.g. "
+            "AWS_ENDPOINT_URL=http://host:9000 (and AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) for an "
+            "S3-compatible store"
+        )
+
+
 def resolve_paths(specs: list[str], fmt: str, what: str) -> tuple[list[str], str]:
     """Expand files, folders and globs into a sorted file list, and settle the format.
 
@@ -96,6 +114,7 @@ def resolve_paths(specs: list[str], fmt: str, what: str) -> tuple[list[str], str
     files: list[str] = []
     for spec in specs:
         if _is_uri(spec) and not spec.startswith("file://"):
+            _reject_uri_options(spec, what)
             found = _list_uri(spec)
         else:
             local = spec.removeprefix("file://")

@@ -12,9 +12,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from rerank_ray import storage
 from rerank_ray.config import Config, ConfigError
 from rerank_ray.models import load_tokenizer
 from rerank_ray.plan import TrainPlan
+from rerank_ray.redact import redact
 
 #: Logical CPUs an embedded local Ray keeps free for Ray Data's read and tokenize tasks.
 DATA_CPUS = 2
@@ -33,19 +35,19 @@ def run_name(config: Config) -> str:
 
 
 def storage_root(config: Config) -> str:
-    path = config.run.storage_path
-    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+    """``run.storage_path`` as Ray Train gets it: a URI as written, a local path made absolute."""
+    return storage.resolve(config.run.storage_path)
+
+
+def run_dir(config: Config, name: str) -> str:
+    return storage.join(storage_root(config), name)
 
 
 def run_has_checkpoints(config: Config, name: str) -> bool:
     """Whether Ray Train left a run snapshot (its list of checkpoints) under this run's folder."""
-    import pyarrow.fs as pafs
     from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 
-    root = storage_root(config)
-    fs, base = pafs.FileSystem.from_uri(root if "://" in root else "file://" + root)
-    info = fs.get_file_info(f"{base.rstrip('/')}/{name}/{CHECKPOINT_MANAGER_SNAPSHOT_FILENAME}")
-    return info.type == pafs.FileType.File
+    return storage.is_file(storage.join(run_dir(config, name), CHECKPOINT_MANAGER_SNAPSHOT_FILENAME))
 
 
 def check_run_name(config: Config, name: str) -> None:
@@ -53,7 +55,7 @@ def check_run_name(config: Config, name: str) -> None:
     exists = run_has_checkpoints(config, name)
     if exists and not config.run.resume:
         raise ConfigError(
-            f"run {name!r} already has checkpoints in {storage_root(config)}: pass --resume "
+            f"run {name!r} already has checkpoints in {redact(storage_root(config))}: pass --resume "
             "(run.resume=true) to continue it, or choose another run.name"
         )
     if config.run.resume and not exists:
@@ -76,7 +78,11 @@ def ensure_ray(config: Config) -> None:
     address = config.run.ray_address or os.environ.get("RAY_ADDRESS")
     env_vars = {"TOKENIZERS_PARALLELISM": "false"}
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
+        check_cluster_address(address)
+        # Inside a Ray job the job's runtime env (jobs/runtime_env.yaml) is merged with this one,
+        # and Ray refuses a variable set in both: set only what the job leaves unset.
+        env_vars = {k: v for k, v in env_vars.items() if k not in job_runtime_env().get("env_vars", {})}
+        ray.init(address=address, runtime_env={"env_vars": env_vars} if env_vars else None, log_to_driver=True)
         return
     scaling = config.scaling
     needed = math.ceil(scaling.num_workers * scaling.cpus_per_worker) + DATA_CPUS
@@ -88,6 +94,40 @@ def ensure_ray(config: Config) -> None:
         runtime_env={"env_vars": env_vars},
         log_to_driver=True,
     )
+
+
+def check_cluster_address(address: str) -> None:
+    if address.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"RAY_ADDRESS / run.ray_address {address!r} is the dashboard's job submission address: "
+            "submit this as a job (ray job submit --address " + address + " --working-dir . -- python jobs/train.py "
+            "...), or join the cluster by its GCS address (HEAD:6379)"
+        )
+
+
+def job_runtime_env() -> dict[str, Any]:
+    """The runtime env of the Ray job this process is the entrypoint of; {} outside a job.
+
+    Ray's job supervisor hands it to the entrypoint in RAY_JOB_CONFIG_JSON_ENV_VAR
+    (ray/dashboard/modules/job/job_supervisor.py, Ray 2.60)."""
+    import json
+
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    return (json.loads(raw).get("runtime_env") or {}) if raw else {}
+
+
+def check_storage_outlives_job(config: Config) -> None:
+    """In a Ray job with a working dir, a relative path lands in the job's temporary copy of that
+    dir on one node, deleted with the job: refuse it before training, naming the fix."""
+    if not job_runtime_env().get("working_dir"):
+        return
+    for key, value in (("run.storage_path", config.run.storage_path), ("run.output_dir", config.run.output_dir)):
+        if value and not storage.is_uri(value) and not os.path.isabs(os.path.expanduser(value.removeprefix("file://"))):
+            raise ConfigError(
+                f"{key} {value!r} is a relative path: in a Ray job it would land in the job's temporary "
+                f"copy of the working dir on one node and vanish with it; set {key}=s3://bucket/prefix "
+                "(or gs://..., or an absolute path every node mounts, e.g. NFS)"
+            )
 
 
 def inspect_data(config: Config) -> dict[str, Any]:
@@ -134,7 +174,7 @@ def prepare_datasets(
         )
         datasets["eval"] = eval_ds
         eval_rows = eval_src.num_rows
-    audit_dir = os.path.join(storage_root(config), run_name(config), "audit") if config.run.audit else None
+    audit_dir = storage.join(run_dir(config, run_name(config)), "audit") if config.run.audit else None
     plan = TrainPlan.build(config, train_src.num_rows, train_padded, eval_rows, eval_padded, max_length, audit_dir)
     sources = {"train": train_src, "eval": eval_src}
     return datasets, plan, sources
@@ -192,6 +232,7 @@ def train(config: Config) -> TrainOutcome:
     name = run_name(config)
     config.run.name = name
     # Everything that can be checked without Ray is checked first: bad input fails in seconds.
+    check_storage_outlives_job(config)
     check_run_name(config, name)
     splits = inspect_data(config)
     tokenizer = load_tokenizer(config.model)

@@ -4,6 +4,11 @@
 The model card is sentence-transformers' own (its template and its dataset statistics, loss,
 evaluation and training-log sections), filled from what the run recorded; a short section with
 what only a distributed run knows (workers, pairs/s, Ray version) is appended.
+
+One process writes the export: the driver (on a cluster, the Ray job's entrypoint on the head
+node), after ``trainer.fit()`` returns. It builds the whole folder in a local scratch directory and
+publishes it with :func:`rerank_ray.storage.publish_dir` (a rename on local/NFS storage;
+``metrics.json`` uploaded last on object storage). Workers only write checkpoints.
 """
 
 from __future__ import annotations
@@ -12,17 +17,18 @@ import dataclasses
 import json
 import os
 import platform
-import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from rerank_ray import storage
 from rerank_ray.config import Config
-from rerank_ray.driver import TrainOutcome, run_name, storage_root
+from rerank_ray.driver import TrainOutcome, run_dir, run_name
 from rerank_ray.evaluation import build_evaluator
 from rerank_ray.models import PACKAGE_PREFIX
 from rerank_ray.plan import TrainPlan
+from rerank_ray.redact import redact
 from rerank_ray.worker import HISTORY_FILE, MODEL_DIR
 
 CARD_SAMPLE_ROWS = 1000
@@ -236,20 +242,12 @@ def write_tensorboard(history: list[dict], folder: Path) -> None:
         writer.close()
 
 
-def _upload(local: str, target: str) -> None:
-    import pyarrow.fs as pafs
-
-    fs, path = pafs.FileSystem.from_uri(target)
-    fs.create_dir(path, recursive=True)
-    pafs.copy_files(local, path, destination_filesystem=fs)
-
-
 def export_run(config: Config, plan: TrainPlan, result: Any, sources: dict[str, Any]) -> TrainOutcome:
     from sentence_transformers import CrossEncoder
 
     name = run_name(config)
-    run_dir = os.path.join(storage_root(config), name)
-    output_dir = config.run.output_dir or os.path.join(run_dir, "model")
+    run_folder = run_dir(config, name)
+    output_dir = storage.resolve(config.run.output_dir) if config.run.output_dir else storage.join(run_folder, "model")
     checkpoint, metrics = select_checkpoint(result, config, plan)
     with tempfile.TemporaryDirectory(prefix="rerank-export-") as scratch:
         chosen = _download(checkpoint, os.path.join(scratch, "chosen"))
@@ -268,14 +266,15 @@ def export_run(config: Config, plan: TrainPlan, result: Any, sources: dict[str, 
             os.path.join(chosen, MODEL_DIR), trust_remote_code=config.model.trust_remote_code, device="cpu"
         )
         fill_model_card(model, config, plan, sources, history, metrics, step, train_seconds)
-        local_out = output_dir if "://" not in output_dir else os.path.join(scratch, "out")
-        if os.path.isdir(local_out):
-            shutil.rmtree(local_out)  # a stale export must not mix with this one
+        # Written whole in a scratch folder, then published in one step (storage.publish_dir):
+        # the driver is the only process that writes the export.
+        local_out = os.path.join(scratch, "out")
         model.save(local_out)
         readme = Path(local_out, "README.md")
         text = readme.read_text(encoding="utf-8")
         readme.write_text(
-            text.rstrip() + "\n\n" + ray_section(config, plan, history, train_seconds, pairs_seen), encoding="utf-8"
+            redact(text.rstrip() + "\n\n" + ray_section(config, plan, history, train_seconds, pairs_seen)),
+            encoding="utf-8",
         )
 
         headline = plan.headline_metric
@@ -295,12 +294,12 @@ def export_run(config: Config, plan: TrainPlan, result: Any, sources: dict[str, 
                 "train_seconds": train_seconds,
                 "pairs_per_second": pairs_seen / train_seconds if train_seconds else None,
             },
-            "run_dir": run_dir,
+            "run_dir": redact(run_folder),
             "history": history,
         }
-        Path(local_out, "metrics.json").write_text(json.dumps(summary, indent=2))
         plot_curve(history, headline, Path(local_out, "training_curve.png"))
         write_tensorboard(history, Path(local_out, "tensorboard"))
-        if local_out != output_dir:
-            _upload(local_out, output_dir)
-    return TrainOutcome(run_dir=run_dir, output_dir=output_dir, metrics=summary)
+        # metrics.json is the marker of a complete export: publish_dir writes it last.
+        Path(local_out, storage.COMPLETE_MARKER).write_text(redact(json.dumps(summary, indent=2)))
+        storage.publish_dir(local_out, output_dir)
+    return TrainOutcome(run_dir=run_folder, output_dir=output_dir, metrics=summary)

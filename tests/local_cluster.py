@@ -100,7 +100,7 @@ class LocalCluster:
             subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         )
 
-    def start(self, timeout: float = 120.0) -> LocalCluster:
+    def start(self, timeout: float = 240.0) -> LocalCluster:
         self._start(
             "head",
             [

@@ -207,6 +207,8 @@ def train(config: Config) -> TrainOutcome:
     quiet_libraries()
     name = run_name(config)
     config.run.name = name
+    # Workers and Ray Train's controller find checkpoints here: no path relative to our cwd.
+    config.run.storage_path = storage_root(config)
     # Everything that can be checked without Ray is checked first: bad input fails in seconds.
     check_run_name(config, name)
     splits = inspect_data(config)

@@ -144,9 +144,14 @@ class DataPosition:
 
 def partial_epoch_batches(remaining_rows: int, world_size: int, batch_size: int) -> int:
     """Batches per worker for the rest of an epoch: the remaining rows, padded to a multiple of
-    the workers. Equals the batches the epoch had left: every batch before an epoch's last is
-    full, so the trained rows are ``workers * batches_done * batch_size`` minus the filler rows
-    among them, and padding the remainder back to a multiple of the workers restores the count."""
+    the workers, split evenly, cut into batches.
+
+    This equals the batches the epoch had left on every worker. Each worker's epoch has R rows in
+    n batches: n - 1 full ones and one short one of r rows (0 < r <= B), placed anywhere by the
+    shuffle. After b batches a worker has trained between bB - (B - r) and bB rows (fewer than bB
+    if the short batch or a filler row was among them), so what is left per worker lies in
+    ((n - b - 1)B, (n - b)B]: n - b batches, whichever rows the stream handed to which worker.
+    The worker checks this equality when it restores."""
     padded = remaining_rows + (-remaining_rows) % world_size
     return math.ceil(padded / world_size / batch_size) if padded else 0
 

@@ -102,6 +102,10 @@ class Worker:
         self.eval_shard = ray.train.get_dataset_shard("eval") if plan.eval_rows else None
         self.autocast_dtype = self._autocast_dtype()
         self._build()
+        if self.world_size > 1:  # one id per worker-group attempt, shared by its ranks (audit files)
+            shared = [self.session]
+            dist.broadcast_object_list(shared, src=0)
+            self.session = shared[0]
 
     # ------------------------------------------------------------------ setup
     def _autocast_dtype(self) -> torch.dtype | None:

@@ -223,11 +223,15 @@ def train(config: Config) -> TrainOutcome:
         flush=True,
     )
     trainer = build_trainer(config, plan, datasets, name)
-    result = trainer.fit()
-    if result.error:
+    try:
+        result = trainer.fit()  # raises ray.train.TrainingFailedError when the run failed
+    except Exception as err:
         from rerank_ray.faults import input_error
 
-        raise input_error(result.error) or result.error
+        cause = input_error(err)
+        if cause is None:
+            raise
+        raise cause from err  # bad input / config / out of memory: the message names the fix
     from rerank_ray import checkpointing
 
     checkpointing.prune(

@@ -46,17 +46,21 @@ def _clear_error_types() -> tuple[type, ...]:
 
 
 def input_error(err: BaseException | None) -> BaseException | None:
-    """The ConfigError / DataError / OutOfMemory behind ``err``, however deep Ray wrapped it."""
+    """The ConfigError / DataError / OutOfMemory behind ``err``, however deep Ray wrapped it.
+
+    The innermost one wins: Ray re-raises a task's DataError as ``RayTaskError(DataError)``, an
+    instance of both whose message is a remote traceback; the original holds the clean message."""
     wanted = _clear_error_types()
     seen = set()
     stack = [err]
+    found = None
     while stack:
         current = stack.pop()
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
         if isinstance(current, wanted):
-            return current
+            found = current
         stack.extend([current.__cause__, current.__context__])
         # Ray Train keeps per-worker errors in a dict and a controller's in .controller_failure;
         # Ray tasks keep the original as .cause.
@@ -66,7 +70,7 @@ def input_error(err: BaseException | None) -> BaseException | None:
                 stack.extend(v for v in inner.values() if isinstance(v, BaseException))
             elif isinstance(inner, BaseException):
                 stack.append(inner)
-    return None
+    return found
 
 
 def _make_stop_callback():

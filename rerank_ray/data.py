@@ -331,6 +331,7 @@ def tokenize(dataset: ray.data.Dataset, handle: TokenizerHandle, max_length: int
 
 def filler_rows(tokenizer: Any, count: int, max_length: int, id_column: bool) -> pa.Table:
     """``count`` rows of weight 0: an empty pair, label 0. They never change a gradient or a metric."""
+    wanted, count = count, max(count, 1)  # a tokenizer refuses an empty batch
     encoded = encode_pairs(tokenizer, [""] * count, [""] * count, max_length)
     columns: dict[str, pa.Array] = {"input_ids": pa.array(encoded["input_ids"], type=pa.list_(pa.int32()))}
     if "token_type_ids" in encoded:
@@ -341,7 +342,7 @@ def filler_rows(tokenizer: Any, count: int, max_length: int, id_column: bool) ->
     columns["row_key"] = pa.array([-1] * count, type=pa.int64())
     if id_column:
         columns["pair_id"] = pa.array([None] * count, type=pa.string())
-    return pa.table(columns)
+    return pa.table(columns).slice(0, wanted)
 
 
 def pad_to_multiple(

@@ -163,7 +163,6 @@ def make_checker(config: Config, split: str, files: list[str]) -> RowChecker:
         rule=label_rule(config, split),
         label_scale=config.data.label_scale,
         on_bad_row=config.data.on_bad_row,
-        has_ids="pair_id" in mapping.values(),
     )
 
 
@@ -315,8 +314,9 @@ def tokenize_batch(batch: pa.Table, handle: TokenizerHandle, max_length: int) ->
     columns["weight"] = pa.array((skip == 0).astype("float32"))
     columns["skip"] = batch.column("skip")
     columns["row_key"] = batch.column("row_key")
-    if "pair_id" in batch.column_names:
-        columns["pair_id"] = batch.column("pair_id").cast(pa.string())
+    for name in batch.column_names:  # pair_id, and any other column the reader passed through
+        if name not in ("sentence_0", "sentence_1", "label", "skip", "row_key"):
+            columns[name] = batch.column(name)
     return pa.table(columns)
 
 

@@ -163,7 +163,6 @@ class RowChecker:
     rule: LabelRule
     label_scale: float
     on_bad_row: str
-    has_ids: bool = False
     reference: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Canonical column -> (Arrow type, file) of the first file, to name shards that disagree."""
 
@@ -248,8 +247,9 @@ class RowChecker:
         columns["label"] = pa.array(np.where(codes > 0, 0.0, labels).astype(np.float32))
         columns["skip"] = pa.array(codes)
         columns["row_key"] = pa.array(row_keys(file_index, first_row, n))
-        if self.has_ids:
-            columns["pair_id"] = _as_string(raw.column("pair_id"))
+        for canonical in self.file_columns:  # pair_id, and any other column a run reads, as text
+            if canonical not in (*TEXT_COLUMNS, "label"):
+                columns[canonical] = _as_string(raw.column(canonical))
         return pa.table(columns)
 
     def _check_text(self, column: pa.ChunkedArray, name: str, mark) -> pa.Array:

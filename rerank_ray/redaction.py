@@ -60,10 +60,19 @@ def secret_values(environ: dict[str, str] | None = None) -> list[str]:
     values = set()
     for name, value in environ.items():
         upper = name.upper()
-        secret = upper in SECRET_ENV_VARS or any(part in upper for part in SECRET_NAME_PARTS)
-        if secret and value and len(value) >= MIN_SECRET_LENGTH:
+        if not value or len(value) < MIN_SECRET_LENGTH:
+            continue
+        if upper in SECRET_ENV_VARS or (
+            any(part in upper for part in SECRET_NAME_PARTS) and _looks_like_a_secret(value)
+        ):
             values.add(value)
     return sorted(values, key=len, reverse=True)
+
+
+def _looks_like_a_secret(value: str) -> bool:
+    """For variables matched by name only (``MAX_TOKENS=100000000``, ``TOKEN_CACHE=/tmp/x`` are
+    not secrets): no spaces, not a number, not a path."""
+    return not (any(ch.isspace() for ch in value) or value.isdigit() or value.startswith(("/", "~", ".")))
 
 
 def redact(text: str, environ: dict[str, str] | None = None) -> str:

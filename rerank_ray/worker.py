@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import tempfile
 import time
 import uuid
@@ -183,6 +184,7 @@ class Worker:
         _seed_everything(train.seed * 1000 + self.rank + self.state.global_step)
         if restored_dir:
             self._restore(restored_dir)
+            shutil.rmtree(restored_dir, ignore_errors=True)  # everything is loaded in memory now
 
     def _restore(self, folder: str) -> None:
         saved = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)

@@ -184,6 +184,11 @@ def test_redact_masks_secret_values_and_token_shapes():
         assert secret not in out, out
     assert "/root" in out and "s3://***@bucket/x" in out and "ok=1" in out
     assert redact_obj({"a": [text], "hf_abcdefghijklmnopqrstuvwxyz012345": 1}, environ) == {"***": 1, "a": [out]}
+    # Variables matched only by name are masked when their value looks like a secret.
+    settings = {"MAX_TOKENS": "100000000", "TOKEN_CACHE": "/tmp/token-cache", "MY_API_KEY": "k3y-abcdefgh"}
+    assert redact("max 100000000 in /tmp/token-cache with k3y-abcdefgh", settings) == (
+        "max 100000000 in /tmp/token-cache with ***"
+    )
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,9 @@
     rerank-ray config --config X.yaml [overrides]     # print the resolved config and exit
     rerank-ray fields                                 # every config key with its docstring
 
-Exit codes: 0 success, 2 a config or data error (the message names the key, file, row or column),
-1 anything else. What it prints passes through :func:`rerank_ray.redact.redact` (no credentials).
+Exit codes: 0 success, 2 a config or data error or an out-of-memory step (the message names the
+key, file, row or column, or the batch size, and the fix), 1 anything else. What it prints passes
+through :func:`rerank_ray.redaction.redact` (no credentials).
 """
 
 from __future__ import annotations
@@ -15,34 +16,17 @@ import json
 import sys
 import traceback
 
-from rerank_ray.config import ConfigError, field_docs, load_config
-from rerank_ray.redact import redact
+from rerank_ray.config import field_docs, load_config
+from rerank_ray.redaction import redact
 
 EXIT_USAGE = 2
 
 
 def _input_error(err: BaseException) -> BaseException | None:
-    """The ConfigError/DataError behind ``err``, however deep Ray wrapped it."""
-    from rerank_ray.data import DataError
+    """The ConfigError / DataError / OutOfMemory behind ``err``, however deep Ray wrapped it."""
+    from rerank_ray.faults import input_error
 
-    seen = set()
-    stack = [err]
-    while stack:
-        current = stack.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, (ConfigError, DataError)):
-            return current
-        stack.extend([current.__cause__, current.__context__])
-        # Ray Train keeps per-worker errors in a dict; Ray tasks keep the original as .cause.
-        for attr in ("cause", "worker_failures", "_worker_failures"):
-            inner = getattr(current, attr, None)
-            if isinstance(inner, dict):
-                stack.extend(v for v in inner.values() if isinstance(v, BaseException))
-            elif isinstance(inner, BaseException):
-                stack.append(inner)
-    return None
+    return input_error(err)
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -108,10 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - the top level turns errors into exit codes
         cause = _input_error(err)
         if cause is not None:
-            print(f"error: {redact(str(cause))}", file=sys.stderr)
+            print(redact(f"error: {cause}"), file=sys.stderr)
             return EXIT_USAGE
-        print(redact(traceback.format_exc()), end="", file=sys.stderr)
-        print(f"error: {redact(str(err))}", file=sys.stderr)
+        print(redact(traceback.format_exc()), file=sys.stderr, end="")
+        print(redact(f"error: {err}"), file=sys.stderr)
         return 1
 
 

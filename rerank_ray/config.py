@@ -100,6 +100,12 @@ class DataConfig:
     tokenize_batch_size: int = 1024
     """Rows per Ray Data tokenization task."""
 
+    on_bad_row: Literal["error", "skip"] = "error"
+    """What a bad row does (null or empty text, undecodable text, a missing, non-numeric or
+    out-of-range label, a malformed line): ``error`` stops the run naming the file, row, column,
+    value and fix; ``skip`` trains without it and counts it, by reason, in the log and in
+    ``metrics.json``. File-level problems (unreadable, empty, missing columns) always stop the run."""
+
 
 @dataclass
 class TrainConfig:
@@ -212,7 +218,18 @@ class RunConfig:
     """Export the checkpoint with the best headline metric, or the last one."""
 
     num_checkpoints_to_keep: int = 2
-    """Checkpoints kept in storage (the best ones by headline metric when evaluating)."""
+    """Checkpoints kept in storage: the last this many, plus the best by headline metric when
+    evaluating."""
+
+    checkpoint_steps: int = 0
+    """Also write a checkpoint every this many optimizer steps (model, optimizer, scheduler, grad
+    scaler, RNG states and the position in the data). 0: only at evaluations (``eval.steps``) and
+    at the end. A restarted worker group or ``--resume`` continues from the newest complete one."""
+
+    max_failures: int = 2
+    """Worker-group failures (a dead worker, a lost node) survived by restoring the newest complete
+    checkpoint; -1: no limit. Bad input, config errors and out-of-memory stop the run at once,
+    since a retry would fail the same way."""
 
     resume: bool = False
     """Continue the run ``run.name`` from its last checkpoint in ``storage_path`` (same as
@@ -293,6 +310,7 @@ class Config:
             "train.max_grad_norm": self.train.max_grad_norm,
             "eval.steps": self.eval.steps,
             "scaling.cpus_per_worker": self.scaling.cpus_per_worker,
+            "run.checkpoint_steps": self.run.checkpoint_steps,
         }.items():
             if value < 0:
                 raise ConfigError(f"{key} must not be negative, got {value}")
@@ -306,6 +324,12 @@ class Config:
                 f"run.audit appends to per-rank files in the run folder, which {storage_scheme}:// storage cannot "
                 "do: use a local or NFS run.storage_path for an audited run, or run.audit=false"
             )
+        if self.run.max_failures < -1:
+            raise ConfigError(f"run.max_failures must be -1 (no limit) or at least 0, got {self.run.max_failures}")
+        # Credentials written into a path would reach Ray's logs, error messages and the model card.
+        from rerank_ray.redaction import check_no_inline_credentials
+
+        check_no_inline_credentials(self)
         unknown_columns = set(self.data.columns) - set(PAIR_COLUMNS)
         if unknown_columns:
             raise ConfigError(

@@ -16,7 +16,7 @@ from rerank_ray import storage
 from rerank_ray.config import Config, ConfigError
 from rerank_ray.models import load_tokenizer
 from rerank_ray.plan import TrainPlan
-from rerank_ray.redact import redact
+from rerank_ray.redaction import redact
 
 #: Logical CPUs an embedded local Ray keeps free for Ray Data's read and tokenize tasks.
 DATA_CPUS = 2
@@ -44,10 +44,16 @@ def run_dir(config: Config, name: str) -> str:
 
 
 def run_has_checkpoints(config: Config, name: str) -> bool:
-    """Whether Ray Train left a run snapshot (its list of checkpoints) under this run's folder."""
+    """Whether Ray Train left a run snapshot (its list of checkpoints) under this run's folder, or
+    a complete checkpoint of ours is there (one written before Ray could register it)."""
+    import pyarrow.fs as pafs
     from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 
-    return storage.is_file(storage.join(run_dir(config, name), CHECKPOINT_MANAGER_SNAPSHOT_FILENAME))
+    from rerank_ray import checkpointing
+
+    fs, run_path = checkpointing.run_filesystem(storage_root(config), name)
+    info = fs.get_file_info(f"{run_path}/{CHECKPOINT_MANAGER_SNAPSHOT_FILENAME}")
+    return info.type == pafs.FileType.File or checkpointing.latest_complete(storage_root(config), name) is not None
 
 
 def check_run_name(config: Config, name: str) -> None:
@@ -134,48 +140,61 @@ def inspect_data(config: Config) -> dict[str, Any]:
     """Check the splits' files and columns; needs no Ray, so bad input fails in seconds."""
     from rerank_ray import data
 
-    splits = {"train": data.inspect_split(config.data.train, config.data, "data.train")}
+    splits = {"train": data.inspect_split(config.data.train, config, "train")}
     if config.data.eval:
-        splits["eval"] = data.inspect_split(config.data.eval, config.data, "data.eval")
+        splits["eval"] = data.inspect_split(config.data.eval, config, "eval")
+    for split in splits.values():
+        if split.sample_skipped:
+            from rerank_ray.validation import describe_tally
+
+            print(
+                f"[rerank-ray] {split.what}: the first rows of its files hold bad rows that will be skipped "
+                f"(data.on_bad_row=skip): {describe_tally(split.sample_skipped)}",
+                flush=True,
+            )
     return splits
 
 
 def prepare_datasets(
     config: Config, tokenizer: Any, splits: dict[str, Any]
 ) -> tuple[dict[str, Any], TrainPlan, dict[str, Any]]:
-    """Read, tokenize and pad the splits with Ray Data; settle the step arithmetic."""
+    """Read, check, tokenize and pad the splits with Ray Data; settle the step arithmetic.
+
+    ``train_rest`` is the rest of an interrupted epoch, built by Ray Train from the checkpoint it
+    restores (:class:`rerank_ray.position.RestOfEpoch`)."""
     from rerank_ray import data
+    from rerank_ray.position import RestOfEpoch
 
     world = config.scaling.num_workers
     max_length = data.default_max_length(tokenizer, config.model.max_length)
     seed = config.train.seed if config.data.shuffle else None
+    handle = data.TokenizerHandle(tokenizer, key=f"{config.model.name_or_path}@{config.model.revision}")
+    filler = data.filler_rows(tokenizer, world - 1, max_length, bool(config.data.id_column))
     train_src = data.open_pairs(splits["train"], config.data, seed=seed)
     eval_src = data.open_pairs(splits["eval"], config.data, seed=None) if "eval" in splits else None
-    handle = data.TokenizerHandle(tokenizer, key=f"{config.model.name_or_path}@{config.model.revision}")
-    has_ids = bool(config.data.id_column)
-    train_ds, train_padded = data.pad_to_multiple(
-        data.tokenize(train_src, handle, max_length, config.data),
-        train_src.num_rows,
-        world,
-        tokenizer,
-        max_length,
-        has_ids,
-    )
-    datasets = {"train": train_ds}
+    train_stream = data.PairStream(train_src, handle, max_length, config.data, world, filler)
+    train_ds, train_padded = train_stream.build()
+    datasets = {
+        "train": train_ds,
+        "train_rest": RestOfEpoch(train_stream, storage_root(config), run_name(config)),
+    }
     eval_rows = eval_padded = 0
     if eval_src is not None:
-        eval_ds, eval_padded = data.pad_to_multiple(
-            data.tokenize(eval_src, handle, max_length, config.data),
-            eval_src.num_rows,
-            world,
-            tokenizer,
-            max_length,
-            has_ids,
-        )
-        datasets["eval"] = eval_ds
+        datasets["eval"], eval_padded = data.PairStream(
+            eval_src, handle, max_length, config.data, world, filler
+        ).build()
         eval_rows = eval_src.num_rows
     audit_dir = storage.join(run_dir(config, run_name(config)), "audit") if config.run.audit else None
-    plan = TrainPlan.build(config, train_src.num_rows, train_padded, eval_rows, eval_padded, max_length, audit_dir)
+    plan = TrainPlan.build(
+        config,
+        train_src.num_rows,
+        train_padded,
+        eval_rows,
+        eval_padded,
+        max_length,
+        audit_dir,
+        train_files_digest=train_stream.files_digest,
+    )
     sources = {"train": train_src, "eval": eval_src}
     return datasets, plan, sources
 
@@ -184,16 +203,16 @@ def build_trainer(config: Config, plan: TrainPlan, datasets: dict[str, Any], nam
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from rerank_ray import faults
     from rerank_ray.worker import train_loop_per_worker
 
     scaling = config.scaling
     resources = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
     if scaling.use_gpu:
         resources.setdefault("GPU", 1)
-    evaluating = plan.eval_rows > 0
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config.to_dict(), "plan": plan.to_dict()},
+        train_loop_config={"config": config.to_dict(), "plan": plan.to_dict(), "faults": faults.from_environment()},
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
             use_gpu=scaling.use_gpu,
@@ -203,12 +222,13 @@ def build_trainer(config: Config, plan: TrainPlan, datasets: dict[str, Any], nam
         run_config=RunConfig(
             name=name,
             storage_path=storage_root(config),
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=config.run.num_checkpoints_to_keep,
-                checkpoint_score_attribute=plan.headline_metric if evaluating else None,
-                checkpoint_score_order="max",
-            ),
-            failure_config=FailureConfig(max_failures=0),
+            # Ray keeps every checkpoint it registered; rerank_ray.checkpointing.prune keeps the
+            # last run.num_checkpoints_to_keep plus the best (Ray's own policy is "K best + latest").
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+            # A dead worker restarts the worker group from the newest complete checkpoint; bad
+            # input, config errors and out-of-memory end the run at once (no retry cures them).
+            failure_config=FailureConfig(max_failures=config.run.max_failures),
+            callbacks=[faults.stop_retrying_callback()],
         ),
         datasets=datasets,
     )
@@ -231,6 +251,8 @@ def train(config: Config) -> TrainOutcome:
     quiet_libraries()
     name = run_name(config)
     config.run.name = name
+    # Workers and Ray Train's controller find checkpoints here: no path relative to our cwd.
+    config.run.storage_path = storage_root(config)
     # Everything that can be checked without Ray is checked first: bad input fails in seconds.
     check_storage_outlives_job(config)
     check_run_name(config, name)
@@ -246,7 +268,18 @@ def train(config: Config) -> TrainOutcome:
         flush=True,
     )
     trainer = build_trainer(config, plan, datasets, name)
-    result = trainer.fit()
-    if result.error:
-        raise result.error
+    try:
+        result = trainer.fit()  # raises ray.train.TrainingFailedError when the run failed
+    except Exception as err:
+        from rerank_ray.faults import input_error
+
+        cause = input_error(err)
+        if cause is None:
+            raise
+        raise cause from err  # bad input / config / out of memory: the message names the fix
+    from rerank_ray import checkpointing
+
+    checkpointing.prune(
+        storage_root(config), name, config.run.num_checkpoints_to_keep, plan.headline_metric if plan.eval_rows else None
+    )
     return export_run(config, plan, result, sources)

@@ -9,6 +9,11 @@ One process writes the export: the driver (on a cluster, the Ray job's entrypoin
 node), after ``trainer.fit()`` returns. It builds the whole folder in a local scratch directory and
 publishes it with :func:`rerank_ray.storage.publish_dir` (a rename on local/NFS storage;
 ``metrics.json`` uploaded last on object storage). Workers only write checkpoints.
+
+The checkpoint is chosen among the *complete* ones in the run folder (those whose completion
+marker lists files that are all there, :mod:`rerank_ray.checkpointing`). The model card and
+``metrics.json`` pass through :func:`rerank_ray.redaction.redact`, so no token or key that is set
+in the environment is written into them.
 """
 
 from __future__ import annotations
@@ -23,32 +28,31 @@ from pathlib import Path
 from typing import Any
 
 from rerank_ray import storage
+from rerank_ray.checkpointing import HISTORY_FILE, MODEL_DIR
 from rerank_ray.config import Config
-from rerank_ray.driver import TrainOutcome, run_dir, run_name
+from rerank_ray.driver import TrainOutcome, run_dir, run_name, storage_root
 from rerank_ray.evaluation import build_evaluator
 from rerank_ray.models import PACKAGE_PREFIX
 from rerank_ray.plan import TrainPlan
-from rerank_ray.redact import redact
-from rerank_ray.worker import HISTORY_FILE, MODEL_DIR
+from rerank_ray.redaction import redact, redact_obj
 
 CARD_SAMPLE_ROWS = 1000
 
 
-def select_checkpoint(result: Any, config: Config, plan: TrainPlan) -> tuple[Any, dict[str, Any]]:
-    """(checkpoint, its metrics): best by headline metric, or the last one."""
-    if plan.eval_rows and config.run.export == "best" and result.best_checkpoints:
-        scored = [(c, m) for c, m in result.best_checkpoints if plan.headline_metric in m]
-        if scored:
-            return max(scored, key=lambda cm: (cm[1][plan.headline_metric], cm[1].get("step", 0)))
-    if result.checkpoint is None:
-        raise RuntimeError("the run reported no checkpoint: nothing to export")
-    latest = [m for c, m in (result.best_checkpoints or []) if c.path == result.checkpoint.path]
-    return result.checkpoint, (latest[0] if latest else dict(result.metrics or {}))
+def select_checkpoint(config: Config, plan: TrainPlan) -> tuple[Any, Any]:
+    """(chosen, latest) complete checkpoints: the best by headline metric, or the last one."""
+    from rerank_ray import checkpointing
 
-
-def _download(checkpoint: Any, folder: str) -> str:
-    checkpoint.to_directory(folder)
-    return folder
+    complete, incomplete = checkpointing.scan(storage_root(config), run_name(config))
+    if not complete:
+        why = f" ({len(incomplete)} incomplete: {next(iter(incomplete.values()))})" if incomplete else ""
+        raise RuntimeError(f"the run left no complete checkpoint in {storage_root(config)}: nothing to export{why}")
+    latest = complete[-1]
+    if plan.eval_rows and config.run.export == "best":
+        best = checkpointing.best_checkpoint(complete, plan.headline_metric)
+        if best is not None:
+            return best, latest
+    return latest, latest
 
 
 def hyperparameters(config: Config, plan: TrainPlan) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -105,7 +109,11 @@ def training_logs(history: list[dict[str, Any]], headline: str) -> list[dict[str
 
 def _sample_rows(source: Any, limit: int) -> list[dict[str, Any]]:
     rows = source.dataset.limit(limit).take(limit)
-    return [{"sentence_0": r["sentence_0"], "sentence_1": r["sentence_1"], "label": r["label"]} for r in rows]
+    return [
+        {"sentence_0": r["sentence_0"], "sentence_1": r["sentence_1"], "label": r["label"]}
+        for r in rows
+        if not r.get("skip")  # bad rows kept as placeholders with data.on_bad_row=skip
+    ]
 
 
 def dataset_name(config: Config, source: Any, split: str = "train") -> str:
@@ -242,25 +250,34 @@ def write_tensorboard(history: list[dict], folder: Path) -> None:
         writer.close()
 
 
+def skipped_rows(history: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Bad rows skipped (``data.on_bad_row: skip``), by split and reason: the training rows of the
+    last complete epoch (every epoch reads the same rows) and the eval rows."""
+    train = next((e["skipped_train_rows"] for e in reversed(history) if "skipped_train_rows" in e), {})
+    evaluation = next((e["skipped_eval_rows"] for e in reversed(history) if "skipped_eval_rows" in e), {})
+    return {"train": dict(train), "eval": dict(evaluation)}
+
+
 def export_run(config: Config, plan: TrainPlan, result: Any, sources: dict[str, Any]) -> TrainOutcome:
     from sentence_transformers import CrossEncoder
 
     name = run_name(config)
     run_folder = run_dir(config, name)
     output_dir = storage.resolve(config.run.output_dir) if config.run.output_dir else storage.join(run_folder, "model")
-    checkpoint, metrics = select_checkpoint(result, config, plan)
+    from rerank_ray import checkpointing
+
+    checkpoint, last = select_checkpoint(config, plan)
+    metrics = checkpoint.metrics
     with tempfile.TemporaryDirectory(prefix="rerank-export-") as scratch:
-        chosen = _download(checkpoint, os.path.join(scratch, "chosen"))
+        chosen = checkpointing.download(checkpoint, os.path.join(scratch, "chosen"))
         latest = (
-            chosen
-            if checkpoint.path == result.checkpoint.path
-            else _download(result.checkpoint, os.path.join(scratch, "latest"))
+            chosen if checkpoint.name == last.name else checkpointing.download(last, os.path.join(scratch, "latest"))
         )
         history = json.loads(Path(latest, HISTORY_FILE).read_text())
-        final_report = dict(result.metrics or {})
+        final_report = last.metrics
         train_seconds = float(final_report.get("train_seconds", 0.0))
         pairs_seen = float(final_report.get("pairs_seen", 0.0))
-        step = int(metrics.get("step", plan.total_steps))
+        step = int(metrics.get("step", checkpoint.step))
 
         model = CrossEncoder(
             os.path.join(chosen, MODEL_DIR), trust_remote_code=config.model.trust_remote_code, device="cpu"
@@ -279,15 +296,17 @@ def export_run(config: Config, plan: TrainPlan, result: Any, sources: dict[str, 
 
         headline = plan.headline_metric
         before = next((e for e in history if e["step"] == 0 and headline in e), None)
+        skipped = skipped_rows(history)
         summary = {
             "headline_metric": headline if plan.eval_rows else None,
             "selected_step": step,
             "selected_by": config.run.export if plan.eval_rows else "last",
             "final": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
             "before_training": {k: v for k, v in (before or {}).items() if k not in ("step", "epoch")} or None,
+            "skipped_rows": skipped,
             "train": {
-                "pairs": plan.train_rows,
-                "eval_pairs": plan.eval_rows,
+                "pairs": plan.train_rows - sum(skipped["train"].values()),
+                "eval_pairs": plan.eval_rows - sum(skipped["eval"].values()),
                 "epochs": config.train.epochs,
                 "steps": plan.total_steps,
                 "workers": config.scaling.num_workers,
@@ -297,9 +316,10 @@ def export_run(config: Config, plan: TrainPlan, result: Any, sources: dict[str, 
             "run_dir": redact(run_folder),
             "history": history,
         }
+        summary = redact_obj(summary)
         plot_curve(history, headline, Path(local_out, "training_curve.png"))
         write_tensorboard(history, Path(local_out, "tensorboard"))
         # metrics.json is the marker of a complete export: publish_dir writes it last.
-        Path(local_out, storage.COMPLETE_MARKER).write_text(redact(json.dumps(summary, indent=2)))
+        Path(local_out, storage.COMPLETE_MARKER).write_text(json.dumps(summary, indent=2))
         storage.publish_dir(local_out, output_dir)
     return TrainOutcome(run_dir=run_folder, output_dir=output_dir, metrics=summary)

@@ -1,9 +1,10 @@
 """A real S3 API on 127.0.0.1: moto's server (``moto[server]``, in the ``dev`` extra), for storage tests.
 
 The run reaches it the way any S3-compatible store (MinIO, Ceph, R2) is reached: pyarrow options in
-the URI's query, ``s3://KEY:SECRET@bucket/prefix?endpoint_override=127.0.0.1:PORT&scheme=http``.
-Keys in the URI's user-info part are what pyarrow's ``S3FileSystem.from_uri`` reads; here they are
-also fake secrets that must never show up in what a run prints or writes.
+the URI's query, ``s3://bucket/prefix?endpoint_override=127.0.0.1:PORT&scheme=http``, and the keys
+in the environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``: :meth:`LocalS3.credentials`).
+A URI with keys in it (``secret=True``) is what a run must refuse: the fake keys must never show up
+in what a run prints or writes.
 """
 
 from __future__ import annotations
@@ -45,22 +46,30 @@ class LocalS3:
         self.stop()
         raise TimeoutError("moto server did not start in 60 s")
 
-    def uri(self, bucket: str, prefix: str = "", secret: bool = True) -> str:
+    @staticmethod
+    def credentials() -> dict[str, str]:
+        """Fake keys for the environment; moto's server accepts any."""
+        return {"AWS_ACCESS_KEY_ID": FAKE_KEY_ID, "AWS_SECRET_ACCESS_KEY": FAKE_SECRET}
+
+    def uri(self, bucket: str, prefix: str = "", secret: bool = False) -> str:
         """``s3://[KEY:SECRET@]bucket/prefix?endpoint_override=...&scheme=http``."""
         credentials = f"{FAKE_KEY_ID}:{FAKE_SECRET.replace('/', '%2F').replace('+', '%2B')}@" if secret else ""
         path = f"{bucket}/{prefix}".rstrip("/")
         return f"s3://{credentials}{path}?endpoint_override=127.0.0.1:{self.port}&scheme=http"
 
     def make_bucket(self, bucket: str) -> None:
+        self.filesystem(bucket, allow_bucket_creation=True).create_dir(bucket)
+
+    def filesystem(self, bucket: str, **options):
         import pyarrow.fs as pafs
 
-        fs, _ = pafs.FileSystem.from_uri(self.uri(bucket) + "&allow_bucket_creation=true")
-        fs.create_dir(bucket)
-
-    def filesystem(self, bucket: str):
-        import pyarrow.fs as pafs
-
-        return pafs.FileSystem.from_uri(self.uri(bucket))[0]
+        return pafs.S3FileSystem(
+            access_key=FAKE_KEY_ID,
+            secret_key=FAKE_SECRET,
+            endpoint_override=f"127.0.0.1:{self.port}",
+            scheme="http",
+            **options,
+        )
 
     def files(self, bucket: str) -> dict[str, int]:
         """Every object in the bucket: path -> size."""

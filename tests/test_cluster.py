@@ -3,8 +3,8 @@
 One submitted training run proves: the job joins the cluster it runs on; its two workers run on
 two different nodes (STRICT_SPREAD); checkpoints and the exported model land in an S3 bucket (a
 real S3 API, moto's server on 127.0.0.1) and the model loads after downloading; nothing the run
-prints or writes holds a secret (keys in the storage URI, cloud keys and a Hugging Face token in
-the nodes' environment, Ray's auth token). Bad jobs end FAILED with exit code 2 and the cause in
+prints or writes holds a secret (cloud keys and a Hugging Face token in the nodes' environment,
+Ray's auth token). Bad jobs end FAILED with exit code 2 and the cause in
 their logs, through both the job API and the `ray job submit` command line.
 """
 
@@ -130,7 +130,7 @@ def test_training_job_on_two_nodes_with_token_auth_exports_to_s3(cluster, s3, ti
     assert all(f"bucket/runs/job/{c}/model/config.json" in objects for c in checkpoints)
     model_files = {p.removeprefix("bucket/runs/job/model/") for p in objects if p.startswith("bucket/runs/job/model/")}
     assert {"config.json", "model.safetensors", "README.md", "metrics.json", "training_curve.png"} <= model_files
-    assert "[rerank-ray] model exported to s3://***@bucket/runs/job/model?endpoint_override=" in logs
+    assert "[rerank-ray] model exported to s3://bucket/runs/job/model?endpoint_override=" in logs
 
     # The downloaded model loads, and scores what the run reported.
     local_model = s3.download("bucket", "bucket/runs/job/model", tmp_path / "downloaded")

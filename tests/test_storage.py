@@ -16,7 +16,7 @@ from rerank_ray import storage
 from rerank_ray.cli import main
 from rerank_ray.config import Config, ConfigError
 from rerank_ray.driver import check_cluster_address, check_storage_outlives_job, run_dir
-from rerank_ray.redact import redact
+from rerank_ray.redaction import redact
 
 ENV_SECRETS = {
     "AWS_SECRET_ACCESS_KEY": "envSecretFAKE/0123456789+abcdefghijklmno",
@@ -29,7 +29,10 @@ ENV_SECRETS = {
 def s3(tmp_path_factory):
     server = LocalS3(tmp_path_factory.mktemp("s3"))
     server.make_bucket("bucket")
-    yield server
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in server.credentials().items():
+            patch.setenv(name, value)  # how pyarrow finds the keys: the environment, never the URI
+        yield server
     server.stop()
 
 
@@ -106,7 +109,7 @@ def test_redact_masks_uri_credentials_tokens_and_secret_env_values(monkeypatch):
         "s3://***@bucket/runs?endpoint_override=h:9000&scheme=http "
         "https://host/f?X-Amz-Signature=***&X-Amz-Credential=***&a=1 "
         "gs://bucket/x?token=*** Authorization: Bearer *** "
-        "key=*** hub *** hf_*** "
+        "key=*** hub *** *** "
         "ray *** path /home/me/.ray/auth_token short"
     )
 
@@ -124,13 +127,20 @@ def test_cli_prints_no_secret_from_uris_or_the_environment(s3, tiny_bert, tmp_pa
     config_file.write_text(f"model:\n  name_or_path: {tiny_bert}\ndata:\n  train: {train}\n")
     storage_uri = s3.uri("bucket", "runs")
 
-    # The resolved config: the storage URI's keys are masked, its options kept.
+    # A storage URI with keys in it is refused before anything starts, without repeating them.
+    code = main(["config", "--config", str(config_file), f"run.storage_path={s3.uri('bucket', 'runs', secret=True)}"])
+    captured = capsys.readouterr()
+    assert code == 2
+    _assert_no_secret(captured.out + captured.err)
+    assert "run.storage_path carries a credential" in captured.err
+
+    # The resolved config: environment secrets never printed, the URI's options kept.
     assert main(["config", "--config", str(config_file), f"run.storage_path={storage_uri}"]) == 0
     out = capsys.readouterr().out
     _assert_no_secret(out)
-    assert f"storage_path: s3://***@bucket/runs?endpoint_override=127.0.0.1:{s3.port}&scheme=http" in out
+    assert f"storage_path: s3://bucket/runs?endpoint_override=127.0.0.1:{s3.port}&scheme=http" in out
 
-    # Errors that quote a URI with keys in it: a finished run in the bucket, a data URI with options.
+    # Errors that quote a storage URI: a finished run in the bucket, a data URI with options.
     from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 
     with s3.filesystem("bucket").open_output_stream(f"bucket/runs/done/{CHECKPOINT_MANAGER_SNAPSHOT_FILENAME}") as f:
@@ -139,14 +149,14 @@ def test_cli_prints_no_secret_from_uris_or_the_environment(s3, tiny_bert, tmp_pa
     captured = capsys.readouterr()
     assert code == 2
     _assert_no_secret(captured.out + captured.err)
-    assert "run 'done' already has checkpoints in s3://***@bucket/runs?endpoint_override=" in captured.err
+    assert "run 'done' already has checkpoints in s3://bucket/runs?endpoint_override=" in captured.err
 
     data_uri = s3.uri("bucket", "data/train.jsonl")
     code = main(["train", "--config", str(config_file), f"data.train={data_uri}", f"run.storage_path={tmp_path}"])
     captured = capsys.readouterr()
     assert code == 2
     _assert_no_secret(captured.out + captured.err)
-    assert "data.train: s3://***@bucket/data/train.jsonl?endpoint_override=" in captured.err
+    assert "data.train: s3://bucket/data/train.jsonl?endpoint_override=" in captured.err
     assert "options in a data URI's query are not supported" in captured.err and "AWS_ENDPOINT_URL" in captured.err
 
 

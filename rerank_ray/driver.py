@@ -251,10 +251,11 @@ def train(config: Config) -> TrainOutcome:
     quiet_libraries()
     name = run_name(config)
     config.run.name = name
+    # Everything that can be checked without Ray is checked first: bad input fails in seconds.
+    # (The job check reads the paths as the user wrote them, so it runs before they are resolved.)
+    check_storage_outlives_job(config)
     # Workers and Ray Train's controller find checkpoints here: no path relative to our cwd.
     config.run.storage_path = storage_root(config)
-    # Everything that can be checked without Ray is checked first: bad input fails in seconds.
-    check_storage_outlives_job(config)
     check_run_name(config, name)
     splits = inspect_data(config)
     tokenizer = load_tokenizer(config.model)

@@ -15,7 +15,7 @@ from tiny import synthetic_pairs, write_jsonl
 from rerank_ray import storage
 from rerank_ray.cli import main
 from rerank_ray.config import Config, ConfigError
-from rerank_ray.driver import check_cluster_address, check_storage_outlives_job, run_dir
+from rerank_ray.driver import check_cluster_address, check_storage_outlives_job, run_dir, train
 from rerank_ray.redaction import redact
 
 ENV_SECRETS = {
@@ -181,6 +181,9 @@ def test_a_job_refuses_storage_that_would_vanish_with_its_working_dir(monkeypatc
         )
     check_storage_outlives_job(Config.from_dict({**raw, "run": {"storage_path": "s3://bucket/runs"}}))
     check_storage_outlives_job(Config.from_dict({**raw, "run": {"storage_path": "/mnt/nfs/runs"}}))
+    # Through the driver's own entry point: the check sees the path before the driver resolves it.
+    with pytest.raises(ConfigError, match=r"run.storage_path 'runs' is a relative path: in a Ray job"):
+        train(Config.from_dict({**raw, "run": {"storage_path": "runs"}}))
 
 
 def test_the_dashboard_address_is_not_a_cluster_address():

@@ -120,12 +120,12 @@ def grid_steps(config: Config, train_rows: int) -> tuple[int, int]:
     trials = steps = 0
     for values in itertools.product(*(d.values for d in dims)):
         variant = Config.from_dict(apply_params(base, {d.key: v for d, v in zip(dims, values)}))
-        steps += TrainPlan.build(variant, train_rows, padded, 0, 0, 128).total_steps
+        steps += TrainPlan.build(variant, train_rows, padded, 0, 0, config.model.max_length or 512).total_steps
         trials += 1
     return trials, steps
 
 
-def test_spearman(model_dir: str, test_path: Path) -> float:
+def score_on_test(model_dir: str, test_path: Path) -> float:
     import pyarrow.parquet as pq
     from sentence_transformers import CrossEncoder
     from sentence_transformers.cross_encoder.evaluation import CrossEncoderCorrelationEvaluator
@@ -257,7 +257,7 @@ def main() -> None:
     search, seconds = run(config)
     if search.best is None:
         raise SystemExit("no trial finished: nothing to score")
-    test = test_spearman(search.paths.output, splits["test"])
+    test = score_on_test(search.paths.output, splits["test"])
     print(f"[tune_stsb] best dev Spearman {search.best['metric']:.4f}, test Spearman {test:.4f}")
     grid_run = run(build_config(args, splits, args.name + "-grid", grid=True))[0] if args.grid else None
     section = report(config, command, search, seconds, test, grid_steps(config, train_rows), grid_run)

@@ -193,7 +193,7 @@ def report(config: Config, command: str, search, seconds: float, test: float, gr
         f"Date: {time.strftime('%Y-%m-%d')}; search wall time {seconds / 60:.0f} min",
         "",
         f"all-MiniLM-L6-v2 weights as a cross-encoder (jobs/configs/stsb.yaml: max_length {config.model.max_length}, "
-        f"{config.train.loss}, {config.train.epochs} epochs, {config.scaling.num_workers} CPU workers), tuned on dev: "
+        f"{config.train.loss}, {config.train.epochs} epoch(s), {config.scaling.num_workers} CPU workers), tuned on dev: "
         f"{settings.search} search, {search.summary['num_trials']} trials, ASHA (grace {settings.grace_period:g} "
         f"epoch, reduction factor {settings.reduction_factor:g}) over {space}.",
         "",

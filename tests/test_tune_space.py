@@ -130,3 +130,23 @@ def test_tune_needs_an_eval_set(capsys, tmp_path):
     path.write_text("model: {name_or_path: m}\ndata: {train: t.jsonl}\n")
     assert main(["tune", "--config", str(path)]) == 2
     assert "rerank-ray tune compares trials on the eval set's headline metric: set data.eval" in capsys.readouterr().err
+
+
+def test_optuna_draws_trials_in_the_nested_form_the_trials_read():
+    """Optuna's TPE (the optional extra) gets the same space and hands back the nested values a
+    trial applies; the concurrency limit goes to Tune's limiter, num_samples to Tune."""
+    pytest.importorskip("optuna")
+    from rerank_ray.search_space import flatten_params
+    from rerank_ray.tune import build_searcher
+
+    config = _config(search="optuna", num_samples=3, seed=1)
+    searcher, max_concurrent, num_samples = build_searcher(config, concurrency=2)
+    assert (max_concurrent, num_samples) == (2, 3)
+    dims = parse_space(config.tune.space, "optuna")
+    assert searcher.set_search_properties(config.headline_metric, "max", to_param_space(dims, "optuna"))
+    for i in range(3):
+        values = flatten_params(searcher.suggest(f"t{i}"))
+        assert set(values) == {d.key for d in dims}
+        assert 1e-5 <= values["train.learning_rate"] <= 1e-4
+        assert values["train.per_device_batch_size"] in (16, 32) and values["train.epochs"] in (1, 2, 3)
+        searcher.on_trial_complete(f"t{i}", {config.headline_metric: 0.5 + i / 10})

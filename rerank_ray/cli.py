@@ -1,6 +1,7 @@
 """``rerank-ray``: the command line.
 
     rerank-ray train --config jobs/configs/quickstart.yaml [section.key=value ...]
+    rerank-ray tune --config jobs/configs/stsb.yaml [tune.num_samples=16 ...] [--resume]
     rerank-ray config --config X.yaml [overrides]     # print the resolved config and exit
     rerank-ray fields                                 # every config key with its docstring
 
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="fine-tune a cross-encoder and export it")
     _add_config_args(train)
     train.add_argument("--resume", action="store_true", help="continue run.name from its last checkpoint")
+    tune = commands.add_parser("tune", help="search hyperparameters with Ray Tune and export the best model")
+    _add_config_args(tune)
+    tune.add_argument("--resume", action="store_true", help="continue the search run.name where it stopped")
     show = commands.add_parser("config", help="print the resolved config (YAML + overrides) and exit")
     _add_config_args(show)
     commands.add_parser("fields", help="list every config key with its type and meaning")
@@ -65,6 +69,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from rerank_ray.tune import run_search
+
+    overrides = list(args.overrides) + (["run.resume=true"] if args.resume else [])
+    outcome = run_search(load_config(args.config, overrides))
+    if outcome.interrupted:
+        return 130
+    return 0 if outcome.best is not None else 1
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
@@ -79,7 +93,7 @@ def cmd_fields(_: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "config": cmd_config, "fields": cmd_fields}
+COMMANDS = {"train": cmd_train, "tune": cmd_tune, "config": cmd_config, "fields": cmd_fields}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,9 @@
 """The one typed configuration of a run.
 
-A run is described by nested dataclasses (model, data, train, eval, scaling, run). They are loaded
-from YAML plus dotted ``key=value`` overrides, checked before Ray starts, handed to every Ray
-worker as a plain dict and rebuilt there with :meth:`Config.from_dict`.
+A run is described by nested dataclasses (model, data, train, eval, scaling, run; tune for a
+hyperparameter search). They are loaded from YAML plus dotted ``key=value`` overrides, checked
+before Ray starts, handed to every Ray worker as a plain dict and rebuilt there with
+:meth:`Config.from_dict`.
 
 Every field has a docstring right under it; ``rerank-ray config --help-fields`` prints them.
 """
@@ -245,6 +246,50 @@ class RunConfig:
     parameters. Proves every pair was seen once and all ranks hold the same weights."""
 
 
+def _default_search_space() -> dict[str, Any]:
+    return {
+        "train.learning_rate": {"loguniform": [1e-5, 1e-4]},
+        "train.per_device_batch_size": {"choice": [16, 32]},
+        "train.epochs": {"choice": [1, 2, 3]},
+    }
+
+
+@dataclass
+class TuneConfig:
+    space: dict[str, Any] = field(default_factory=_default_search_space)
+    """What ``rerank-ray tune`` searches: config fields of the train, model or data section by dotted
+    name, each with one of ``loguniform: [low, high]``, ``uniform: [low, high]``, ``randint: [low,
+    high]`` (both ends included) or ``choice: [a, b, ...]``, e.g. ``{train.learning_rate: {loguniform:
+    [1e-5, 1e-4]}, train.epochs: {choice: [1, 2]}}``. A space given in YAML or overrides replaces
+    this default: learning rate log-uniform in [1e-5, 1e-4], per-device batch 16 or 32, 1 to 3 epochs."""
+
+    search: Literal["random", "grid", "optuna"] = "random"
+    """How trials are drawn: ``random`` (``num_samples`` draws), ``grid`` (every combination of the
+    ``choice`` lists once; ranges are refused and ``num_samples`` is not used) or ``optuna``
+    (Optuna's TPE sampler, ``num_samples`` trials; needs ``pip install 'rerank-ray[tune]'``)."""
+
+    num_samples: int = 8
+    """Trials to run with random and optuna search."""
+
+    max_concurrent_trials: int | None = None
+    """Trials training at once, each with ``scaling.num_workers`` workers. None: as many as the
+    cluster's CPUs and GPUs hold, keeping 2 CPUs for Ray Data."""
+
+    scheduler: Literal["asha", "none"] = "asha"
+    """``asha``: asynchronous successive halving on the headline metric at every evaluation, which
+    stops a trial trailing the others at the same epoch; ``none``: every trial trains to its end."""
+
+    grace_period: float = 1.0
+    """ASHA: epochs every trial trains before it may be stopped."""
+
+    reduction_factor: float = 3.0
+    """ASHA: at each rung (``grace_period`` x ``reduction_factor``^k epochs) the trials below the
+    best 1/``reduction_factor`` of those that reached it are stopped."""
+
+    seed: int = 0
+    """Seed of the random and optuna samplers: the same seed draws the same trials."""
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -259,6 +304,8 @@ class Config:
     """Workers and their resources."""
     run: RunConfig = field(default_factory=RunConfig)
     """Run name, storage and export."""
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    """Hyperparameter search (``rerank-ray tune``): space, algorithm, scheduler, trials."""
 
     # ----------------------------------------------------------------------------------------
     @classmethod
@@ -277,6 +324,19 @@ class Config:
         from rerank_ray.evaluation import headline_metric_key
 
         return headline_metric_key(self.eval.kind, self.eval.name)
+
+    def _check_lr_scheduler(self) -> None:
+        # transformers.get_scheduler would raise this inside every worker, after Ray started.
+        from transformers.trainer_utils import SchedulerType
+
+        names = [t.value for t in SchedulerType]
+        if self.train.lr_scheduler not in names:
+            hint = difflib.get_close_matches(self.train.lr_scheduler, names, n=1)
+            raise ConfigError(
+                f"train.lr_scheduler {self.train.lr_scheduler!r} is not a transformers scheduler"
+                + (f" (did you mean {hint[0]}?)" if hint else "")
+                + f"; choose one of: {', '.join(names)}"
+            )
 
     def check(self) -> None:
         """Cross-field checks; each error names the key and the fix."""
@@ -301,6 +361,7 @@ class Config:
                 raise ConfigError(f"{key} must be at least 1, got {value}")
         if self.model.max_length is not None and self.model.max_length < 2:
             raise ConfigError(f"model.max_length must be at least 2 tokens, got {self.model.max_length}")
+        self._check_lr_scheduler()
         if not 0 <= self.train.warmup_ratio < 1:
             raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.train.warmup_ratio}")
         if not self.train.learning_rate > 0 or not math.isfinite(self.train.learning_rate):
@@ -340,6 +401,36 @@ class Config:
         from rerank_ray.losses import check_loss_fits
 
         check_loss_fits(self.train.loss, self.model.num_labels, self.eval.kind, self.train.loss_kwargs)
+        self._check_tune()
+
+    def _check_tune(self) -> None:
+        """The tune section's own checks; the space's values against the whole config are checked
+        by ``rerank-ray tune`` (:func:`rerank_ray.search_space.check_values`)."""
+        from rerank_ray.search_space import max_value, parse_space
+
+        tune = self.tune
+        dims = parse_space(tune.space, tune.search)
+        if not dims:
+            raise ConfigError("tune.space is empty: name at least one field to search, e.g. train.learning_rate")
+        if tune.num_samples < 1:
+            raise ConfigError(f"tune.num_samples must be at least 1, got {tune.num_samples}")
+        if tune.max_concurrent_trials is not None and tune.max_concurrent_trials < 1:
+            raise ConfigError(
+                f"tune.max_concurrent_trials must be at least 1 or null, got {tune.max_concurrent_trials}"
+            )
+        if tune.scheduler == "asha":
+            longest = max_value(dims, "train.epochs", self.train.epochs)
+            if not 0 < tune.grace_period <= longest:
+                raise ConfigError(
+                    f"tune.grace_period must be in (0, {longest}] epochs (the longest trial), got {tune.grace_period}"
+                )
+            if tune.reduction_factor <= 1:
+                raise ConfigError(f"tune.reduction_factor must be above 1, got {tune.reduction_factor}")
+        if tune.search == "optuna":
+            import importlib.util
+
+            if importlib.util.find_spec("optuna") is None:
+                raise ConfigError("tune.search optuna needs Optuna: pip install 'rerank-ray[tune]'")
 
 
 # --------------------------------------------------------------------------------------------

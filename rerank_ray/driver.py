@@ -68,11 +68,12 @@ def check_run_name(config: Config, name: str) -> None:
         print(f"[rerank-ray] run {name!r} has no checkpoint yet: starting it from the beginning", flush=True)
 
 
-def ensure_ray(config: Config) -> None:
+def ensure_ray(config: Config, num_cpus: int | None = None) -> None:
     """Join the cluster named by ``run.ray_address`` or ``RAY_ADDRESS``; else start a local Ray.
 
     A local Ray gets at least enough logical CPUs for the workers plus Ray Data's tasks: on a
     2-core laptop two 1-CPU workers would otherwise leave the data pipeline no CPU to run on.
+    ``num_cpus`` raises that floor (a search runs several trials at once).
     """
     import ray
 
@@ -91,13 +92,15 @@ def ensure_ray(config: Config) -> None:
         ray.init(address=address, runtime_env={"env_vars": env_vars} if env_vars else None, log_to_driver=True)
         return
     scaling = config.scaling
-    needed = math.ceil(scaling.num_workers * scaling.cpus_per_worker) + DATA_CPUS
+    needed = max(num_cpus or 0, math.ceil(scaling.num_workers * scaling.cpus_per_worker) + DATA_CPUS)
+    dashboard_port, api_env = pinned_state_api()
     ray.init(
         num_cpus=max(os.cpu_count() or 1, needed),
         # The dashboard also serves the state API that Ray Train polls; without it every
         # worker logs "Failed to query Ray Train Controller actor state" in a loop.
         include_dashboard=True,
-        runtime_env={"env_vars": env_vars},
+        dashboard_port=dashboard_port,
+        runtime_env={"env_vars": {**env_vars, **api_env}},
         log_to_driver=True,
     )
 
@@ -134,6 +137,24 @@ def check_storage_outlives_job(config: Config) -> None:
                 f"copy of the working dir on one node and vanish with it; set {key}=s3://bucket/prefix "
                 "(or gs://..., or an absolute path every node mounts, e.g. NFS)"
             )
+
+
+def pinned_state_api() -> tuple[int, dict[str, str]]:
+    """A free port for a local Ray's dashboard, and the env var that points Ray processes at it.
+
+    Ray Train's PlacementGroupCleaner (a detached actor that frees a Train run's worker placement
+    group when its controller dies, as when Tune's scheduler stops a trial) finds the state API
+    through ``RAY_API_SERVER_ADDRESS``, else by looking for *the* Ray on the host. With two local
+    Rays on one host that lookup fails ("Found multiple active Ray instances"), the placement
+    group stays, and its CPUs are lost to the rest of a search. Set for the whole job, the
+    variable reaches every actor, the cleaner included.
+    """
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return port, {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
 
 
 def inspect_data(config: Config) -> dict[str, Any]:
@@ -199,7 +220,20 @@ def prepare_datasets(
     return datasets, plan, sources
 
 
-def build_trainer(config: Config, plan: TrainPlan, datasets: dict[str, Any], name: str) -> Any:
+def worker_resources(config: Config) -> dict[str, float]:
+    """Ray resources of one Train worker."""
+    scaling = config.scaling
+    resources = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
+    if scaling.use_gpu:
+        resources.setdefault("GPU", 1)
+    return resources
+
+
+def build_trainer(
+    config: Config, plan: TrainPlan, datasets: dict[str, Any], name: str, callbacks: list | None = None
+) -> Any:
+    """The TorchTrainer of one run. ``callbacks``: Ray Train user callbacks (a Tune trial passes
+    the one that forwards its reports to Tune)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -207,9 +241,7 @@ def build_trainer(config: Config, plan: TrainPlan, datasets: dict[str, Any], nam
     from rerank_ray.worker import train_loop_per_worker
 
     scaling = config.scaling
-    resources = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
-    if scaling.use_gpu:
-        resources.setdefault("GPU", 1)
+    resources = worker_resources(config)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "plan": plan.to_dict(), "faults": faults.from_environment()},
@@ -228,7 +260,7 @@ def build_trainer(config: Config, plan: TrainPlan, datasets: dict[str, Any], nam
             # A dead worker restarts the worker group from the newest complete checkpoint; bad
             # input, config errors and out-of-memory end the run at once (no retry cures them).
             failure_config=FailureConfig(max_failures=config.run.max_failures),
-            callbacks=[faults.stop_retrying_callback()],
+            callbacks=[faults.stop_retrying_callback(), *(callbacks or [])],
         ),
         datasets=datasets,
     )

@@ -258,7 +258,11 @@ def skipped_rows(history: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     return {"train": dict(train), "eval": dict(evaluation)}
 
 
-def export_run(config: Config, plan: TrainPlan, result: Any, sources: dict[str, Any]) -> TrainOutcome:
+def export_run(
+    config: Config, plan: TrainPlan, result: Any, sources: dict[str, Any], search_summary: str | None = None
+) -> TrainOutcome:
+    """``search_summary``: a markdown section appended to the model card (``rerank-ray tune``
+    passes the summary of the search that picked this run)."""
     from sentence_transformers import CrossEncoder
 
     name = run_name(config)
@@ -289,10 +293,10 @@ def export_run(config: Config, plan: TrainPlan, result: Any, sources: dict[str, 
         model.save(local_out)
         readme = Path(local_out, "README.md")
         text = readme.read_text(encoding="utf-8")
-        readme.write_text(
-            redact(text.rstrip() + "\n\n" + ray_section(config, plan, history, train_seconds, pairs_seen)),
-            encoding="utf-8",
-        )
+        sections = [ray_section(config, plan, history, train_seconds, pairs_seen)]
+        if search_summary:
+            sections.append(search_summary.strip() + "\n")
+        readme.write_text(redact(text.rstrip() + "\n\n" + "\n".join(sections)), encoding="utf-8")
 
         headline = plan.headline_metric
         before = next((e for e in history if e["step"] == 0 and headline in e), None)

@@ -27,6 +27,8 @@ class Batch:
     labels: np.ndarray  # (n,) float32, or int64 class ids
     weights: np.ndarray  # (n,) float32: 0 for filler rows
     pair_ids: list | None = None
+    row_keys: np.ndarray | None = None  # (n,) int64: each row's stable key (-1 for filler rows)
+    skip: np.ndarray | None = None  # (n,) int8: why a row was skipped (0: a good row)
     group_ids: np.ndarray | None = None  # (n,) int64: the query of each reranking eval pair
 
     def __len__(self) -> int:
@@ -112,8 +114,16 @@ class Collator:
             labels=labels.astype(np.int64 if np.issubdtype(labels.dtype, np.integer) else np.float32),
             weights=rows.column("weight").to_numpy().astype(np.float32),
             pair_ids=rows.column("pair_id").to_pylist() if "pair_id" in rows.column_names else None,
-            group_ids=rows.column("group_id").to_numpy() if "group_id" in rows.column_names else None,
+            row_keys=_column_numpy(rows, "row_key", np.int64),
+            skip=_column_numpy(rows, "skip", np.int8),
+            group_ids=_column_numpy(rows, "group_id", np.int64),
         )
+
+
+def _column_numpy(rows: pa.Table, name: str, dtype) -> np.ndarray | None:
+    if name not in rows.column_names:
+        return None
+    return rows.column(name).to_numpy().astype(dtype, copy=False)
 
 
 def row_lengths(rows: pa.Table) -> np.ndarray:

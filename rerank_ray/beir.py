@@ -112,13 +112,22 @@ def judged_pairs(documents: pa.Table, judgements: pa.Table) -> pa.Table:
     return joined.select(["sentence_0", "sentence_1", "label", "query_id"])
 
 
+def _judged_rows(documents: pa.Table, judgements: pa.Table) -> pa.Table:
+    """:func:`judged_pairs` as the rows the tokenizing stage takes (those the row checks of pair
+    files produce): no skipped row, no row key (eval rows are never resumed mid-way)."""
+    pairs = judged_pairs(documents, judgements)
+    pairs = pairs.set_column(2, "label", pairs["label"].cast(pa.float32()))
+    pairs = pairs.append_column("skip", pa.array([0] * pairs.num_rows, type=pa.int8()))
+    return pairs.append_column("row_key", pa.array([-1] * pairs.num_rows, type=pa.int64()))
+
+
 def open_beir(beir: BeirFiles) -> PairSource:
     """The judged pairs as a (materialized) Ray dataset with the canonical columns plus query_id."""
     import ray.data
 
     corpus = ray.data.read_json(beir.corpus, file_extensions=None, parse_options=_json_options(DOCUMENT_SCHEMA))
     pairs = corpus.map_batches(
-        judged_pairs, batch_format="pyarrow", fn_kwargs={"judgements": beir.judgements}
+        _judged_rows, batch_format="pyarrow", fn_kwargs={"judgements": beir.judgements}
     ).materialize()
     return PairSource(
         what=beir.what,

@@ -1,13 +1,15 @@
 """``rerank-ray``: the command line.
 
     rerank-ray train --config jobs/configs/quickstart.yaml [section.key=value ...]
+    rerank-ray tune --config jobs/configs/stsb.yaml [tune.num_samples=16 ...] [--resume]
     rerank-ray config --config X.yaml [overrides]     # print the resolved config and exit
     rerank-ray fields                                 # every config key with its docstring
     rerank-ray eval --model DIR --data FILES --kind KIND [--columns sentence_0=q ...]
     rerank-ray rank --model DIR --query "..." --docs FILE [--top-k N]
 
-Exit codes: 0 success, 2 a config or data error (the message names the key, file, row or column),
-1 anything else.
+Exit codes: 0 success, 2 a config or data error or an out-of-memory step (the message names the
+key, file, row or column, or the batch size, and the fix), 1 anything else. What it prints passes
+through :func:`rerank_ray.redaction.redact` (no credentials).
 """
 
 from __future__ import annotations
@@ -18,33 +20,17 @@ import sys
 import traceback
 from typing import Any
 
-from rerank_ray.config import ConfigError, field_docs, load_config
+from rerank_ray.config import field_docs, load_config
+from rerank_ray.redaction import redact
 
 EXIT_USAGE = 2
 
 
 def _input_error(err: BaseException) -> BaseException | None:
-    """The ConfigError/DataError behind ``err``, however deep Ray wrapped it."""
-    from rerank_ray.data import DataError
+    """The ConfigError / DataError / OutOfMemory behind ``err``, however deep Ray wrapped it."""
+    from rerank_ray.faults import input_error
 
-    seen = set()
-    stack = [err]
-    while stack:
-        current = stack.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, (ConfigError, DataError)):
-            return current
-        stack.extend([current.__cause__, current.__context__])
-        # Ray Train keeps per-worker errors in a dict; Ray tasks keep the original as .cause.
-        for attr in ("cause", "worker_failures", "_worker_failures"):
-            inner = getattr(current, attr, None)
-            if isinstance(inner, dict):
-                stack.extend(v for v in inner.values() if isinstance(v, BaseException))
-            elif isinstance(inner, BaseException):
-                stack.append(inner)
-    return None
+    return input_error(err)
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="fine-tune a cross-encoder and export it")
     _add_config_args(train)
     train.add_argument("--resume", action="store_true", help="continue run.name from its last checkpoint")
+    tune = commands.add_parser("tune", help="search hyperparameters with Ray Tune and export the best model")
+    _add_config_args(tune)
+    tune.add_argument("--resume", action="store_true", help="continue the search run.name where it stopped")
     show = commands.add_parser("config", help="print the resolved config (YAML + overrides) and exit")
     _add_config_args(show)
     commands.add_parser("fields", help="list every config key with its type and meaning")
@@ -115,15 +104,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(
             f"[rerank-ray] {headline}: {before_text}{after:.4f} (step {summary['selected_step']}, {summary['selected_by']})"
         )
-    print(f"[rerank-ray] model exported to {outcome.output_dir}")
+    print(f"[rerank-ray] model exported to {redact(outcome.output_dir)}")
     return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from rerank_ray.tune import run_search
+
+    overrides = list(args.overrides) + (["run.resume=true"] if args.resume else [])
+    outcome = run_search(load_config(args.config, overrides))
+    if outcome.interrupted:
+        return 130
+    return 0 if outcome.best is not None else 1
 
 
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
     config = load_config(args.config, args.overrides)
-    print(yaml.safe_dump(json.loads(json.dumps(config.to_dict())), sort_keys=False), end="")
+    print(redact(yaml.safe_dump(json.loads(json.dumps(config.to_dict())), sort_keys=False)), end="")
     return 0
 
 
@@ -179,7 +178,14 @@ def cmd_rank(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "config": cmd_config, "fields": cmd_fields, "eval": cmd_eval, "rank": cmd_rank}
+COMMANDS = {
+    "train": cmd_train,
+    "tune": cmd_tune,
+    "config": cmd_config,
+    "fields": cmd_fields,
+    "eval": cmd_eval,
+    "rank": cmd_rank,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,10 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - the top level turns errors into exit codes
         cause = _input_error(err)
         if cause is not None:
-            print(f"error: {cause}", file=sys.stderr)
+            print(redact(f"error: {cause}"), file=sys.stderr)
             return EXIT_USAGE
-        traceback.print_exc()
-        print(f"error: {err}", file=sys.stderr)
+        print(redact(traceback.format_exc()), file=sys.stderr, end="")
+        print(redact(f"error: {err}"), file=sys.stderr)
         return 1
 
 

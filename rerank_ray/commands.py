@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from rerank_ray.config import PAIR_COLUMNS, ConfigError, DataConfig
-from rerank_ray.data import DataError, check_columns, column_mapping, resolve_paths
+from rerank_ray.data import DataError, column_mapping, resolve_paths
 
 
 @dataclass
@@ -60,9 +60,20 @@ def read_pairs(specs: list[str], columns: dict[str, str], query_id_column: str |
         else:
             parse = pacsv.ParseOptions(delimiter="\t", quote_char=False) if fmt == "tsv" else pacsv.ParseOptions()
             table = pacsv.read_csv(path, parse_options=parse)
-        check_columns(table.column_names, mapping, [path], "--data")
+        check_columns(table.column_names, mapping, path)
         tables.append(table.select(list(mapping)).rename_columns(list(mapping.values())))
     return pa.concat_tables(tables, promote_options="permissive")
+
+
+def check_columns(names: list[str], mapping: dict[str, str], path: str) -> None:
+    """Every column the eval needs is in the file; else name it, the file's columns and the fix."""
+    for column, canonical in mapping.items():
+        if column not in names:
+            fix = "--query-id-column" if canonical == "query_id" else f"--columns {canonical}=<your column>"
+            raise DataError(
+                f"--data: column {column!r} (for {canonical}) is missing in {path}; the file has columns "
+                f"{names}; name the right one with {fix}"
+            )
 
 
 def evaluate_saved_model(request: EvalRequest) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """The one typed configuration of a run.
 
-A run is described by nested dataclasses (model, data, train, eval, scaling, run). They are loaded
-from YAML plus dotted ``key=value`` overrides, checked before Ray starts, handed to every Ray
-worker as a plain dict and rebuilt there with :meth:`Config.from_dict`.
+A run is described by nested dataclasses (model, data, train, eval, scaling, run; tune for a
+hyperparameter search). They are loaded from YAML plus dotted ``key=value`` overrides, checked
+before Ray starts, handed to every Ray worker as a plain dict and rebuilt there with
+:meth:`Config.from_dict`.
 
 Every field has a docstring right under it; ``rerank-ray config --help-fields`` prints them.
 """
@@ -100,6 +101,12 @@ class DataConfig:
 
     tokenize_batch_size: int = 1024
     """Rows per Ray Data tokenization task."""
+
+    on_bad_row: Literal["error", "skip"] = "error"
+    """What a bad row does (null or empty text, undecodable text, a missing, non-numeric or
+    out-of-range label, a malformed line): ``error`` stops the run naming the file, row, column,
+    value and fix; ``skip`` trains without it and counts it, by reason, in the log and in
+    ``metrics.json``. File-level problems (unreadable, empty, missing columns) always stop the run."""
 
 
 @dataclass
@@ -218,7 +225,9 @@ class RunConfig:
     """Run name: the folder under ``storage_path``. None: ``rerank-<timestamp>``."""
 
     storage_path: str = "runs"
-    """Where checkpoints and results go: a local folder, NFS, ``s3://`` or ``gs://``."""
+    """Where checkpoints and results go: a local folder, NFS, ``s3://`` or ``gs://`` (pyarrow's
+    options as a query, e.g. ``?endpoint_override=host:9000&scheme=http``). On a multi-node cluster
+    every node must reach it: object storage or a shared mount, never one node's disk."""
 
     output_dir: str | None = None
     """Where the exported model goes. None: ``<storage_path>/<name>/model``."""
@@ -227,7 +236,18 @@ class RunConfig:
     """Export the checkpoint with the best headline metric, or the last one."""
 
     num_checkpoints_to_keep: int = 2
-    """Checkpoints kept in storage (the best ones by headline metric when evaluating)."""
+    """Checkpoints kept in storage: the last this many, plus the best by headline metric when
+    evaluating."""
+
+    checkpoint_steps: int = 0
+    """Also write a checkpoint every this many optimizer steps (model, optimizer, scheduler, grad
+    scaler, RNG states and the position in the data). 0: only at evaluations (``eval.steps``) and
+    at the end. A restarted worker group or ``--resume`` continues from the newest complete one."""
+
+    max_failures: int = 2
+    """Worker-group failures (a dead worker, a lost node) survived by restoring the newest complete
+    checkpoint; -1: no limit. Bad input, config errors and out-of-memory stop the run at once,
+    since a retry would fail the same way."""
 
     resume: bool = False
     """Continue the run ``run.name`` from its last checkpoint in ``storage_path`` (same as
@@ -241,6 +261,50 @@ class RunConfig:
     """Write ``audit/rank<N>.jsonl`` in the run folder (local storage): per step, the ids
     (``data.id_column``) of the pairs that worker trained; per checkpoint, a digest of its
     parameters. Proves every pair was seen once and all ranks hold the same weights."""
+
+
+def _default_search_space() -> dict[str, Any]:
+    return {
+        "train.learning_rate": {"loguniform": [1e-5, 1e-4]},
+        "train.per_device_batch_size": {"choice": [16, 32]},
+        "train.epochs": {"choice": [1, 2, 3]},
+    }
+
+
+@dataclass
+class TuneConfig:
+    space: dict[str, Any] = field(default_factory=_default_search_space)
+    """What ``rerank-ray tune`` searches: config fields of the train, model or data section by dotted
+    name, each with one of ``loguniform: [low, high]``, ``uniform: [low, high]``, ``randint: [low,
+    high]`` (both ends included) or ``choice: [a, b, ...]``, e.g. ``{train.learning_rate: {loguniform:
+    [1e-5, 1e-4]}, train.epochs: {choice: [1, 2]}}``. A space given in YAML or overrides replaces
+    this default: learning rate log-uniform in [1e-5, 1e-4], per-device batch 16 or 32, 1 to 3 epochs."""
+
+    search: Literal["random", "grid", "optuna"] = "random"
+    """How trials are drawn: ``random`` (``num_samples`` draws), ``grid`` (every combination of the
+    ``choice`` lists once; ranges are refused and ``num_samples`` is not used) or ``optuna``
+    (Optuna's TPE sampler, ``num_samples`` trials; needs ``pip install 'rerank-ray[tune]'``)."""
+
+    num_samples: int = 8
+    """Trials to run with random and optuna search."""
+
+    max_concurrent_trials: int | None = None
+    """Trials training at once, each with ``scaling.num_workers`` workers. None: as many as the
+    cluster's CPUs and GPUs hold, keeping 2 CPUs for Ray Data."""
+
+    scheduler: Literal["asha", "none"] = "asha"
+    """``asha``: asynchronous successive halving on the headline metric at every evaluation, which
+    stops a trial trailing the others at the same epoch; ``none``: every trial trains to its end."""
+
+    grace_period: float = 1.0
+    """ASHA: epochs every trial trains before it may be stopped."""
+
+    reduction_factor: float = 3.0
+    """ASHA: at each rung (``grace_period`` x ``reduction_factor``^k epochs) the trials below the
+    best 1/``reduction_factor`` of those that reached it are stopped."""
+
+    seed: int = 0
+    """Seed of the random and optuna samplers: the same seed draws the same trials."""
 
 
 @dataclass
@@ -257,6 +321,8 @@ class Config:
     """Workers and their resources."""
     run: RunConfig = field(default_factory=RunConfig)
     """Run name, storage and export."""
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    """Hyperparameter search (``rerank-ray tune``): space, algorithm, scheduler, trials."""
 
     # ----------------------------------------------------------------------------------------
     @classmethod
@@ -275,6 +341,19 @@ class Config:
         from rerank_ray.evaluation import headline_metric_key
 
         return headline_metric_key(self.eval.kind, self.eval.name, self.eval.at_k)
+
+    def _check_lr_scheduler(self) -> None:
+        # transformers.get_scheduler would raise this inside every worker, after Ray started.
+        from transformers.trainer_utils import SchedulerType
+
+        names = [t.value for t in SchedulerType]
+        if self.train.lr_scheduler not in names:
+            hint = difflib.get_close_matches(self.train.lr_scheduler, names, n=1)
+            raise ConfigError(
+                f"train.lr_scheduler {self.train.lr_scheduler!r} is not a transformers scheduler"
+                + (f" (did you mean {hint[0]}?)" if hint else "")
+                + f"; choose one of: {', '.join(names)}"
+            )
 
     def check(self) -> None:
         """Cross-field checks; each error names the key and the fix."""
@@ -299,6 +378,7 @@ class Config:
                 raise ConfigError(f"{key} must be at least 1, got {value}")
         if self.model.max_length is not None and self.model.max_length < 2:
             raise ConfigError(f"model.max_length must be at least 2 tokens, got {self.model.max_length}")
+        self._check_lr_scheduler()
         if not 0 <= self.train.warmup_ratio < 1:
             raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.train.warmup_ratio}")
         if not self.train.learning_rate > 0 or not math.isfinite(self.train.learning_rate):
@@ -308,6 +388,7 @@ class Config:
             "train.max_grad_norm": self.train.max_grad_norm,
             "eval.steps": self.eval.steps,
             "scaling.cpus_per_worker": self.scaling.cpus_per_worker,
+            "run.checkpoint_steps": self.run.checkpoint_steps,
         }.items():
             if value < 0:
                 raise ConfigError(f"{key} must not be negative, got {value}")
@@ -316,6 +397,18 @@ class Config:
         self._check_eval()
         if self.run.resume and not self.run.name:
             raise ConfigError("run.resume needs run.name: the name of the run to continue")
+        storage_scheme = self.run.storage_path.partition("://")[0] if "://" in self.run.storage_path else "file"
+        if self.run.audit and storage_scheme != "file":
+            raise ConfigError(
+                f"run.audit appends to per-rank files in the run folder, which {storage_scheme}:// storage cannot "
+                "do: use a local or NFS run.storage_path for an audited run, or run.audit=false"
+            )
+        if self.run.max_failures < -1:
+            raise ConfigError(f"run.max_failures must be -1 (no limit) or at least 0, got {self.run.max_failures}")
+        # Credentials written into a path would reach Ray's logs, error messages and the model card.
+        from rerank_ray.redaction import check_no_inline_credentials
+
+        check_no_inline_credentials(self)
         unknown_columns = set(self.data.columns) - set(PAIR_COLUMNS)
         if unknown_columns:
             raise ConfigError(
@@ -326,6 +419,36 @@ class Config:
         from rerank_ray.losses import check_loss_fits
 
         check_loss_fits(self.train.loss, self.model.num_labels, self.eval.kind, self.train.loss_kwargs)
+        self._check_tune()
+
+    def _check_tune(self) -> None:
+        """The tune section's own checks; the space's values against the whole config are checked
+        by ``rerank-ray tune`` (:func:`rerank_ray.search_space.check_values`)."""
+        from rerank_ray.search_space import max_value, parse_space
+
+        tune = self.tune
+        dims = parse_space(tune.space, tune.search)
+        if not dims:
+            raise ConfigError("tune.space is empty: name at least one field to search, e.g. train.learning_rate")
+        if tune.num_samples < 1:
+            raise ConfigError(f"tune.num_samples must be at least 1, got {tune.num_samples}")
+        if tune.max_concurrent_trials is not None and tune.max_concurrent_trials < 1:
+            raise ConfigError(
+                f"tune.max_concurrent_trials must be at least 1 or null, got {tune.max_concurrent_trials}"
+            )
+        if tune.scheduler == "asha":
+            longest = max_value(dims, "train.epochs", self.train.epochs)
+            if not 0 < tune.grace_period <= longest:
+                raise ConfigError(
+                    f"tune.grace_period must be in (0, {longest}] epochs (the longest trial), got {tune.grace_period}"
+                )
+            if tune.reduction_factor <= 1:
+                raise ConfigError(f"tune.reduction_factor must be above 1, got {tune.reduction_factor}")
+        if tune.search == "optuna":
+            import importlib.util
+
+            if importlib.util.find_spec("optuna") is None:
+                raise ConfigError("tune.search optuna needs Optuna: pip install 'rerank-ray[tune]'")
 
     def _check_eval(self) -> None:
         """The reranking inputs belong to the reranking kind; class labels are not scaled."""

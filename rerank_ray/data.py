@@ -10,11 +10,18 @@ Every dataset that reaches the workers has these columns:
 - ``input_ids`` (list<int32>) and, when the tokenizer makes them, ``token_type_ids`` (list<int8>):
   the pair, tokenized and truncated, not padded (padding happens per batch, on the worker);
 - ``label``: float32, or int64 class ids for a multi-class head (CrossEntropyLoss), so class
-  labels stay integers from the file to the loss and the evaluator;
-- ``weight`` (float32): 1 for a real pair, 0 for the filler rows that make the row count a
-  multiple of the number of workers (see :func:`pad_to_multiple`);
+  labels stay integers from the file to the loss and the evaluator; ``weight`` (float32): 1 for a real pair, 0 for the filler rows that make
+  the row count a multiple of the number of workers (see :func:`pad_to_multiple`) and for bad rows
+  skipped with ``data.on_bad_row: skip``;
+- ``skip`` (int8): why a row was skipped (:data:`rerank_ray.validation.REASONS`), 0 for a good row;
+- ``row_key`` (int64): the row's file and row number, its stable key (:mod:`rerank_ray.position`);
+  -1 for filler rows;
 - ``pair_id`` when ``data.id_column`` is set; ``group_id`` (int64, the query of a reranking eval
   pair, see :mod:`rerank_ray.reranking`).
+
+Files are read and every row is checked by :mod:`rerank_ray.reading` (with the checks of
+:mod:`rerank_ray.validation`), on a sample of every file before Ray starts and on every row as it
+streams.
 """
 
 from __future__ import annotations
@@ -22,13 +29,17 @@ from __future__ import annotations
 import fnmatch
 import glob
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from rerank_ray.config import PAIR_COLUMNS, ConfigError, DataConfig
+from rerank_ray.config import PAIR_COLUMNS, Config, ConfigError, DataConfig
+from rerank_ray.validation import DataError, RowChecker, label_rule
+
+__all__ = ["DataError"]  # re-exported: raised for bad input everywhere in the data path
 
 if TYPE_CHECKING:
     import ray.data
@@ -39,10 +50,6 @@ FORMAT_EXTENSIONS = {
     "csv": (".csv",),
     "tsv": (".tsv", ".tab"),
 }
-
-
-class DataError(ValueError):
-    """Bad input data. The message names the file, the column and, where known, the row."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,6 +98,23 @@ def _list_uri(pattern: str) -> list[str]:
     return sorted(uris)
 
 
+_URI_QUERY = re.compile(r"\?[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def _reject_uri_options(spec: str, what: str) -> None:
+    """pyarrow options in a data URI's query would be lost on the files found under it (and ``?``
+    is a glob character here): name the way that works for data, the provider's environment."""
+    if _URI_QUERY.search(spec):
+        from rerank_ray.redaction import redact
+
+        raise ConfigError(
+            f"{what}: {redact(spec)}: options in a data URI's query are not supported; give them to "
+            "pyarrow through the environment of the driver and the nodes instead, e.g. "
+            "AWS_ENDPOINT_URL=http://host:9000 (and AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) for an "
+            "S3-compatible store"
+        )
+
+
 def resolve_paths(specs: list[str], fmt: str, what: str) -> tuple[list[str], str]:
     """Expand files, folders and globs into a sorted file list, and settle the format.
 
@@ -99,6 +123,7 @@ def resolve_paths(specs: list[str], fmt: str, what: str) -> tuple[list[str], str
     files: list[str] = []
     for spec in specs:
         if _is_uri(spec) and not spec.startswith("file://"):
+            _reject_uri_options(spec, what)
             found = _list_uri(spec)
         else:
             local = spec.removeprefix("file://")
@@ -141,29 +166,6 @@ def _all_exts() -> list[str]:
 # Reading
 
 
-def read_raw(files: list[str], fmt: str, seed: int | None = None) -> ray.data.Dataset:
-    """A Ray dataset of the files' rows, all columns. ``seed`` shuffles the file order every
-    epoch (differently each epoch, reproducibly): a streaming-friendly shuffle, unlike a global
-    ``random_shuffle`` that would gather the whole set."""
-    import ray.data
-    from ray.data import FileShuffleConfig
-
-    shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=True) if seed is not None and len(files) > 1 else None
-    if fmt == "parquet":
-        return ray.data.read_parquet(files, shuffle=shuffle)
-    if fmt == "jsonl":
-        return ray.data.read_json(files, lines=True, shuffle=shuffle, file_extensions=None)
-    if fmt in ("csv", "tsv"):
-        import pyarrow.csv as pacsv
-
-        kwargs: dict[str, Any] = {}
-        if fmt == "tsv":
-            # Texts hold quotes; a TSV has no quoting.
-            kwargs["parse_options"] = pacsv.ParseOptions(delimiter="\t", quote_char=False)
-        return ray.data.read_csv(files, shuffle=shuffle, **kwargs)
-    raise ConfigError(f"data.format {fmt!r} is not readable")
-
-
 def column_mapping(data: DataConfig, query_id_column: str | None = None) -> dict[str, str]:
     """file column -> canonical column, for the columns a run needs (``query_id``: the query of a
     reranking eval pair, when a column names it)."""
@@ -175,68 +177,24 @@ def column_mapping(data: DataConfig, query_id_column: str | None = None) -> dict
     return mapping
 
 
-def check_columns(schema_names: list[str], mapping: dict[str, str], files: list[str], what: str) -> None:
-    """Fail before training when a needed column is missing, naming the file and the fix."""
-    missing = [src for src in mapping if src not in schema_names]
-    if missing:
-        src = missing[0]
-        canonical = mapping[src]
-        hint = (
-            f"map it with data.columns.{canonical}=<your column>"
-            if canonical in PAIR_COLUMNS
-            else ("check eval.query_id_column" if canonical == "query_id" else "check data.id_column")
-        )
-        shown = files[0] if len(files) == 1 else f"{files[0]} (and {len(files) - 1} more)"
-        raise DataError(
-            f"{what}: column {src!r} (for {canonical}) is missing in {shown}; "
-            f"the files have columns {schema_names}; {hint}"
-        )
+def make_checker(config: Config, split: str, files: list[str]) -> RowChecker:
+    """The row checks of one split (``train`` or ``eval``)."""
+    mapping = column_mapping(config.data, config.eval.query_id_column if split == "eval" else None)
+    return RowChecker(
+        what=f"data.{split}",
+        files=files,
+        file_columns={canonical: column for column, canonical in mapping.items()},
+        rule=label_rule(config, split),
+        label_scale=config.data.label_scale,
+        on_bad_row=config.data.on_bad_row,
+    )
 
 
-#: Files whose columns are checked before training (all footers for Parquet are cheap; text
-#: formats are read only up to :data:`PEEK_BYTES` each).
+#: Files checked before training (their first :data:`SAMPLE_ROWS` rows; Parquet footers give the
+#: row count), so bad input near the top of a file fails in seconds, before Ray starts. Every
+#: other row is checked as it streams.
 MAX_FILES_PEEKED = 64
-PEEK_BYTES = 1 << 20
-
-
-def _open_input(path: str):
-    import pyarrow.fs as pafs
-
-    if _is_uri(path):
-        fs, inner = pafs.FileSystem.from_uri(path)
-        return fs.open_input_file(inner) if path.lower().endswith((".parquet", ".pq")) else fs.open_input_stream(inner)
-    return pa.OSFile(path, "rb") if path.lower().endswith((".parquet", ".pq")) else pa.input_stream(path)
-
-
-def peek(path: str, fmt: str) -> tuple[pa.Schema, int | None]:
-    """(schema, row count if known cheaply) of one file, reading a footer or its first megabyte."""
-    import io
-
-    import pyarrow.csv as pacsv
-    import pyarrow.json as pajson
-    import pyarrow.parquet as pq
-
-    try:
-        with _open_input(path) as handle:
-            if fmt == "parquet":
-                meta = pq.ParquetFile(handle).metadata
-                return meta.schema.to_arrow_schema(), meta.num_rows
-            head = handle.read(PEEK_BYTES)
-    except (OSError, pa.ArrowException) as err:
-        raise DataError(f"cannot read {path}: {err}") from err
-    if not head.strip():
-        raise DataError(f"{path} is empty")
-    if len(head) == PEEK_BYTES:
-        head = head[: head.rfind(b"\n") + 1] or head  # whole lines only
-    try:
-        if fmt == "jsonl":
-            table = pajson.read_json(io.BytesIO(head))
-        else:
-            parse = pacsv.ParseOptions(delimiter="\t", quote_char=False) if fmt == "tsv" else pacsv.ParseOptions()
-            table = pacsv.read_csv(io.BytesIO(head), parse_options=parse)
-    except pa.ArrowInvalid as err:
-        raise DataError(f"{path} is not valid {fmt.upper()}: {err}") from err
-    return table.schema, None
+SAMPLE_ROWS = 1000
 
 
 @dataclass
@@ -248,52 +206,83 @@ class SplitFiles:
     format: str
     footer_rows: int | None
     """Row count from Parquet footers, when every file's footer was read."""
-    mapping: dict[str, str]
-    """file column -> canonical column (:func:`column_mapping`)."""
+    checker: RowChecker | None = None
+    sample_skipped: dict[str, int] | None = None
+    """With ``on_bad_row: skip``: bad rows found in the sample, by reason."""
 
 
-def inspect_split(specs: list[str], data: DataConfig, what: str, query_id_column: str | None = None) -> SplitFiles:
-    """Find one split's files and check their columns on the files themselves (footers, or the
-    first megabyte), so a missing column fails in seconds, naming the file, before Ray starts."""
-    files, fmt = resolve_paths(specs, data.format, what)
-    mapping = column_mapping(data, query_id_column)
+def inspect_split(specs: list[str], config: Config, split: str) -> SplitFiles:
+    """Find one split's files and check a sample of each on the files themselves (columns, column
+    types across files, and the first rows' values), so bad input fails in seconds, naming the
+    file and row, before Ray starts."""
+    from rerank_ray import reading
+    from rerank_ray.validation import tally, tally_dict
+
+    what = f"data.{split}"
+    files, fmt = resolve_paths(specs, config.data.format, what)
+    checker = make_checker(config, split, files)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        # The first file's types name the file a disagreeing shard differs from.
+        try:
+            with reading.open_local_or_uri(files[0], fmt)() as handle:
+                first_schema = pq.ParquetFile(handle).schema_arrow
+            checker.reference = {
+                canonical: (str(first_schema.field(column).type), files[0])
+                for canonical, column in checker.file_columns.items()
+                if column in first_schema.names
+            }
+        except (OSError, pa.ArrowException):
+            pass  # the read below names the problem
     rows = []
-    for path in files[:MAX_FILES_PEEKED]:
-        schema, count = peek(path, fmt)
-        check_columns(list(schema.names), mapping, [path], what)
-        rows.append(count)
+    counts = tally([])
+    for index, path in enumerate(files[:MAX_FILES_PEEKED]):
+        opener = reading.open_local_or_uri(path, fmt)
+        for chunk in reading.read_file(opener, fmt, index, checker, limit=SAMPLE_ROWS):
+            counts += tally(chunk.column("skip").to_numpy())
+        rows.append(reading.parquet_row_count(opener) if fmt == "parquet" else None)
     known = fmt == "parquet" and len(files) <= MAX_FILES_PEEKED
+    skipped = tally_dict(counts)
     return SplitFiles(
-        what=what, files=files, format=fmt, footer_rows=int(sum(rows)) if known else None, mapping=mapping
+        what=what,
+        files=files,
+        format=fmt,
+        footer_rows=int(sum(rows)) if known else None,
+        checker=checker,
+        sample_skipped=skipped,
     )
 
 
 @dataclass
 class PairSource:
-    """One split (train or eval) as a Ray dataset with canonical columns, before tokenization."""
+    """One split (train or eval) as a Ray dataset of checked rows, before tokenization."""
 
     what: str
     files: list[str]
     format: str
     dataset: Any
     num_rows: int
+    """Rows in the files (with ``on_bad_row: skip``, bad rows included: they stay as placeholders)."""
     name: str | None = None
     """Name for the model card. None: the folder of the first file."""
 
 
 def open_pairs(split: SplitFiles, data: DataConfig, seed: int | None) -> PairSource:
-    """Read one split with Ray Data, rename its columns to the canonical names, count its rows."""
-    raw = read_raw(split.files, split.format, seed=seed)
-    mapping = split.mapping
-    renamed = raw.select_columns(list(mapping)).rename_columns(mapping)
-    num_rows = split.footer_rows if split.footer_rows is not None else renamed.count()
+    """Read one split with Ray Data (rows checked as they stream), count its rows."""
+    from rerank_ray import reading
+
+    dataset = reading.read_pairs(split.files, split.format, split.checker, seed=seed)
+    # Parquet: the footers' count. Text files: a pass over the files that also checks every row,
+    # so a bad value in a text file fails here, before training.
+    num_rows = split.footer_rows if split.footer_rows is not None else dataset.count()
     if num_rows == 0:
         raise DataError(
             f"{split.what}: {split.files[0]} holds no rows"
             if len(split.files) == 1
             else f"{split.what}: no rows in {len(split.files)} files"
         )
-    return PairSource(what=split.what, files=split.files, format=split.format, dataset=renamed, num_rows=num_rows)
+    return PairSource(what=split.what, files=split.files, format=split.format, dataset=dataset, num_rows=num_rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,119 +322,73 @@ def encode_pairs(tokenizer: Any, first: list[str], second: list[str], max_length
     )
 
 
-def _text_column(batch: pa.Table, name: str) -> list[str]:
-    values = batch.column(name).to_pylist()
-    for i, value in enumerate(values):
-        if not isinstance(value, str):
-            raise DataError(f"column {name!r}: row {i} of a read block holds {value!r}, not text")
-    return values
+def tokenize_batch(batch: pa.Table, handle: TokenizerHandle, max_length: int, class_ids: bool = False) -> pa.Table:
+    """Ray Data map: checked rows -> token ids, label, weight, skip, row_key (and pair_id, group_id).
 
-
-def tokenize_batch(
-    batch: pa.Table, handle: TokenizerHandle, max_length: int, label_scale: float, num_classes: int | None = None
-) -> pa.Table:
-    """Ray Data map: canonical text columns -> token ids, label, weight (and pair_id, group_id).
-    ``num_classes``: labels are class ids of a multi-class head and stay int64."""
+    Skipped rows arrive with empty texts; they are tokenized like filler rows and weigh 0.
+    ``class_ids``: labels are class ids of a multi-class head (already checked to be whole numbers
+    in range, :func:`rerank_ray.validation.label_rule`) and become int64 for the loss."""
     tokenizer = handle.get()
-    encoded = encode_pairs(tokenizer, _text_column(batch, "sentence_0"), _text_column(batch, "sentence_1"), max_length)
+    encoded = encode_pairs(
+        tokenizer, batch.column("sentence_0").to_pylist(), batch.column("sentence_1").to_pylist(), max_length
+    )
     columns: dict[str, pa.Array] = {
         "input_ids": pa.array(encoded["input_ids"], type=pa.list_(pa.int32())),
     }
     if "token_type_ids" in encoded:
         columns["token_type_ids"] = pa.array(encoded["token_type_ids"], type=pa.list_(pa.int8()))
-    labels = batch.column("label")
-    if not pa.types.is_floating(labels.type) and not pa.types.is_integer(labels.type):
-        raise DataError(f"column 'label' holds {labels.type}, not numbers")
-    if num_classes is not None:
-        columns["label"] = class_labels(labels, num_classes)
-    else:
-        labels = labels.cast(pa.float32())
-        if label_scale != 1.0:
-            import pyarrow.compute as pc
-
-            labels = pc.multiply(labels, pa.scalar(label_scale, pa.float32()))
-        columns["label"] = labels
-    columns["weight"] = pa.array([1.0] * batch.num_rows, type=pa.float32())
-    if "pair_id" in batch.column_names:
-        columns["pair_id"] = batch.column("pair_id").cast(pa.string())
-    if "group_id" in batch.column_names:
-        columns["group_id"] = batch.column("group_id")
+    skip = batch.column("skip").to_numpy()
+    columns["label"] = batch.column("label").cast(label_type(class_ids))
+    columns["weight"] = pa.array((skip == 0).astype("float32"))
+    columns["skip"] = batch.column("skip")
+    columns["row_key"] = batch.column("row_key")
+    for name in batch.column_names:  # pair_id, and any other column the reader passed through
+        if name not in ("sentence_0", "sentence_1", "label", "skip", "row_key"):
+            columns[name] = batch.column(name)
     return pa.table(columns)
 
 
-def class_labels(labels: pa.ChunkedArray, num_classes: int) -> pa.ChunkedArray:
-    """Labels as int64 class ids in [0, num_classes): a float column holding whole numbers (JSON
-    often writes ``1.0``) is converted exactly; anything else is an error naming the value."""
-    import pyarrow.compute as pc
-
-    try:
-        ids = labels.cast(pa.int64())  # a safe cast: 1.5 raises instead of truncating
-    except pa.ArrowInvalid as err:
-        raise DataError(f"column 'label': class labels must be whole numbers 0..{num_classes - 1}: {err}") from err
-    bounds = pc.min_max(ids)
-    low, high = bounds["min"].as_py(), bounds["max"].as_py()
-    if low is not None and (low < 0 or high >= num_classes):
-        bad = low if low < 0 else high
-        raise DataError(
-            f"column 'label' holds class {bad}; model.num_labels = {num_classes} allows 0..{num_classes - 1}"
-        )
-    return ids
-
-
-#: The type of the label column of float targets (every loss but CrossEntropyLoss).
-FLOAT_LABELS = pa.float32()
-
-
-def label_type(num_classes: int | None) -> pa.DataType:
-    """The type of the ``label`` column: int64 class ids, or float32 targets."""
-    return pa.int64() if num_classes is not None else FLOAT_LABELS
+def label_type(class_ids: bool) -> pa.DataType:
+    """The ``label`` column's type: int64 class ids (CrossEntropyLoss), else float32 targets."""
+    return pa.int64() if class_ids else pa.float32()
 
 
 def tokenize(
-    source: PairSource, handle: TokenizerHandle, max_length: int, data: DataConfig, num_classes: int | None = None
+    dataset: ray.data.Dataset, handle: TokenizerHandle, max_length: int, data: DataConfig, class_ids: bool = False
 ) -> ray.data.Dataset:
-    return source.dataset.map_batches(
+    return dataset.map_batches(
         tokenize_batch,
         batch_format="pyarrow",
         batch_size=data.tokenize_batch_size,
-        fn_kwargs={
-            "handle": handle,
-            "max_length": max_length,
-            "label_scale": data.label_scale,
-            "num_classes": num_classes,
-        },
+        fn_kwargs={"handle": handle, "max_length": max_length, "class_ids": class_ids},
     )
 
 
 def filler_rows(
-    tokenizer: Any, count: int, max_length: int, schema: pa.Schema, labels: pa.DataType = FLOAT_LABELS
+    tokenizer: Any, count: int, max_length: int, id_column: bool, *, class_ids: bool = False, group_ids: bool = False
 ) -> pa.Table:
     """``count`` rows of weight 0: an empty pair, label 0. They never change a gradient or a metric."""
+    wanted, count = count, max(count, 1)  # a tokenizer refuses an empty batch
     encoded = encode_pairs(tokenizer, [""] * count, [""] * count, max_length)
     columns: dict[str, pa.Array] = {"input_ids": pa.array(encoded["input_ids"], type=pa.list_(pa.int32()))}
-    if "token_type_ids" in schema.names:
+    if "token_type_ids" in encoded:
         columns["token_type_ids"] = pa.array(encoded["token_type_ids"], type=pa.list_(pa.int8()))
-    columns["label"] = pa.array([0] * count, type=labels)
+    columns["label"] = pa.array([0] * count, type=label_type(class_ids))
     columns["weight"] = pa.array([0.0] * count, type=pa.float32())
-    if "pair_id" in schema.names:
+    columns["skip"] = pa.array([0] * count, type=pa.int8())
+    columns["row_key"] = pa.array([-1] * count, type=pa.int64())
+    if id_column:
         columns["pair_id"] = pa.array([None] * count, type=pa.string())
-    if "group_id" in schema.names:
+    if group_ids:
         columns["group_id"] = pa.array([-1] * count, type=pa.int64())
-    return pa.table(columns)
+    return pa.table(columns).slice(0, wanted)
 
 
 def pad_to_multiple(
-    ds: ray.data.Dataset,
-    num_rows: int,
-    world_size: int,
-    tokenizer: Any,
-    max_length: int,
-    id_column: bool,
-    *,
-    group_ids: bool = False,
-    labels: pa.DataType = FLOAT_LABELS,
+    ds: ray.data.Dataset, num_rows: int, world_size: int, filler: pa.Table
 ) -> tuple[ray.data.Dataset, int]:
-    """Append weight-0 rows so the row count divides by the number of workers.
+    """Append weight-0 rows (taken from ``filler``, which holds ``world_size - 1``) so the row
+    count divides by the number of workers.
 
     Ray Train splits a dataset with ``streaming_split(equal=True)``, which gives every worker the
     same number of rows by dropping the remainder: up to ``world_size - 1`` pairs per epoch would
@@ -457,13 +400,48 @@ def pad_to_multiple(
     missing = (-num_rows) % world_size
     if missing == 0:
         return ds, num_rows
-    names = ["input_ids"]
-    if "token_type_ids" in tokenizer.model_input_names:
-        names.append("token_type_ids")
-    names += ["label", "weight"] + (["pair_id"] if id_column else []) + (["group_id"] if group_ids else [])
-    schema = pa.schema([(n, pa.null()) for n in names])
-    filler = ray.data.from_arrow(filler_rows(tokenizer, missing, max_length, schema, labels))
-    return ds.union(filler), num_rows + missing
+    return ds.union(ray.data.from_arrow(filler.slice(0, missing))), num_rows + missing
+
+
+@dataclass
+class PairStream:
+    """How to build a tokenized, padded stream of one split: on the driver for whole epochs, and
+    in Ray Train's controller, minus the rows already trained, for the rest of an interrupted
+    epoch (:class:`rerank_ray.position.RestOfEpoch`)."""
+
+    source: PairSource
+    handle: TokenizerHandle
+    max_length: int
+    data: DataConfig
+    world_size: int
+    filler: pa.Table
+    class_ids: bool = False
+    """Labels are class ids (CrossEntropyLoss): int64 from the file to the loss and the evaluator."""
+
+    @property
+    def files(self) -> list[str]:
+        return self.source.files
+
+    @property
+    def num_rows(self) -> int:
+        return self.source.num_rows
+
+    @property
+    def files_digest(self) -> str:
+        from rerank_ray.position import files_digest
+
+        return files_digest(self.source.files)
+
+    def build(self, exclude: Any = None) -> tuple[ray.data.Dataset, int]:
+        """(dataset, rows including filler). ``exclude``: row-key ranges to leave out."""
+        from rerank_ray.position import count_in_ranges, drop_trained
+
+        dataset, rows = self.source.dataset, self.source.num_rows
+        if exclude is not None and len(exclude):
+            dataset = dataset.map_batches(drop_trained, batch_format="pyarrow", fn_kwargs={"ranges": exclude})
+            rows -= count_in_ranges(exclude)
+        tokenized = tokenize(dataset, self.handle, self.max_length, self.data, self.class_ids)
+        return pad_to_multiple(tokenized, rows, self.world_size, self.filler)
 
 
 def default_max_length(tokenizer: Any, configured: int | None) -> int:

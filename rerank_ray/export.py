@@ -1,45 +1,62 @@
-"""Export a finished run: the chosen checkpoint as a CrossEncoder folder with its model card
-(:mod:`rerank_ray.model_card`), ``metrics.json``, a training-curve PNG and TensorBoard event files.
+"""Export a finished run: the chosen checkpoint as a CrossEncoder folder with its model card,
+``metrics.json``, a training-curve PNG and TensorBoard event files.
+
+The model card is sentence-transformers' own, filled from what the run recorded, plus what only a
+distributed run knows (:mod:`rerank_ray.model_card`).
+
+One process writes the export: the driver (on a cluster, the Ray job's entrypoint on the head
+node), after ``trainer.fit()`` returns. It builds the whole folder in a local scratch directory and
+publishes it with :func:`rerank_ray.storage.publish_dir` (a rename on local/NFS storage;
+``metrics.json`` uploaded last on object storage). Workers only write checkpoints.
+
+The checkpoint is chosen among the *complete* ones in the run folder (those whose completion
+marker lists files that are all there, :mod:`rerank_ray.checkpointing`). The model card and
+``metrics.json`` pass through :func:`rerank_ray.redaction.redact`, so no token or key that is set
+in the environment is written into them.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from rerank_ray import storage
+from rerank_ray.checkpointing import HISTORY_FILE, MODEL_DIR
 from rerank_ray.config import Config
-from rerank_ray.driver import TrainOutcome, run_name, storage_root
-from rerank_ray.model_card import RunRecord, SearchSummary, dataset_name, write_model_card
+from rerank_ray.driver import TrainOutcome, run_dir, run_name, storage_root
+from rerank_ray.model_card import RunRecord, dataset_name, write_model_card
 from rerank_ray.plan import TrainPlan
-from rerank_ray.worker import HISTORY_FILE, MODEL_DIR
+from rerank_ray.redaction import redact, redact_obj
 
 CARD_SAMPLE_ROWS = 1000
 
 
-def select_checkpoint(result: Any, config: Config, plan: TrainPlan) -> tuple[Any, dict[str, Any]]:
-    """(checkpoint, its metrics): best by headline metric, or the last one."""
-    if plan.eval_rows and config.run.export == "best" and result.best_checkpoints:
-        scored = [(c, m) for c, m in result.best_checkpoints if plan.headline_metric in m]
-        if scored:
-            return max(scored, key=lambda cm: (cm[1][plan.headline_metric], cm[1].get("step", 0)))
-    if result.checkpoint is None:
-        raise RuntimeError("the run reported no checkpoint: nothing to export")
-    latest = [m for c, m in (result.best_checkpoints or []) if c.path == result.checkpoint.path]
-    return result.checkpoint, (latest[0] if latest else dict(result.metrics or {}))
+def select_checkpoint(config: Config, plan: TrainPlan) -> tuple[Any, Any]:
+    """(chosen, latest) complete checkpoints: the best by headline metric, or the last one."""
+    from rerank_ray import checkpointing
 
-
-def _download(checkpoint: Any, folder: str) -> str:
-    checkpoint.to_directory(folder)
-    return folder
+    complete, incomplete = checkpointing.scan(storage_root(config), run_name(config))
+    if not complete:
+        why = f" ({len(incomplete)} incomplete: {next(iter(incomplete.values()))})" if incomplete else ""
+        raise RuntimeError(f"the run left no complete checkpoint in {storage_root(config)}: nothing to export{why}")
+    latest = complete[-1]
+    if plan.eval_rows and config.run.export == "best":
+        best = checkpointing.best_checkpoint(complete, plan.headline_metric)
+        if best is not None:
+            return best, latest
+    return latest, latest
 
 
 def _sample_rows(source: Any, limit: int) -> list[dict[str, Any]]:
     rows = source.dataset.limit(limit).take(limit)
-    return [{"sentence_0": r["sentence_0"], "sentence_1": r["sentence_1"], "label": r["label"]} for r in rows]
+    return [
+        {"sentence_0": r["sentence_0"], "sentence_1": r["sentence_1"], "label": r["label"]}
+        for r in rows
+        if not r.get("skip")  # bad rows kept as placeholders with data.on_bad_row=skip
+    ]
 
 
 def plot_curve(history: list[dict], headline: str, path: Path) -> None:
@@ -82,44 +99,38 @@ def write_tensorboard(history: list[dict], folder: Path) -> None:
         writer.close()
 
 
-def _upload(local: str, target: str) -> None:
-    import pyarrow.fs as pafs
-
-    fs, path = pafs.FileSystem.from_uri(target)
-    fs.create_dir(path, recursive=True)
-    pafs.copy_files(local, path, destination_filesystem=fs)
+def skipped_rows(history: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Bad rows skipped (``data.on_bad_row: skip``), by split and reason: the training rows of the
+    last complete epoch (every epoch reads the same rows) and the eval rows."""
+    train = next((e["skipped_train_rows"] for e in reversed(history) if "skipped_train_rows" in e), {})
+    evaluation = next((e["skipped_eval_rows"] for e in reversed(history) if "skipped_eval_rows" in e), {})
+    return {"train": dict(train), "eval": dict(evaluation)}
 
 
 def export_run(
-    config: Config,
-    plan: TrainPlan,
-    result: Any,
-    sources: dict[str, Any],
-    search_summary: SearchSummary | None = None,
+    config: Config, plan: TrainPlan, result: Any, sources: dict[str, Any], search_summary: str | None = None
 ) -> TrainOutcome:
-    """Write the chosen checkpoint, its card and its metrics to the output folder.
-
-    ``search_summary``: for a model selected by a hyperparameter search, what the search tried;
-    it goes into the card (a "Hyperparameter search (Ray Tune)" section) and ``metrics.json``.
-    """
+    """``search_summary``: a markdown section appended to the model card (``rerank-ray tune``
+    passes the summary of the search that picked this run)."""
     from sentence_transformers import CrossEncoder
 
     name = run_name(config)
-    run_dir = os.path.join(storage_root(config), name)
-    output_dir = config.run.output_dir or os.path.join(run_dir, "model")
-    checkpoint, metrics = select_checkpoint(result, config, plan)
+    run_folder = run_dir(config, name)
+    output_dir = storage.resolve(config.run.output_dir) if config.run.output_dir else storage.join(run_folder, "model")
+    from rerank_ray import checkpointing
+
+    checkpoint, last = select_checkpoint(config, plan)
+    metrics = checkpoint.metrics
     with tempfile.TemporaryDirectory(prefix="rerank-export-") as scratch:
-        chosen = _download(checkpoint, os.path.join(scratch, "chosen"))
+        chosen = checkpointing.download(checkpoint, os.path.join(scratch, "chosen"))
         latest = (
-            chosen
-            if checkpoint.path == result.checkpoint.path
-            else _download(result.checkpoint, os.path.join(scratch, "latest"))
+            chosen if checkpoint.name == last.name else checkpointing.download(last, os.path.join(scratch, "latest"))
         )
         history = json.loads(Path(latest, HISTORY_FILE).read_text())
-        final_report = dict(result.metrics or {})
+        final_report = last.metrics
         train_seconds = float(final_report.get("train_seconds", 0.0))
         pairs_seen = float(final_report.get("pairs_seen", 0.0))
-        step = int(metrics.get("step", plan.total_steps))
+        step = int(metrics.get("step", checkpoint.step))
 
         model = CrossEncoder(
             os.path.join(chosen, MODEL_DIR), trust_remote_code=config.model.trust_remote_code, device="cpu"
@@ -138,36 +149,37 @@ def export_run(
             eval_rows=_sample_rows(sources["eval"], CARD_SAMPLE_ROWS) if evaluating else [],
             eval_name=dataset_name(config, sources["eval"], "eval") if evaluating else None,
         )
-        local_out = output_dir if "://" not in output_dir else os.path.join(scratch, "out")
-        if os.path.isdir(local_out):
-            shutil.rmtree(local_out)  # a stale export must not mix with this one
+        # Written whole in a scratch folder, then published in one step (storage.publish_dir):
+        # the driver is the only process that writes the export.
+        local_out = os.path.join(scratch, "out")
         write_model_card(model, record, local_out, search_summary)
 
         headline = plan.headline_metric
         before = next((e for e in history if e["step"] == 0 and headline in e), None)
+        skipped = skipped_rows(history)
         summary = {
             "headline_metric": headline if plan.eval_rows else None,
             "selected_step": step,
             "selected_by": config.run.export if plan.eval_rows else "last",
             "final": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
             "before_training": {k: v for k, v in (before or {}).items() if k not in ("step", "epoch")} or None,
+            "skipped_rows": skipped,
             "train": {
-                "pairs": plan.train_rows,
-                "eval_pairs": plan.eval_rows,
+                "pairs": plan.train_rows - sum(skipped["train"].values()),
+                "eval_pairs": plan.eval_rows - sum(skipped["eval"].values()),
                 "epochs": config.train.epochs,
                 "steps": plan.total_steps,
                 "workers": config.scaling.num_workers,
                 "train_seconds": train_seconds,
                 "pairs_per_second": pairs_seen / train_seconds if train_seconds else None,
             },
-            "run_dir": run_dir,
+            "run_dir": redact(run_folder),
             "history": history,
         }
-        if search_summary is not None:
-            summary["search"] = search_summary.to_dict()
-        Path(local_out, "metrics.json").write_text(json.dumps(summary, indent=2))
+        summary = redact_obj(summary)
         plot_curve(history, headline, Path(local_out, "training_curve.png"))
         write_tensorboard(history, Path(local_out, "tensorboard"))
-        if local_out != output_dir:
-            _upload(local_out, output_dir)
-    return TrainOutcome(run_dir=run_dir, output_dir=output_dir, metrics=summary)
+        # metrics.json is the marker of a complete export: publish_dir writes it last.
+        Path(local_out, storage.COMPLETE_MARKER).write_text(json.dumps(summary, indent=2))
+        storage.publish_dir(local_out, output_dir)
+    return TrainOutcome(run_dir=run_folder, output_dir=output_dir, metrics=summary)

@@ -10,7 +10,8 @@ is not that trainer, so :func:`fill_card_data` fills them from what the run reco
 
 Appended after it: the framework versions gain Ray, and a "Distributed training (rerank-ray)"
 section says how many workers of which kind trained it, at how many pairs/s, and, for a model a
-hyperparameter search selected, what that search tried (:class:`SearchSummary`).
+hyperparameter search selected, what that search tried (the section ``rerank-ray tune`` writes,
+:func:`rerank_ray.search_report.summary_markdown`).
 """
 
 from __future__ import annotations
@@ -27,63 +28,9 @@ from rerank_ray.config import Config
 from rerank_ray.evaluation import build_evaluator
 from rerank_ray.models import PACKAGE_PREFIX
 from rerank_ray.plan import TrainPlan
+from rerank_ray.redaction import redact
 
 DISTRIBUTED_HEADING = "## Distributed training (rerank-ray)"
-SEARCH_HEADING = "### Hyperparameter search (Ray Tune)"
-
-
-@dataclass
-class SearchSummary:
-    """What a hyperparameter search found, for the card of the model it selected.
-
-    Pass one to :func:`rerank_ray.export.export_run` (``search_summary=``): the card then gets a
-    "Hyperparameter search (Ray Tune)" section and ``metrics.json`` a ``search`` entry.
-    """
-
-    metric: str
-    """The metric the search optimised, e.g. ``eval_ndcg@10``."""
-    mode: str
-    """``max`` or ``min``."""
-    num_trials: int
-    """Trials run (finished, stopped early or failed)."""
-    best_config: dict[str, Any]
-    """The selected trial's hyperparameters, by dotted config key (``train.learning_rate``)."""
-    best_value: float
-    """The selected trial's value of ``metric``."""
-    search_space: dict[str, str] = field(default_factory=dict)
-    """Each searched key and its distribution, as text (``loguniform(1e-05, 0.0001)``)."""
-    trials: list[dict[str, Any]] = field(default_factory=list)
-    """One row per trial (its hyperparameters, ``metric``, status), shown as a table."""
-    searcher: str | None = None
-    """The search algorithm (``OptunaSearch``), if any."""
-    scheduler: str | None = None
-    """The trial scheduler (``ASHAScheduler``), if any."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_markdown(self) -> str:
-        from sentence_transformers.base.model_card import make_markdown_table
-
-        lines = [
-            SEARCH_HEADING,
-            "",
-            f"- Trials: {self.num_trials}, {self.mode}imising `{self.metric}`"
-            + (f"; searcher {self.searcher}" if self.searcher else "")
-            + (f"; scheduler {self.scheduler}" if self.scheduler else ""),
-            f"- Selected trial: `{self.metric}` = {_short(self.best_value)} with "
-            + ", ".join(f"`{k}` = {_short(v)}" for k, v in self.best_config.items()),
-        ]
-        if self.search_space:
-            lines += ["- Search space:"] + [f"  - `{k}`: {v}" for k, v in self.search_space.items()]
-        if self.trials:
-            rows = [{k: _short(v) for k, v in trial.items()} for trial in self.trials]
-            lines += ["", "<details><summary>All trials</summary>", "", make_markdown_table(rows), "", "</details>"]
-        return "\n".join(lines) + "\n"
-
-
-def _short(value: Any) -> Any:
-    return f"{value:.4g}" if isinstance(value, float) else value
 
 
 @dataclass
@@ -223,7 +170,7 @@ def fill_card_data(model: Any, record: RunRecord) -> None:
     card._training_start_time = time.time() - record.train_seconds - card.evaluation_duration
 
 
-def distributed_section(record: RunRecord, search: SearchSummary | None = None) -> str:
+def distributed_section(record: RunRecord, search: str | None = None) -> str:
     """What only a Ray run knows: workers, throughput, the checkpoint choice, the search."""
     config, plan = record.config, record.plan
     scaling = config.scaling
@@ -251,8 +198,8 @@ def distributed_section(record: RunRecord, search: SearchSummary | None = None) 
         + f"; seed: {config.train.seed}",
         "",
     ]
-    if search is not None:
-        lines.append(search.to_markdown())
+    if search:
+        lines.append(search.strip() + "\n")
     return "\n".join(lines)
 
 
@@ -266,10 +213,11 @@ def add_ray_version(card_text: str) -> str:
     return card_text[: match.end()] + f"- Ray: {ray.__version__}\n" + card_text[match.end() :]
 
 
-def write_model_card(model: Any, record: RunRecord, folder: str, search: SearchSummary | None = None) -> None:
-    """Save ``model`` to ``folder`` with its filled card (``README.md``)."""
+def write_model_card(model: Any, record: RunRecord, folder: str, search: str | None = None) -> None:
+    """Save ``model`` to ``folder`` with its filled card (``README.md``); ``search``: the markdown
+    section of the search that selected this run. No secret reaches the card (:func:`redact`)."""
     fill_card_data(model, record)
     model.save(folder)
     readme = Path(folder, "README.md")
     text = add_ray_version(readme.read_text(encoding="utf-8"))
-    readme.write_text(text.rstrip() + "\n\n" + distributed_section(record, search), encoding="utf-8")
+    readme.write_text(redact(text.rstrip() + "\n\n" + distributed_section(record, search)), encoding="utf-8")

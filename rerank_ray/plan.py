@@ -34,6 +34,8 @@ class TrainPlan:
     """Optimizer steps between evaluations (and checkpoints)."""
     audit_dir: str | None = None
     """Folder for the per-rank audit files (``run.audit``)."""
+    train_files_digest: str = ""
+    """Identifies the training file list (row keys index into it; see :mod:`rerank_ray.position`)."""
 
     @classmethod
     def build(
@@ -45,6 +47,7 @@ class TrainPlan:
         eval_rows_padded: int,
         max_length: int,
         audit_dir: str | None = None,
+        train_files_digest: str = "",
     ) -> TrainPlan:
         workers = config.scaling.num_workers
         rows_per_worker = train_rows_padded // workers
@@ -66,6 +69,7 @@ class TrainPlan:
             headline_metric=config.headline_metric,
             eval_every=eval_every,
             audit_dir=audit_dir,
+            train_files_digest=train_files_digest,
         )
 
     def to_dict(self) -> dict:

@@ -8,6 +8,13 @@ a map-style HF dataset (a Ray shard turned into one is sharded again by accelera
 skipping half the data), tokenizes on the training thread, and turns on DDP's
 ``find_unused_parameters`` for a CrossEncoder. Here the model, the loss's criterion, the
 evaluators and the checkpoint format are the library's; only the loop is ours.
+
+Faults: a checkpoint (:mod:`rerank_ray.checkpointing`) holds the weights, the optimizer,
+scheduler and grad scaler, every rank's RNG states and the position in the data (the keys of the
+pairs trained so far in the epoch, :mod:`rerank_ray.position`). A worker group that Ray Train
+restarts after a worker died, or a run continued with ``--resume``, restores the newest complete
+checkpoint and trains the rest of the interrupted epoch from the ``train_rest`` dataset: exactly
+the pairs that epoch had not trained yet.
 """
 
 from __future__ import annotations
@@ -17,8 +24,10 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,17 +36,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from rerank_ray import checkpointing, faults
 from rerank_ray.batching import Batch, Collator, iter_batches
+from rerank_ray.checkpointing import HISTORY_FILE, MODEL_DIR, STATE_FILE
 from rerank_ray.config import Config
 from rerank_ray.evaluation import compute_metrics
 from rerank_ray.losses import PointwiseLoss, build_library_loss
 from rerank_ray.models import load_cross_encoder
 from rerank_ray.plan import TrainPlan
+from rerank_ray.position import POSITION_FILE, DataPosition, TrainedRows, merge_ranges, partial_epoch_batches
 from rerank_ray.progress import ProgressLine, quiet_libraries
+from rerank_ray.validation import REASONS, describe_tally, tally, tally_dict
 
-STATE_FILE = "training_state.pt"
-HISTORY_FILE = "history.json"
-MODEL_DIR = "model"
+__all__ = ["HISTORY_FILE", "MODEL_DIR", "STATE_FILE", "Worker", "train_loop_per_worker"]
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -45,6 +56,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     quiet_libraries()
     config = Config.from_dict(loop_config["config"])
     plan = TrainPlan(**loop_config["plan"])
+    import ray.train
+
+    faults.install(loop_config.get("faults"), ray.train.get_context().get_world_rank())
     Worker(config, plan).run()
 
 
@@ -58,6 +72,12 @@ class LoopState:
     pairs_seen: float = 0.0
     train_seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    skipped_in_epoch: list[int] = field(default_factory=lambda: [0] * (len(REASONS) + 1))
+    """Bad training rows skipped so far in this epoch, all ranks, by reason code."""
+    skipped_train: dict[str, int] = field(default_factory=dict)
+    """Bad training rows skipped in the last complete epoch, by reason."""
+    skipped_eval: dict[str, int] = field(default_factory=dict)
+    """Bad eval rows skipped, by reason."""
 
 
 class Worker:
@@ -73,10 +93,20 @@ class Worker:
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, int(config.scaling.cpus_per_worker)))
         self.state = LoopState()
+        self.session = uuid.uuid4().hex[:12]
+        self.restored_from: int | None = None
+        self.trained = TrainedRows()  # keys this rank trained in the epoch since start or restore
+        self.restored_ranges = np.zeros((0, 2), dtype=np.int64)  # keys the restored epoch had trained
+        self.epoch_skips = np.zeros(len(REASONS) + 1, dtype=np.int64)  # this rank, since start/restore
+        self.restored_skips = np.zeros(len(REASONS) + 1, dtype=np.int64)
         self.train_shard = ray.train.get_dataset_shard("train")
         self.eval_shard = ray.train.get_dataset_shard("eval") if plan.eval_rows else None
         self.autocast_dtype = self._autocast_dtype()
-        self._build(ray.train.get_checkpoint())
+        self._build()
+        if self.world_size > 1:  # one id per worker-group attempt, shared by its ranks (audit files)
+            shared = [self.session]
+            dist.broadcast_object_list(shared, src=0)
+            self.session = shared[0]
 
     # ------------------------------------------------------------------ setup
     def _autocast_dtype(self) -> torch.dtype | None:
@@ -89,7 +119,8 @@ class Worker:
             return None
         return torch.float16 if precision == "fp16" else torch.bfloat16
 
-    def _build(self, checkpoint: Any) -> None:
+    def _build(self) -> None:
+        import ray.train
         import ray.train.torch
         from transformers import Trainer, get_scheduler
 
@@ -98,9 +129,20 @@ class Worker:
         # broadcast rank 0's anyway); dropout and shuffles get per-rank seeds below.
         _seed_everything(train.seed)
         restored_dir = None
-        if checkpoint is not None:
+        # The newest complete checkpoint in the run folder, found by listing storage: the call
+        # RestOfEpoch makes for the train_rest dataset too, so both pick the same one. A fresh run
+        # never finds one (the driver refuses an existing run name without --resume).
+        point = checkpointing.latest_complete(self.config.run.storage_path, self.config.run.name or "")
+        if point is not None:
             restored_dir = tempfile.mkdtemp(prefix="rerank-restore-")
-            checkpoint.to_directory(restored_dir)
+            checkpointing.download(point, restored_dir)
+            ray_latest = ray.train.get_checkpoint()
+            if self.rank == 0 and ray_latest is not None and ray_latest.path.rstrip("/") != point.path.rstrip("/"):
+                print(
+                    f"[rerank-ray] restoring {point.name}, the newest complete checkpoint "
+                    f"(Ray Train's latest registered one is {ray_latest.path.rstrip('/').rsplit('/', 1)[-1]})",
+                    flush=True,
+                )
         restored_model = os.path.join(restored_dir, MODEL_DIR) if restored_dir else None
         self.model = load_cross_encoder(self.config.model, self.plan.max_length, path=restored_model)
         self.collate = Collator.for_tokenizer(self.model.tokenizer)
@@ -139,9 +181,10 @@ class Worker:
         )
         use_scaler = self.autocast_dtype == torch.float16 and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        _seed_everything(train.seed * 1000 + self.rank + self.state.global_step)
         if restored_dir:
             self._restore(restored_dir)
-        _seed_everything(train.seed * 1000 + self.rank + self.state.global_step)
+            shutil.rmtree(restored_dir, ignore_errors=True)  # everything is loaded in memory now
 
     def _restore(self, folder: str) -> None:
         saved = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
@@ -149,8 +192,31 @@ class Worker:
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
         self.state = LoopState(**saved["loop"])
+        rng = saved.get("rng") or []
+        if self.rank < len(rng):
+            checkpointing.set_rng_state(rng[self.rank])  # dropout continues where this rank left it
+        position = DataPosition.from_bytes(Path(folder, POSITION_FILE).read_bytes())
+        if position.epoch == self.state.epoch and self.state.batches_done_in_epoch:
+            self.restored_ranges = position.trained
+            # The tally is global: one rank carries it, the epoch's all-reduce adds the rest.
+            if self.rank == 0:
+                self.restored_skips = np.asarray(self.state.skipped_in_epoch, dtype=np.int64)
+            remaining = self.plan.train_rows - position.trained_rows
+            batches_left = partial_epoch_batches(remaining, self.world_size, self.config.train.per_device_batch_size)
+            if batches_left != self.plan.batches_per_epoch - self.state.batches_done_in_epoch:
+                raise RuntimeError(
+                    f"the checkpoint at step {self.state.global_step} records {position.trained_rows} trained "
+                    f"pairs in epoch {self.state.epoch + 1}, which leaves {batches_left} batches per worker, but "
+                    f"{self.plan.batches_per_epoch - self.state.batches_done_in_epoch} were left: the checkpoint "
+                    "and the data do not match"
+                )
+        self.restored_from = self.state.global_step
         if self.rank == 0:
-            print(f"[rerank-ray] resumed from step {self.state.global_step} (epoch {self.state.epoch + 1})", flush=True)
+            print(
+                f"[rerank-ray] resumed from step {self.state.global_step} (epoch {self.state.epoch + 1}, "
+                f"{position.trained_rows} pairs of it already trained)",
+                flush=True,
+            )
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
@@ -162,56 +228,94 @@ class Worker:
             pairs_before=self.state.pairs_seen,
             seconds_before=self.state.train_seconds,
         )
+        self._audit({"kind": "session", "session": self.session, "restored_from": self.restored_from})
         if self.state.global_step == 0 and self.eval_shard is not None and config.eval.before_training:
             metrics = self.evaluate()
             self._record({"step": 0, "epoch": 0.0, **metrics})
             self._report(metrics, checkpoint=False)
         last_report_step = self.state.global_step if self.state.global_step else -1
+        every = config.run.checkpoint_steps
         for epoch in range(self.state.epoch, config.train.epochs):
             self.state.epoch = epoch
             for micro_batches in self._epoch_steps(epoch):
-                self.train_step(micro_batches)
+                with faults.explain_oom(
+                    "train",
+                    config.train.per_device_batch_size,
+                    config.train.gradient_accumulation_steps,
+                    self.world_size,
+                    plan.max_length,
+                ):
+                    self.train_step(micro_batches)
                 step = self.state.global_step
+                faults.fire("step", step)
+                if self.state.batches_done_in_epoch == plan.batches_per_epoch:
+                    self._finish_epoch()
                 if step % config.train.logging_steps == 0 or step == plan.total_steps:
                     self._log_progress()
-                if step % plan.eval_every == 0 and step != plan.total_steps:
-                    self._evaluate_and_checkpoint()
+                evaluate = step % plan.eval_every == 0
+                if step != plan.total_steps and (evaluate or (every and step % every == 0)):
+                    self._checkpoint(evaluate=evaluate)
                     last_report_step = step
-            self.state.batches_done_in_epoch = 0
-            self.state.epoch = epoch + 1
         if last_report_step != self.state.global_step:
-            self._evaluate_and_checkpoint()
+            self._checkpoint(evaluate=True)
 
     def _epoch_steps(self, epoch: int):
-        """Lists of micro-batches, one list per optimizer step, for one epoch on this worker."""
-        config, plan = self.config, self.plan
-        rng = np.random.default_rng([config.train.seed, epoch, self.rank]) if config.data.shuffle else None
+        """Lists of micro-batches, one list per optimizer step, for one epoch on this worker.
+
+        After a restore in the middle of an epoch the batches come from ``train_rest``: the pairs
+        that epoch had not trained (see :mod:`rerank_ray.position`)."""
+        import ray.train
+
+        config = self.config
+        resuming = self.state.batches_done_in_epoch > 0
+        shard = ray.train.get_dataset_shard("train_rest") if resuming else self.train_shard
+        expected = self.plan.batches_per_epoch - self.state.batches_done_in_epoch
+        seed = [config.train.seed, epoch, self.rank] + ([self.state.global_step] if resuming else [])
         batches = iter_batches(
-            self.train_shard,
+            shard,
             config.train.per_device_batch_size,
             self.collate,
             window_batches=config.data.window_batches,
             group_by_length=config.data.group_by_length,
-            rng=rng,
+            rng=np.random.default_rng(seed) if config.data.shuffle else None,
         )
         accumulation = config.train.gradient_accumulation_steps
         pending: list[Batch] = []
         seen = 0
         for batch in batches:
             seen += 1
-            if seen <= self.state.batches_done_in_epoch:
-                continue  # already trained before the restore
             pending.append(batch)
             if len(pending) == accumulation:
                 yield pending
                 pending = []
         if pending:
             yield pending
-        if seen != plan.batches_per_epoch:
+        if seen != expected:
             raise RuntimeError(
-                f"rank {self.rank} got {seen} batches in epoch {epoch + 1}, expected {plan.batches_per_epoch} "
-                f"({plan.rows_per_worker} rows per worker): the shard lost or duplicated rows"
+                f"rank {self.rank} got {seen} batches in epoch {epoch + 1}, expected {expected} "
+                f"({self.plan.rows_per_worker} rows per worker per epoch): the shard lost or duplicated rows"
             )
+
+    def _finish_epoch(self) -> None:
+        """Count the epoch's skipped rows over all ranks, log them, and start the next epoch."""
+        counts = self._all_reduce_sum(torch.tensor(self.epoch_skips + self.restored_skips, dtype=torch.float64))
+        skipped = tally_dict(counts.long().tolist())
+        self.state.skipped_train = skipped
+        if skipped:
+            total = sum(skipped.values())
+            if self.rank == 0:
+                print(
+                    f"[rerank-ray] epoch {self.state.epoch + 1}: skipped {total} bad training row(s) of "
+                    f"{self.plan.train_rows} (data.on_bad_row=skip): {describe_tally(skipped)}",
+                    flush=True,
+                )
+            self._record({"step": self.state.global_step, "skipped_train_rows": skipped})
+        self.state.epoch += 1
+        self.state.batches_done_in_epoch = 0
+        self.trained.clear()
+        self.restored_ranges = np.zeros((0, 2), dtype=np.int64)
+        self.epoch_skips[:] = 0
+        self.restored_skips[:] = 0
 
     def train_step(self, micro_batches: list[Batch]) -> None:
         """One optimizer step over this worker's micro-batches, gradients averaged over all pairs."""
@@ -234,6 +338,7 @@ class Worker:
                 self.scaler.scale(per_pair.sum() * scale).backward()
             loss_sum += per_pair.detach().sum()
             self._record_pair_ids(batch)
+            self._note_position(batch)
         if self.config.train.max_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.max_grad_norm)
@@ -244,6 +349,13 @@ class Worker:
         self.state.global_step += 1
         self.state.batches_done_in_epoch += len(micro_batches)
         self.progress.add(loss_sum, local_pairs, global_pairs)
+
+    def _note_position(self, batch: Batch) -> None:
+        """Remember which rows this step trained (the data position) and count skipped ones."""
+        if batch.row_keys is not None:
+            self.trained.add(batch.row_keys)
+        if batch.skip is not None:
+            self.epoch_skips += tally(batch.skip)
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -264,7 +376,7 @@ class Worker:
         self.ddp_model.eval()
         self.progress.pause()
         started = time.perf_counter()
-        scores, labels, weights, groups = [], [], [], []
+        scores, labels, weights, skips, groups = [], [], [], [], []
         for batch in iter_batches(
             self.eval_shard,
             self.config.eval.batch_size,
@@ -273,15 +385,19 @@ class Worker:
             group_by_length=True,
             rng=None,
         ):
-            with self._autocast():
+            with (
+                self._autocast(),
+                faults.explain_oom("eval", self.config.eval.batch_size, max_length=self.plan.max_length),
+            ):
                 logits = self.model(batch.features(self.device))["scores"]
             scores.append(self.model.activation_fn(logits.float()).cpu().numpy())
             labels.append(batch.labels)
             weights.append(batch.weights)
+            skips.append(batch.skip if batch.skip is not None else np.zeros(len(batch), dtype=np.int8))
             if batch.group_ids is not None:
                 groups.append(batch.group_ids)
             self._record_pair_ids(batch, kind="eval")
-        local = (_concat(scores), _concat(labels), _concat(weights), _concat(groups))
+        local = (_concat(scores), _concat(labels), _concat(weights), _concat(skips), _concat(groups))
         gathered = [local]
         if self.world_size > 1:
             gathered = [None] * self.world_size
@@ -291,12 +407,23 @@ class Worker:
             all_scores = np.concatenate([g[0] for g in gathered])
             all_labels = np.concatenate([g[1] for g in gathered])
             real = np.concatenate([g[2] for g in gathered]) > 0
-            if real.sum() != self.plan.eval_rows:
-                raise RuntimeError(f"evaluation saw {int(real.sum())} pairs, the eval set has {self.plan.eval_rows}")
+            skipped = tally_dict(tally(np.concatenate([g[3] for g in gathered])))
+            if real.sum() + sum(skipped.values()) != self.plan.eval_rows:
+                raise RuntimeError(
+                    f"evaluation saw {int(real.sum())} pairs and {sum(skipped.values())} skipped rows, "
+                    f"the eval set has {self.plan.eval_rows}"
+                )
+            if skipped and skipped != self.state.skipped_eval:
+                print(
+                    f"[rerank-ray] skipped {sum(skipped.values())} bad eval row(s) of {self.plan.eval_rows} "
+                    f"(data.on_bad_row=skip): {describe_tally(skipped)}",
+                    flush=True,
+                )
+            self.state.skipped_eval = skipped
             all_scores = all_scores[real]
             if self.model.num_labels == 1:
                 all_scores = all_scores.reshape(-1)
-            all_groups = np.concatenate([g[3] for g in gathered])
+            all_groups = np.concatenate([g[4] for g in gathered])
             metrics = compute_metrics(
                 self.config.eval.kind,
                 all_scores,
@@ -308,9 +435,9 @@ class Worker:
             )
             metrics[f"{self.config.eval.name}_runtime"] = time.perf_counter() - started
         if self.world_size > 1:
-            shared = [metrics]
+            shared = [(metrics, self.state.skipped_eval)]
             dist.broadcast_object_list(shared, src=0)
-            metrics = shared[0]
+            metrics, self.state.skipped_eval = shared[0]
         if self.rank == 0:
             headline = self.plan.headline_metric
             print(f"[rerank-ray] step {self.state.global_step}: {headline} = {metrics[headline]:.4f}", flush=True)
@@ -328,12 +455,14 @@ class Worker:
         if summary is not None:
             self._record({"step": self.state.global_step, **summary})
 
-    def _evaluate_and_checkpoint(self) -> None:
+    def _checkpoint(self, evaluate: bool) -> None:
+        """Check the replicas, evaluate (when asked and there is an eval set), write a checkpoint."""
         self.check_replicas()
         metrics: dict[str, Any] = {}
-        if self.eval_shard is not None:
+        if evaluate and self.eval_shard is not None:
             metrics = self.evaluate()
-            self._record({"step": self.state.global_step, "epoch": self._epoch_float(), **metrics})
+            skipped = {"skipped_eval_rows": self.state.skipped_eval} if self.state.skipped_eval else {}
+            self._record({"step": self.state.global_step, "epoch": self._epoch_float(), **metrics, **skipped})
         self._report(metrics, checkpoint=True)
 
     def _epoch_float(self) -> float:
@@ -351,34 +480,74 @@ class Worker:
             "epoch": self._epoch_float(),
             "pairs_seen": self.progress.pairs_total,
             "train_seconds": self.progress.train_seconds,
+            "skipped_train_rows": sum(self.state.skipped_train.values()),
+            "skipped_eval_rows": sum(self.state.skipped_eval.values()),
         }
         if not checkpoint:
             ray.train.report(report)
             return
+        shared = self._gather_for_checkpoint()  # collectives: every rank takes part
         with tempfile.TemporaryDirectory(prefix="rerank-ckpt-") as folder:
             ray_checkpoint = None
             if self.rank == 0:
-                self._save_checkpoint(folder)
+                self._save_checkpoint(folder, shared, report)
                 ray_checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(
-                report, checkpoint=ray_checkpoint, checkpoint_dir_name=f"checkpoint-{self.state.global_step:07d}"
+                report,
+                checkpoint=ray_checkpoint,
+                checkpoint_dir_name=checkpointing.dir_name(self.state.global_step),
+                # Our upload writes the completion marker last (see rerank_ray.checkpointing).
+                checkpoint_upload_fn=checkpointing.upload,
+            )
+        if self.rank == 0:
+            checkpointing.prune(
+                self.config.run.storage_path,
+                self.config.run.name or "",
+                self.config.run.num_checkpoints_to_keep,
+                self.plan.headline_metric if self.plan.eval_rows else None,
             )
 
-    def _save_checkpoint(self, folder: str) -> None:
+    def _gather_for_checkpoint(self) -> dict[str, Any]:
+        """What only all ranks together know: the pairs trained this epoch, the skipped-row
+        tally, and every rank's RNG states."""
+        ranges = self.trained.ranges()
+        rng = checkpointing.rng_state()
+        gathered = [(ranges, rng)]
+        if self.world_size > 1:
+            gathered = [None] * self.world_size
+            dist.all_gather_object(gathered, (ranges, rng))
+        skips = self._all_reduce_sum(torch.tensor(self.epoch_skips + self.restored_skips, dtype=torch.float64))
+        return {
+            "trained": merge_ranges(self.restored_ranges, *[g[0] for g in gathered]),
+            "rng": [g[1] for g in gathered],
+            "skipped_in_epoch": [int(x) for x in skips.long().tolist()],
+        }
+
+    def _save_checkpoint(self, folder: str, shared: dict[str, Any], report: dict[str, Any]) -> None:
         self.model.save(os.path.join(folder, MODEL_DIR), create_model_card=False)
         state = LoopState(**{**self.state.__dict__})
         state.pairs_seen = self.progress.pairs_total
         state.train_seconds = self.progress.train_seconds
+        state.skipped_in_epoch = shared["skipped_in_epoch"]
         torch.save(
             {
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "loop": state.__dict__,
+                "rng": shared["rng"],
             },
             os.path.join(folder, STATE_FILE),
         )
+        position = DataPosition(
+            epoch=self.state.epoch,
+            trained=shared["trained"] if self.state.batches_done_in_epoch else np.zeros((0, 2), dtype=np.int64),
+            files_digest=self.plan.train_files_digest,
+            train_rows=self.plan.train_rows,
+        )
+        Path(folder, POSITION_FILE).write_bytes(position.to_bytes())
         Path(folder, HISTORY_FILE).write_text(json.dumps(self.state.history, indent=1))
+        checkpointing.write_marker(folder, self.state.global_step, report)  # last: it lists the files above
 
     def _audit(self, record: dict[str, Any]) -> None:
         if not self.plan.audit_dir:
@@ -389,12 +558,19 @@ class Worker:
             f.write(json.dumps(record) + "\n")
 
     def _record_pair_ids(self, batch: Batch, kind: str = "pairs") -> None:
-        """Audit: the ids of the real pairs this rank trained in the coming step (``pairs``) or
-        scored in the evaluation at this step (``eval``)."""
+        """Audit: the ids of the real pairs this rank trains in the coming step (``pairs``) or
+        scores in the evaluation at this step (``eval``)."""
         if self.plan.audit_dir and batch.pair_ids is not None:
             ids = [pid for pid, w in zip(batch.pair_ids, batch.weights) if w > 0]
-            step = self.state.global_step + (1 if kind == "pairs" else 0)
-            self._audit({"kind": kind, "epoch": self.state.epoch, "step": step, "ids": ids})
+            self._audit(
+                {
+                    "kind": kind,
+                    "session": self.session,
+                    "epoch": self.state.epoch,
+                    "step": self.state.global_step + (1 if kind == "pairs" else 0),
+                    "ids": ids,
+                }
+            )
 
     def check_replicas(self) -> None:
         """Fail loudly if the ranks' parameters differ: gradients were not synchronised.

@@ -54,11 +54,15 @@ def ray_local():
     """One local Ray for every test that trains: starting Ray costs seconds, a test should not."""
     import ray
 
+    from rerank_ray.driver import pinned_state_api
+
     if not ray.is_initialized():
+        dashboard_port, api_env = pinned_state_api()
         ray.init(
             num_cpus=4,
             include_dashboard=True,
-            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}},
+            dashboard_port=dashboard_port,
+            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **api_env}},
             log_to_driver=True,
         )
     yield ray

@@ -179,28 +179,52 @@ class _LocalHandle:
         return self.tokenizer
 
 
-def test_class_labels_stay_integers_through_tokenize_and_batches(tiny_bert):
+def test_class_labels_stay_integers_through_tokenize_and_batches(tiny_bert, tmp_path):
+    import json
+
     from rerank_ray.batching import Collator
-    from rerank_ray.config import ModelConfig
+    from rerank_ray.config import Config, ModelConfig
+    from rerank_ray.driver import inspect_data
     from rerank_ray.models import load_tokenizer
 
     tokenizer = load_tokenizer(ModelConfig(name_or_path=str(tiny_bert)))
     handle = _LocalHandle(tokenizer)
     rows = class_pairs(6)
-    # JSON readers often give 0.0, 1.0, 2.0: whole floats become int64 class ids exactly.
+    # JSON readers often give 0.0, 1.0, 2.0, and the row checks pass labels on as float32: whole
+    # class ids become int64 exactly.
     table = pa.table(
         {
             "sentence_0": [r["sentence_0"] for r in rows],
             "sentence_1": [r["sentence_1"] for r in rows],
-            "label": [float(r["label"]) for r in rows],
+            "label": pa.array([float(r["label"]) for r in rows], type=pa.float32()),
+            "skip": pa.array([0] * 6, type=pa.int8()),
+            "row_key": pa.array(range(6), type=pa.int64()),
         }
     )
-    tokenized = tokenize_batch(table, handle, 32, 1.0, num_classes=3)
+    tokenized = tokenize_batch(table, handle, 32, class_ids=True)
     assert tokenized.column("label").type == pa.int64()
     batch = Collator.for_tokenizer(tokenizer)(tokenized)
     assert batch.labels.dtype == np.int64 and batch.labels.tolist() == [r["label"] for r in rows]
-    assert tokenize_batch(table, handle, 32, 1.0).column("label").type == pa.float32()  # BCE/MSE targets
-    with pytest.raises(DataError, match="whole numbers"):
-        tokenize_batch(table.set_column(2, "label", pa.array([0.5] * 6)), handle, 32, 1.0, num_classes=3)
-    with pytest.raises(DataError, match="holds class 3"):
-        tokenize_batch(table.set_column(2, "label", pa.array([3] * 6)), handle, 32, 1.0, num_classes=3)
+    assert tokenize_batch(table, handle, 32).column("label").type == pa.float32()  # BCE/MSE targets
+
+    # A label that is no class id fails in the row checks, before Ray, naming the row and the rule.
+    def error_for(label):
+        path = tmp_path / "train.jsonl"
+        bad = [dict(r) for r in rows]
+        bad[4]["label"] = label
+        path.write_text("".join(json.dumps(r) + "\n" for r in bad))
+        config = Config.from_dict(
+            {
+                "model": {"name_or_path": str(tiny_bert), "num_labels": 3},
+                "data": {"train": [str(path)]},
+                "train": {"loss": "CrossEntropyLoss"},
+                "eval": {"kind": "classification"},
+            }
+        )
+        with pytest.raises(DataError) as caught:
+            inspect_data(config)
+        return str(caught.value)
+
+    for label in (1.5, 3):
+        message = error_for(label)
+        assert "row 5" in message and f"holds {label}" in message and "a class id 0..2" in message

@@ -10,7 +10,7 @@ import numpy as np
 from tiny import synthetic_pairs
 
 from rerank_ray.config import Config
-from rerank_ray.model_card import RunRecord, SearchSummary, write_model_card
+from rerank_ray.model_card import RunRecord, write_model_card
 from rerank_ray.plan import TrainPlan
 
 
@@ -73,19 +73,9 @@ def test_card_of_a_recorded_run_has_every_section_and_the_search_summary(tiny_be
         {"step": 5, "epoch": 1.0, "loss": 0.61, "learning_rate": 0.0, "pairs_per_second": 82.0},
         {"step": 5, "epoch": 1.0, **metrics, "eval_runtime": 0.5},
     ]
-    search = SearchSummary(
-        metric="eval_average_precision",
-        mode="max",
-        num_trials=4,
-        best_config={"train.learning_rate": 1e-4},
-        best_value=metrics["eval_average_precision"],
-        search_space={"train.learning_rate": "loguniform(1e-05, 0.001)"},
-        trials=[
-            {"train.learning_rate": lr, "eval_average_precision": 0.5, "status": "TERMINATED"} for lr in (1e-5, 1e-4)
-        ],
-        searcher="OptunaSearch",
-        scheduler="ASHAScheduler",
-    )
+    # The section rerank-ray tune writes (rerank_ray.search_report.summary_markdown; test_tune.py
+    # checks it in a real search): the card carries it after the distributed-training section.
+    search = "## Hyperparameter search (rerank-ray tune)\n\n- Trials: 4 (2 completed, 2 failed)\n"
     record = RunRecord(
         config=config,
         plan=plan,
@@ -109,11 +99,6 @@ def test_card_of_a_recorded_run_has_every_section_and_the_search_summary(tiny_be
     assert re.search(r"\| 0\.0 +\| 0 +\| - +\| [0-9.]+ +\|", card)
     assert re.search(r"\| 0\.6 +\| 3 +\| 0\.69 +\| - +\|", card)
     assert re.search(r"\| \*\*1\.0\*\* +\| \*\*5\*\* +\| \*\*0\.61\*\* +\|", card)
-    # The search that selected this model.
-    search_part = card[card.index("### Hyperparameter search (Ray Tune)") :]
-    assert (
-        "- Trials: 4, maximising `eval_average_precision`; searcher OptunaSearch; scheduler ASHAScheduler"
-        in search_part
-    )
-    assert "`train.learning_rate` = 0.0001" in search_part and "loguniform(1e-05, 0.001)" in search_part
-    assert search_part.count("TERMINATED") == 2
+    # The search that selected this model, after what only a Ray run knows.
+    assert card.index("## Distributed training (rerank-ray)") < card.index(search.splitlines()[0])
+    assert search.strip() in card

@@ -1,0 +1,289 @@
+"""Checkpoints: what one holds, how it reaches storage whole or not at all, which ones are kept.
+
+A checkpoint is a folder ``<storage_path>/<run>/checkpoint-<step>/`` with
+
+- ``model/``: the CrossEncoder (sentence-transformers' own save format);
+- ``training_state.pt``: optimizer, scheduler, grad scaler, loop state, every rank's RNG states;
+- ``data_position.npz``: the pairs already trained in the current epoch (:mod:`rerank_ray.position`);
+- ``history.json``: the logged losses and metrics so far;
+- ``checkpoint.json``: the completion marker, written last. It lists every other file with its size,
+  plus the step and the metrics of that checkpoint.
+
+Atomicity. Ray Train uploads a reported checkpoint from the worker with ``pyarrow.fs.copy_files``
+and registers it (in its run snapshot) only after the upload returns. A worker that dies part-way
+through an upload therefore leaves a partial folder that Ray never registers, and a restarted
+attempt reaching the same step later uploads into that same folder. We pass our own
+``checkpoint_upload_fn`` (:func:`upload`) to ``ray.train.report``: it removes whatever an earlier
+attempt left in the folder, copies the files, and writes ``checkpoint.json`` only after every
+other file is in storage. A folder without a marker, or whose files do not match it, is
+incomplete and is never restored or exported (:func:`verify`). Object stores give read-after-write
+consistency, so a visible marker means the files it lists are visible too.
+
+Restore. Workers (and :class:`rerank_ray.position.RestOfEpoch`, which builds the rest of an
+interrupted epoch) restore from the newest *complete* checkpoint in the run folder
+(:func:`latest_complete`), found by listing storage, so both always agree, whether the run was
+restarted by Ray Train after a worker died or by ``--resume`` after the whole job stopped.
+
+Retention. Ray Train keeps the K best checkpoints by one metric plus the latest; we want the
+last K plus the best. So Ray keeps every checkpoint (``num_to_keep=None``) and :func:`prune`
+empties the others, leaving a ``pruned.json`` tombstone in the folder: Ray's run snapshot lists
+every checkpoint it registered and refuses to resume when one of their folders is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rerank_ray.position import POSITION_FILE, DataPosition
+
+MARKER = "checkpoint.json"
+TOMBSTONE = "pruned.json"
+PREFIX = "checkpoint-"
+STATE_FILE = "training_state.pt"
+HISTORY_FILE = "history.json"
+MODEL_DIR = "model"
+FORMAT_VERSION = 1
+
+
+def dir_name(step: int) -> str:
+    return f"{PREFIX}{step:07d}"
+
+
+def run_filesystem(storage_path: str, run_name: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path of the run folder on it) for a local folder or a URI (whose
+    query string may carry pyarrow options)."""
+    from rerank_ray import storage
+
+    filesystem, path = storage.filesystem(storage.join(storage_path, run_name))
+    return filesystem, path.rstrip("/")
+
+
+@dataclass
+class CheckpointInfo:
+    """A complete checkpoint in storage, as its marker describes it."""
+
+    name: str
+    path: str
+    step: int
+    metrics: dict[str, Any]
+    filesystem: Any = field(repr=False, default=None)
+
+    def uri_or_path(self) -> str:
+        return self.path
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def write_marker(folder: str, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Write ``checkpoint.json`` into a finished local checkpoint folder: the files and their sizes."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, folder).replace(os.sep, "/")
+            if relative != MARKER:
+                files[relative] = os.path.getsize(path)
+    manifest = {
+        "format": FORMAT_VERSION,
+        "step": step,
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))},
+        "files": files,
+        "written_at": time.time(),
+    }
+    with open(os.path.join(folder, MARKER), "w") as f:
+        json.dump(manifest, f, indent=1)
+    return manifest
+
+
+def upload(checkpoint: Any, checkpoint_dir_name: str) -> Any:
+    """Ray Train's ``checkpoint_upload_fn``: copy the checkpoint into the run folder, marker last.
+
+    Runs in the worker that reported the checkpoint (rank 0), inside ``ray.train.report``.
+    """
+    import pyarrow.fs as pafs
+    import ray.train
+
+    from rerank_ray import faults
+
+    storage = ray.train.get_context().get_storage()
+    filesystem = storage.storage_filesystem
+    destination = storage.build_checkpoint_path_from_name(checkpoint_dir_name)
+    local = checkpoint.path
+    # A folder of this name holds what an earlier attempt left (a partial upload, or a tombstone);
+    # nothing restores from it (a complete one would have been restored from), so replace it.
+    if filesystem.get_file_info(destination).type != pafs.FileType.NotFound:
+        filesystem.delete_dir(destination)
+    filesystem.create_dir(destination, recursive=True)
+    local_fs = pafs.LocalFileSystem()
+    entries = sorted(os.listdir(local), key=lambda name: (name != MODEL_DIR, name))
+    for i, entry in enumerate(e for e in entries if e != MARKER):
+        source = os.path.join(local, entry)
+        target = f"{destination}/{entry}"
+        if os.path.isdir(source):
+            filesystem.create_dir(target, recursive=True)
+        pafs.copy_files(source, target, source_filesystem=local_fs, destination_filesystem=filesystem)
+        if i == 0:
+            faults.fire("checkpoint_upload", step=_step_of(checkpoint_dir_name))
+    pafs.copy_files(
+        os.path.join(local, MARKER),
+        f"{destination}/{MARKER}",
+        source_filesystem=local_fs,
+        destination_filesystem=filesystem,
+    )
+    return ray.train.Checkpoint(path=destination, filesystem=filesystem)
+
+
+def _step_of(name: str) -> int:
+    try:
+        return int(name.removeprefix(PREFIX))
+    except ValueError:
+        return -1
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding complete checkpoints
+
+
+def verify(filesystem: Any, path: str) -> CheckpointInfo | str:
+    """The checkpoint at ``path`` if its marker is there and every file it lists has its size;
+    otherwise the reason it is incomplete."""
+    import pyarrow.fs as pafs
+
+    try:
+        with filesystem.open_input_stream(f"{path}/{MARKER}") as f:
+            manifest = json.loads(f.read().decode("utf-8"))
+    except FileNotFoundError:
+        return f"no {MARKER} (the write did not finish)"
+    except (OSError, ValueError) as err:
+        return f"unreadable {MARKER}: {err}"
+    files = manifest.get("files", {})
+    infos = filesystem.get_file_info([f"{path}/{name}" for name in files]) if files else []
+    for (name, size), info in zip(files.items(), infos):
+        if info.type != pafs.FileType.File:
+            return f"{name} is missing"
+        if info.size != size:
+            return f"{name} has {info.size} bytes, {size} were written"
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    return CheckpointInfo(
+        name=name, path=path, step=int(manifest["step"]), metrics=manifest.get("metrics", {}), filesystem=filesystem
+    )
+
+
+def scan(storage_path: str, run_name: str) -> tuple[list[CheckpointInfo], dict[str, str]]:
+    """(complete checkpoints by step, {incomplete folder: why}) of a run; tombstones are left out."""
+    import pyarrow.fs as pafs
+
+    filesystem, run_path = run_filesystem(storage_path, run_name)
+    try:
+        entries = filesystem.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
+    except OSError:
+        return [], {}
+    complete, incomplete = [], {}
+    for entry in entries:
+        if entry.type != pafs.FileType.Directory or not entry.base_name.startswith(PREFIX):
+            continue
+        if filesystem.get_file_info(f"{entry.path}/{TOMBSTONE}").type == pafs.FileType.File:
+            continue
+        result = verify(filesystem, entry.path)
+        if isinstance(result, str):
+            incomplete[entry.path] = result
+        else:
+            complete.append(result)
+    complete.sort(key=lambda c: c.step)
+    return complete, incomplete
+
+
+def latest_complete(storage_path: str, run_name: str) -> CheckpointInfo | None:
+    complete, _ = scan(storage_path, run_name)
+    return complete[-1] if complete else None
+
+
+def read_position(info: CheckpointInfo) -> DataPosition | None:
+    try:
+        with info.filesystem.open_input_stream(f"{info.path}/{POSITION_FILE}") as f:
+            return DataPosition.from_bytes(f.read())
+    except FileNotFoundError:
+        return None
+
+
+def download(info: CheckpointInfo, local: str) -> str:
+    import pyarrow.fs as pafs
+
+    pafs.copy_files(info.path, local, source_filesystem=info.filesystem, destination_filesystem=pafs.LocalFileSystem())
+    return local
+
+
+# ---------------------------------------------------------------------------------------------
+# Retention
+
+
+def choose_kept(complete: list[CheckpointInfo], keep_last: int, headline: str | None) -> list[CheckpointInfo]:
+    """The last ``keep_last`` checkpoints by step, plus the best by ``headline`` (higher is better;
+    on a tie, the later one)."""
+    kept = {c.name: c for c in complete[-keep_last:]}
+    scored = [c for c in complete if headline and isinstance(c.metrics.get(headline), (int, float))]
+    if scored:
+        best = max(scored, key=lambda c: (c.metrics[headline], c.step))
+        kept[best.name] = best
+    return sorted(kept.values(), key=lambda c: c.step)
+
+
+def best_checkpoint(complete: list[CheckpointInfo], headline: str | None) -> CheckpointInfo | None:
+    scored = [c for c in complete if headline and isinstance(c.metrics.get(headline), (int, float))]
+    return max(scored, key=lambda c: (c.metrics[headline], c.step)) if scored else None
+
+
+def prune(storage_path: str, run_name: str, keep_last: int, headline: str | None) -> list[str]:
+    """Empty every checkpoint folder that is not kept (complete or not), leaving a tombstone.
+
+    Called by rank 0 after each checkpoint it wrote (no other upload runs then) and by the driver
+    when training ends."""
+    complete, incomplete = scan(storage_path, run_name)
+    kept = {c.name for c in choose_kept(complete, keep_last, headline)}
+    doomed = [c.path for c in complete if c.name not in kept] + list(incomplete)
+    filesystem, _ = run_filesystem(storage_path, run_name)
+    for path in doomed:
+        filesystem.delete_dir_contents(path, missing_dir_ok=True)
+        with filesystem.open_output_stream(f"{path}/{TOMBSTONE}") as f:
+            f.write(
+                json.dumps(
+                    {
+                        "pruned": True,
+                        "why": f"rerank-ray keeps the last {keep_last} checkpoints and the best; the folder "
+                        "stays because Ray Train's run snapshot lists it",
+                    }
+                ).encode()
+            )
+    return doomed
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG states
+
+
+def rng_state() -> dict[str, Any]:
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,459 @@
+"""Reading pair files with each row's place in its file, checking rows as they are parsed.
+
+Ray Data's readers tell a row's file (``include_paths``) but not its row number in that file
+(only a hash of it, and only for Parquet). The row number is what an error message must name,
+and (file, row) is the stable key a checkpoint's data position records (:mod:`rerank_ray.position`).
+So pair files are read by :class:`PairFileDatasource`, a subclass of Ray Data's own
+``FileBasedDatasource``: Ray Data still lists, shuffles (per epoch), schedules (local files on the
+driver's node), retries and streams the files; we only parse one file from its first byte, number
+its rows and pass each parsed chunk through the split's :class:`~rerank_ray.validation.RowChecker`.
+
+Parsing is pyarrow's (Parquet row groups, the streaming CSV and JSON readers). When pyarrow gives
+up part-way through a text file (a malformed line, a value of another type), the rest of that file
+is parsed line by line in Python, so the bad line is named, or with ``data.on_bad_row: skip``
+kept as a placeholder, instead of failing the whole file without a row number.
+
+Every chunk leaves the reader with the same columns: ``sentence_0``, ``sentence_1`` (string),
+``label`` (float32, scaled), ``skip`` (int8 reason code), ``row_key`` (int64) and ``pair_id``
+(string) when ``data.id_column`` is set.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pyarrow as pa
+
+from rerank_ray.validation import DataError, RowChecker
+
+#: Rows per chunk that leaves the reader (and per chunk of the line-by-line fallback).
+CHUNK_ROWS = 8192
+#: Bytes per block of pyarrow's streaming CSV / JSON readers.
+TEXT_BLOCK_BYTES = 8 << 20
+TEXT_FORMATS = ("jsonl", "csv", "tsv")
+
+Opener = Callable[[], Any]
+
+
+def read_file(
+    open_file: Opener, fmt: str, file_index: int, checker: RowChecker, limit: int | None = None
+) -> Iterator[pa.Table]:
+    """Checked chunks of one file, from its first row (at most ``limit`` rows)."""
+    if fmt == "parquet":
+        yield from _read_parquet(open_file, file_index, checker, limit)
+    else:
+        yield from _read_text(open_file, fmt, file_index, checker, limit)
+
+
+def _source_columns(checker: RowChecker) -> list[str]:
+    return list(dict.fromkeys(checker.file_columns.values()))
+
+
+def _canonical(table: pa.Table, checker: RowChecker) -> pa.Table:
+    """The file's columns under their canonical names."""
+    return pa.table({canonical: table.column(column) for canonical, column in checker.file_columns.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# Parquet
+
+
+def _read_parquet(open_file: Opener, file_index: int, checker: RowChecker, limit: int | None) -> Iterator[pa.Table]:
+    import pyarrow.parquet as pq
+
+    with open_file() as handle:
+        if handle.size() == 0:
+            raise checker.file_error(
+                file_index, "the file is empty (0 bytes)", "re-export it, or remove it from the data"
+            )
+        try:
+            parquet = pq.ParquetFile(handle)
+        except (OSError, pa.ArrowException) as err:
+            raise checker.file_error(
+                file_index,
+                f"cannot be read as Parquet ({_one_line(err)})",
+                "the file is truncated or not Parquet: re-export it",
+            ) from err
+        schema = parquet.schema_arrow
+        for canonical, column in checker.file_columns.items():
+            if column not in schema.names:
+                raise checker.missing_column(file_index, canonical, list(schema.names))
+        checker.check_types(file_index, schema)
+        if parquet.metadata.num_rows == 0:
+            raise checker.file_error(file_index, "the file holds no rows", "remove it from the data, or re-export it")
+        row = 0
+        for group in range(parquet.num_row_groups):
+            group_rows = parquet.metadata.row_group(group).num_rows
+            try:
+                batches = parquet.iter_batches(
+                    batch_size=CHUNK_ROWS, row_groups=[group], columns=_source_columns(checker)
+                )
+                for batch in batches:
+                    table = pa.Table.from_batches([batch])
+                    if limit is not None:
+                        table = table.slice(0, max(0, limit - row))
+                    yield checker.check(_canonical(table, checker), file_index, row)
+                    row += table.num_rows
+                    if limit is not None and row >= limit:
+                        return
+            except (OSError, pa.ArrowException) as err:
+                raise checker.file_error(
+                    file_index,
+                    f"row group {group} (rows {row + 1}..{row + group_rows}) cannot be read ({_one_line(err)})",
+                    "the file is corrupt or truncated: re-export it",
+                ) from err
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def parquet_row_count(open_file: Opener) -> int:
+    import pyarrow.parquet as pq
+
+    with open_file() as handle:
+        return pq.ParquetFile(handle).metadata.num_rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Text formats: pyarrow first, Python line by line from the row where pyarrow gave up
+
+
+def _read_text(
+    open_file: Opener, fmt: str, file_index: int, checker: RowChecker, limit: int | None
+) -> Iterator[pa.Table]:
+    row = 0
+    try:
+        with open_file() as handle:
+            buffered = io.BufferedReader(_RawAdapter(handle), buffer_size=1 << 20)
+            head = _read_head(buffered)
+            if not head:
+                raise checker.file_error(
+                    file_index, "the file is empty (0 bytes)", "re-export it, or remove it from the data"
+                )
+            _check_header(head, fmt, file_index, checker)
+            stream = _prepend(head, buffered)
+            for table in _arrow_text_chunks(stream, fmt, checker, file_index):
+                if limit is not None:
+                    table = table.slice(0, max(0, limit - row))
+                yield checker.check(_canonical(table, checker), file_index, row)
+                row += table.num_rows
+                if limit is not None and row >= limit:
+                    return
+    except pa.ArrowInvalid:
+        # pyarrow rejected a block (a malformed line, a value of another type). Parse the
+        # rest of the file line by line, so the bad line is named (or skipped).
+        yield from _python_text_chunks(open_file, fmt, file_index, checker, skip_rows=row, limit=limit)
+        return
+    if row == 0:
+        raise checker.file_error(file_index, "the file holds no rows", "remove it from the data, or re-export it")
+
+
+def _read_head(handle: Any) -> bytes:
+    """The file's first non-blank line (and any blank lines before it)."""
+    head = b""
+    while True:
+        line = handle.readline()
+        head += line
+        if not line or line.strip():
+            return head
+
+
+def _check_header(head: bytes, fmt: str, file_index: int, checker: RowChecker) -> None:
+    """Every needed column in the CSV header, or among the keys of the first JSON record."""
+    first = head.strip().splitlines()[-1] if head.strip() else b""
+    if fmt == "jsonl":
+        try:
+            record = json.loads(first)
+        except ValueError:
+            return  # a broken first line: the row checks name it
+        present = list(record) if isinstance(record, dict) else None
+    else:
+        text = first.decode("utf-8", "replace")
+        present = next(
+            csv.reader([text], delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else csv.reader([text])
+        )
+    if present is None:
+        return
+    for canonical, column in checker.file_columns.items():
+        if column not in present:
+            raise checker.missing_column(file_index, canonical, present)
+
+
+def _prepend(head: bytes, handle: Any) -> Any:
+    """A stream that yields ``head`` and then the rest of ``handle`` (we peeked one byte)."""
+
+    class _Joined(io.RawIOBase):
+        def __init__(self) -> None:
+            self._head = head
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            if self._head:
+                n = min(len(buffer), len(self._head))
+                buffer[:n], self._head = self._head[:n], self._head[n:]
+                return n
+            data = handle.read(len(buffer))
+            buffer[: len(data)] = data
+            return len(data)
+
+    return io.BufferedReader(_Joined(), buffer_size=1 << 20)
+
+
+def _arrow_text_chunks(stream: Any, fmt: str, checker: RowChecker, file_index: int) -> Iterator[pa.Table]:
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pajson
+
+    columns = _source_columns(checker)
+    if fmt == "jsonl":
+        # Texts and ids as strings, labels as numbers: a value of another type (or broken JSON)
+        # raises, and the Python path below names the line.
+        fields = []
+        for canonical, column in checker.file_columns.items():
+            fields.append((column, pa.float64() if canonical == "label" else pa.string()))
+        reader = pajson.open_json(
+            stream,
+            read_options=pajson.ReadOptions(block_size=TEXT_BLOCK_BYTES, use_threads=False),
+            parse_options=pajson.ParseOptions(
+                explicit_schema=pa.schema(list(dict(fields).items())), unexpected_field_behavior="ignore"
+            ),
+        )
+    else:
+        parse = pacsv.ParseOptions(delimiter="\t", quote_char=False) if fmt == "tsv" else pacsv.ParseOptions()
+        try:
+            reader = pacsv.open_csv(
+                stream,
+                read_options=pacsv.ReadOptions(block_size=TEXT_BLOCK_BYTES, use_threads=False),
+                parse_options=parse,
+                # Every needed column as text: labels are parsed by the checker, which can name a bad
+                # one; UTF-8 is checked there too, per row, rather than failing the block.
+                convert_options=pacsv.ConvertOptions(
+                    column_types={c: pa.string() for c in columns}, include_columns=columns, check_utf8=False
+                ),
+            )
+        except pa.ArrowInvalid as err:
+            missing = next((c for c in columns if f"'{c}'" in str(err) and "does not exist" in str(err)), None)
+            if missing is not None:
+                canonical = next(k for k, v in checker.file_columns.items() if v == missing)
+                raise checker.missing_column(file_index, canonical, None) from err
+            if "Empty CSV file" in str(err):
+                raise checker.file_error(file_index, "the file holds no rows", "remove it from the data") from err
+            raise
+    for batch in reader:
+        if batch.num_rows:
+            yield pa.Table.from_batches([batch])
+
+
+def _python_text_chunks(
+    open_file: Opener, fmt: str, file_index: int, checker: RowChecker, skip_rows: int, limit: int | None
+) -> Iterator[pa.Table]:
+    parse = _parse_json_line if fmt == "jsonl" else None
+    rows: list[dict[str, Any]] = []
+    preset: dict[int, tuple[str, str, Any]] = {}
+    first_row = row = skip_rows
+    with open_file() as handle:
+        records = _json_records(handle) if fmt == "jsonl" else _csv_records(handle, fmt, checker, file_index)
+        for index, record in enumerate(records):
+            if index < skip_rows:
+                continue
+            if limit is not None and row >= limit:
+                break
+            values, problem = parse(record, checker) if parse else record
+            if problem is not None:
+                preset[len(rows)] = problem
+            rows.append(values)
+            row += 1
+            if len(rows) == CHUNK_ROWS:
+                yield checker.check(_rows_table(rows, checker), file_index, first_row, preset)
+                rows, preset, first_row = [], {}, row
+    if rows:
+        yield checker.check(_rows_table(rows, checker), file_index, first_row, preset)
+    elif row == 0:
+        raise checker.file_error(file_index, "the file holds no rows", "remove it from the data, or re-export it")
+
+
+def _rows_table(rows: list[dict[str, Any]], checker: RowChecker) -> pa.Table:
+    """Parsed rows as a table: texts and ids as strings, labels as text (the checker parses them)."""
+    columns = {}
+    for canonical in checker.file_columns:
+        columns[canonical] = pa.array([r.get(canonical) for r in rows], type=pa.string())
+    return pa.table(columns)
+
+
+def _json_records(handle: Any) -> Iterator[bytes]:
+    """Non-blank lines of a JSON Lines file (blank lines are not rows, as for pyarrow)."""
+    for line in _lines(handle):
+        if line.strip():
+            yield line
+
+
+def _lines(handle: Any) -> Iterator[bytes]:
+    buffered = io.BufferedReader(_RawAdapter(handle), buffer_size=1 << 20)
+    yield from buffered
+
+
+class _RawAdapter(io.RawIOBase):
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._handle.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _parse_json_line(line: bytes, checker: RowChecker) -> tuple[dict[str, Any], tuple[str, str, Any] | None]:
+    """(canonical values as strings or None, a problem the checker cannot see in them)."""
+    text = line.decode("utf-8", "surrogateescape")
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:
+        return {}, ("malformed_row", "sentence_0", f"{text.strip()[:60]} ({err.msg})")
+    if not isinstance(record, dict):
+        return {}, ("malformed_row", "sentence_0", text.strip()[:60])
+    values: dict[str, Any] = {}
+    problem = None
+    for canonical, column in checker.file_columns.items():
+        value = record.get(column)
+        if value is None:
+            values[canonical] = None
+        elif isinstance(value, str):
+            if any("\udc80" <= ch <= "\udcff" for ch in value):
+                problem = problem or ("undecodable_text", canonical, value.encode("utf-8", "surrogateescape"))
+                values[canonical] = None
+            else:
+                values[canonical] = value
+        elif canonical in ("sentence_0", "sentence_1"):
+            problem = problem or ("not_text", canonical, value)
+            values[canonical] = None
+        elif isinstance(value, bool):
+            values[canonical] = str(value).lower()  # not a number: the checker names it
+        else:
+            values[canonical] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return values, problem
+
+
+def _csv_records(
+    handle: Any, fmt: str, checker: RowChecker, file_index: int
+) -> Iterator[tuple[dict[str, Any], tuple[str, str, Any] | None]]:
+    text = io.TextIOWrapper(
+        io.BufferedReader(_RawAdapter(handle)), encoding="utf-8", errors="surrogateescape", newline=""
+    )
+    reader = csv.reader(text, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else csv.reader(text, strict=True)
+    header = next(reader, None)
+    if header is None:
+        raise checker.file_error(file_index, "the file holds no rows", "remove it from the data")
+    positions = {}
+    for canonical, column in checker.file_columns.items():
+        if column not in header:
+            raise checker.missing_column(file_index, canonical, header)
+        positions[canonical] = header.index(column)
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            yield {}, ("malformed_row", "sentence_0", f"line {reader.line_num}: {err}")
+            continue
+        if len(fields) != len(header):
+            yield {}, ("malformed_row", "sentence_0", f"{len(fields)} fields, the header has {len(header)}")
+            continue
+        values: dict[str, Any] = {}
+        problem = None
+        for canonical, position in positions.items():
+            value = fields[position]
+            if any("\udc80" <= ch <= "\udcff" for ch in value):
+                problem = problem or ("undecodable_text", canonical, value.encode("utf-8", "surrogateescape"))
+                value = None
+            values[canonical] = value
+        yield values, problem
+
+
+# ---------------------------------------------------------------------------------------------
+# The Ray Data datasource
+
+_FILE_INDEX_CACHE: dict[Any, dict[str, int]] = {}
+
+
+def _open_with(filesystem: Any, path: str, fmt: str) -> Opener:
+    if fmt == "parquet":
+        return lambda: filesystem.open_input_file(path)
+    return lambda: filesystem.open_input_stream(path)
+
+
+def _make_datasource_class():
+    from ray.data.datasource import FileBasedDatasource
+
+    class PairFileDatasource(FileBasedDatasource):
+        """Ray Data reads pair files with this: Ray lists, shuffles, schedules, retries; we parse."""
+
+        def __init__(self, files: list[str], fmt: str, checker: RowChecker, shuffle: Any = None):
+            import ray
+
+            super().__init__(files, shuffle=shuffle, file_extensions=None)
+            resolved = self._paths()
+            if len(resolved) != len(files):
+                raise DataError(f"{checker.what}: Ray Data found {len(resolved)} files where {len(files)} were listed")
+            # The resolved path (no scheme) of each file -> its index in the user's sorted list.
+            self._file_index_ref = ray.put({path: i for i, path in enumerate(resolved)})
+            self._format = fmt
+            self._checker = checker
+
+        def get_name(self) -> str:
+            return "ReadPairs"
+
+        def _file_index(self, path: str) -> int:
+            import ray
+
+            key = self._file_index_ref.hex()
+            if key not in _FILE_INDEX_CACHE:
+                _FILE_INDEX_CACHE[key] = ray.get(self._file_index_ref)
+            return _FILE_INDEX_CACHE[key][path]
+
+        def _read_stream(self, f: Any, path: str) -> Iterator[pa.Table]:
+            # The file Ray Data opened serves the first pass; the line-by-line fallback of a text
+            # file opens it again from its first byte.
+            reopen = _open_with(self._filesystem, path, self._format)
+            handles = [f]
+            yield from read_file(
+                lambda: handles.pop() if handles else reopen(), self._format, self._file_index(path), self._checker
+            )
+
+        def _open_input_source(self, filesystem: Any, path: str, **open_args: Any) -> Any:
+            if self._format == "parquet":
+                return filesystem.open_input_file(path)
+            return super()._open_input_source(filesystem, path, **open_args)
+
+    return PairFileDatasource
+
+
+def read_pairs(files: list[str], fmt: str, checker: RowChecker, seed: int | None) -> Any:
+    """A Ray dataset of the checked rows of ``files``. ``seed`` shuffles the file order, differently
+    and reproducibly each epoch (a streaming-friendly shuffle; rows are shuffled again per window
+    on the workers)."""
+    import ray.data
+    from ray.data import FileShuffleConfig
+
+    shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=True) if seed is not None and len(files) > 1 else None
+    return ray.data.read_datasource(_make_datasource_class()(files, fmt, checker, shuffle=shuffle))
+
+
+def open_local_or_uri(path: str, fmt: str) -> Opener:
+    """An opener for one file on the driver (local path or any URI pyarrow reads)."""
+    import pyarrow.fs as pafs
+
+    if "://" in path and not path.startswith("file://"):
+        filesystem, inner = pafs.FileSystem.from_uri(path)
+    else:
+        filesystem, inner = pafs.LocalFileSystem(), path.removeprefix("file://")
+    return _open_with(filesystem, inner, fmt)

@@ -1,0 +1,186 @@
+"""Jobs on a real Ray cluster: two nodes on this machine, token authentication on, S3 storage.
+
+One submitted training run proves: the job joins the cluster it runs on; its two workers run on
+two different nodes (STRICT_SPREAD); checkpoints and the exported model land in an S3 bucket (a
+real S3 API, moto's server on 127.0.0.1) and the model loads after downloading; nothing the run
+prints or writes holds a secret (cloud keys and a Hugging Face token in the nodes' environment,
+Ray's auth token). Bad jobs end FAILED with exit code 2 and the cause in
+their logs, through both the job API and the `ray job submit` command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import yaml
+from local_cluster import RAY, LocalCluster
+from local_s3 import FAKE_KEY_ID, FAKE_SECRET, LocalS3
+from tiny import synthetic_pairs, write_jsonl
+
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).parents[1]
+#: What the nodes' environment holds on a real cluster (fake values).
+NODE_SECRETS = {
+    "AWS_ACCESS_KEY_ID": "AKIAFAKEENVKEY000001",
+    "AWS_SECRET_ACCESS_KEY": "envSecretFAKE/0123456789+abcdefghijklmno",
+    "HF_TOKEN": "hf_FAKEtokenFAKEtoken0123456789abcd",
+}
+JOB_TIMEOUT_S = 480
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    server = LocalS3(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    local = LocalCluster(env_extra=NODE_SECRETS).start()
+    yield local
+    local.stop()
+    assert not local.marked_pids(), "processes of the test cluster survived stop()"
+
+
+def job_runtime_env() -> dict:
+    """jobs/runtime_env.yaml as users submit it, with the repository as the working dir. Its pip
+    list is dropped: this machine has the packages, and installing them needs PyPI."""
+    runtime_env = yaml.safe_load((ROOT / "jobs" / "runtime_env.yaml").read_text())
+    runtime_env.pop("pip")
+    runtime_env["working_dir"] = str(ROOT)
+    return runtime_env
+
+
+def wait_for(client, submission_id: str) -> tuple[object, str]:
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while time.monotonic() < deadline:
+        info = client.get_job_info(submission_id)
+        if info.status.is_terminal():
+            return info, client.get_job_logs(submission_id)
+        time.sleep(2)
+    client.stop_job(submission_id)
+    raise TimeoutError(f"job {submission_id} still {info.status} after {JOB_TIMEOUT_S} s")
+
+
+def secrets_in(text: str, cluster: LocalCluster) -> list[str]:
+    candidates = [
+        FAKE_KEY_ID,
+        FAKE_SECRET,
+        quote(FAKE_SECRET, safe=""),
+        "0123456789abcdefghij",  # the distinctive part of the URI secret, however it is encoded
+        cluster.token,
+        *NODE_SECRETS.values(),
+    ]
+    return [c for c in candidates if c in text]
+
+
+def test_training_job_on_two_nodes_with_token_auth_exports_to_s3(cluster, s3, tiny_bert, tmp_path):
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobStatus, JobSubmissionClient
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderClassificationEvaluator
+
+    s3.make_bucket("bucket")
+    eval_rows = synthetic_pairs(61, seed=2)
+    config = {
+        "model": {"name_or_path": str(tiny_bert)},
+        "data": {
+            "train": str(write_jsonl(synthetic_pairs(203, seed=1), tmp_path / "train.jsonl")),
+            "eval": str(write_jsonl(eval_rows, tmp_path / "eval.jsonl")),
+        },
+        "train": {"epochs": 2, "per_device_batch_size": 8, "learning_rate": 3e-3, "logging_steps": 4},
+        "eval": {"steps": 0},
+        "scaling": {"num_workers": 2, "placement_strategy": "STRICT_SPREAD"},
+        "run": {"storage_path": s3.uri("bucket", "runs"), "name": "job"},
+    }
+    config_file = tmp_path / "job.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+
+    # Token authentication is on: a wrong token is refused.
+    with pytest.raises(AuthenticationError, match="Invalid authentication token"):
+        intruder = JobSubmissionClient(cluster.dashboard_url, headers={"Authorization": "Bearer not-the-token"})
+        intruder.submit_job(entrypoint="echo hi")
+
+    client = JobSubmissionClient(cluster.dashboard_url, headers=cluster.auth_headers)
+    submission_id = client.submit_job(
+        entrypoint=f"python jobs/train.py --config {config_file}", runtime_env=job_runtime_env()
+    )
+    info, logs = wait_for(client, submission_id)
+    assert info.status == JobStatus.SUCCEEDED, f"{info.message}\n{logs[-5000:]}"
+    assert info.driver_exit_code == 0
+    # The entrypoint joined this cluster (RAY_ADDRESS from the job supervisor), not a Ray of its own.
+    assert "Connected to Ray cluster" in logs and "Started a local Ray instance" not in logs
+
+    # Two training workers, on two different nodes.
+    workers = [a for a in cluster.actors("RayTrainWorker") if a.job_id == info.job_id]
+    assert len(workers) == 2 and len({w.node_id for w in workers}) == 2, workers
+
+    # Checkpoints and the model are in the bucket, nowhere else.
+    objects = s3.files("bucket")
+    checkpoints = {p.split("/")[3] for p in objects if p.startswith("bucket/runs/job/checkpoint-")}
+    assert len(checkpoints) == 2, sorted(objects)
+    assert all(f"bucket/runs/job/{c}/model/config.json" in objects for c in checkpoints)
+    model_files = {p.removeprefix("bucket/runs/job/model/") for p in objects if p.startswith("bucket/runs/job/model/")}
+    assert {"config.json", "model.safetensors", "README.md", "metrics.json", "training_curve.png"} <= model_files
+    assert "[rerank-ray] model exported to s3://bucket/runs/job/model?endpoint_override=" in logs
+
+    # The downloaded model loads, and scores what the run reported.
+    local_model = s3.download("bucket", "bucket/runs/job/model", tmp_path / "downloaded")
+    model = CrossEncoder(str(local_model))
+    evaluator = CrossEncoderClassificationEvaluator(
+        [[r["sentence_0"], r["sentence_1"]] for r in eval_rows], [int(r["label"]) for r in eval_rows], name="eval"
+    )
+    reported = json.loads((local_model / "metrics.json").read_text())
+    headline = reported["headline_metric"]
+    assert evaluator(model)[headline] == pytest.approx(reported["final"][headline], abs=1e-6)
+
+    # No secret in the job's logs, nor in any text the run left in the bucket.
+    assert secrets_in(logs, cluster) == []
+    for path in objects:
+        if path.endswith((".json", ".md", ".txt", ".yaml", ".csv")):
+            text = s3.read("bucket", path).decode("utf-8", errors="replace")
+            assert secrets_in(text, cluster) == [], path
+
+
+def test_bad_jobs_fail_with_exit_code_2_and_the_cause_in_their_logs(cluster, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(cluster.dashboard_url, headers=cluster.auth_headers)
+    # The quickstart config as it is: its relative storage_path would vanish with the job.
+    relative_storage = client.submit_job(
+        entrypoint="python jobs/train.py --config jobs/configs/quickstart.yaml", runtime_env=job_runtime_env()
+    )
+    # A typo, submitted with the documented command line; the CLI finds the token the way users
+    # configure it (RAY_AUTH_MODE=token and the token file).
+    runtime_env_file = tmp_path / "runtime_env.yaml"
+    runtime_env_file.write_text(yaml.safe_dump({k: v for k, v in job_runtime_env().items() if k != "working_dir"}))
+    cli_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    cli_env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=cluster.env["RAY_AUTH_TOKEN_PATH"])
+    cli = subprocess.run(
+        [
+            RAY, "job", "submit", "--address", cluster.dashboard_url, "--working-dir", ".",
+            "--runtime-env", str(runtime_env_file), "--",
+            "python", "jobs/train.py", "--config", "jobs/configs/quickstart.yaml", "train.learnin_rate=1e-4",
+        ],
+        cwd=ROOT, env=cli_env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S,
+    )  # fmt: skip
+    assert cli.returncode == 1, cli.stdout[-3000:] + cli.stderr[-3000:]
+    message = "unknown config key train.learnin_rate (did you mean train.learning_rate?)"
+    assert message in cli.stdout + cli.stderr
+    typo = next(j for j in client.list_jobs() if j.entrypoint.endswith("train.learnin_rate=1e-4"))
+    assert typo.status == JobStatus.FAILED and typo.driver_exit_code == 2
+    assert message in client.get_job_logs(typo.submission_id)
+
+    info, logs = wait_for(client, relative_storage)
+    assert info.status == JobStatus.FAILED and info.driver_exit_code == 2, logs[-3000:]
+    assert "error: run.storage_path 'runs' is a relative path: in a Ray job" in logs
+    assert "run.storage_path=s3://bucket/prefix" in logs
+    assert secrets_in(logs + cli.stdout + cli.stderr, cluster) == []

@@ -27,6 +27,7 @@ from rerank_ray import storage
 from rerank_ray.checkpointing import HISTORY_FILE, MODEL_DIR
 from rerank_ray.config import Config
 from rerank_ray.driver import TrainOutcome, run_dir, run_name, storage_root
+from rerank_ray.losses import integer_labels
 from rerank_ray.model_card import RunRecord, dataset_name, write_model_card
 from rerank_ray.plan import TrainPlan
 from rerank_ray.redaction import redact, redact_obj
@@ -50,10 +51,16 @@ def select_checkpoint(config: Config, plan: TrainPlan) -> tuple[Any, Any]:
     return latest, latest
 
 
-def _sample_rows(source: Any, limit: int) -> list[dict[str, Any]]:
+def _sample_rows(source: Any, limit: int, class_ids: bool) -> list[dict[str, Any]]:
+    """The first rows, as the card shows them: class ids as integers (the row checks pass every
+    label on as a float; the card's label statistics must read 0, 1, 2, not a float range)."""
     rows = source.dataset.limit(limit).take(limit)
     return [
-        {"sentence_0": r["sentence_0"], "sentence_1": r["sentence_1"], "label": r["label"]}
+        {
+            "sentence_0": r["sentence_0"],
+            "sentence_1": r["sentence_1"],
+            "label": int(r["label"]) if class_ids else r["label"],
+        }
         for r in rows
         if not r.get("skip")  # bad rows kept as placeholders with data.on_bad_row=skip
     ]
@@ -136,6 +143,7 @@ def export_run(
             os.path.join(chosen, MODEL_DIR), trust_remote_code=config.model.trust_remote_code, device="cpu"
         )
         evaluating = bool(plan.eval_rows and sources.get("eval") is not None)
+        class_ids = integer_labels(config.train.loss)
         record = RunRecord(
             config=config,
             plan=plan,
@@ -144,9 +152,9 @@ def export_run(
             step=step,
             train_seconds=train_seconds,
             pairs_seen=pairs_seen,
-            train_rows=_sample_rows(sources["train"], CARD_SAMPLE_ROWS),
+            train_rows=_sample_rows(sources["train"], CARD_SAMPLE_ROWS, class_ids),
             train_name=dataset_name(config, sources["train"]),
-            eval_rows=_sample_rows(sources["eval"], CARD_SAMPLE_ROWS) if evaluating else [],
+            eval_rows=_sample_rows(sources["eval"], CARD_SAMPLE_ROWS, class_ids) if evaluating else [],
             eval_name=dataset_name(config, sources["eval"], "eval") if evaluating else None,
         )
         # Written whole in a scratch folder, then published in one step (storage.publish_dir):

@@ -45,4 +45,7 @@ def test_ray_data_reads_the_same_pairs(ray_local, tmp_path):
     beir = inspect_beir(str(write_beir(rows, tmp_path / "b")), "test")
     source = open_beir(beir)
     assert source.num_rows == len(rows) and source.name == "b (test)"
-    assert _sorted(source.dataset.take_all()) == _sorted(read_beir_pairs(beir).to_pylist())
+    # The rows the tokenizing stage takes: the pairs, plus "no row skipped" and "no row key".
+    streamed = source.dataset.take_all()
+    assert all(r.pop("skip") == 0 and r.pop("row_key") == -1 for r in streamed)
+    assert _sorted(streamed) == _sorted(read_beir_pairs(beir).to_pylist())

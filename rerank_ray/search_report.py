@@ -321,7 +321,7 @@ def export_best(config: Config, paths: Any, best: dict[str, Any], markdown: str)
 def report_search(config: Config, dims: list[Dimension], paths: Any, rows: list[dict[str, Any]]) -> Any:
     """Print the table, write ``trials.csv``, ``search.png`` and ``search_summary.json`` into the
     search folder, and export the best trial's model."""
-    from rerank_ray.export import _upload
+    from rerank_ray.storage import upload_files
     from rerank_ray.tune import SearchOutcome
 
     unfinished = [r["trial_id"] for r in rows if r["status"] == UNFINISHED]
@@ -355,6 +355,6 @@ def report_search(config: Config, dims: list[Dimension], paths: Any, rows: list[
         summary["search_dir"] = paths.root
         (folder / "search_summary.json").write_text(json.dumps(summary, indent=2, default=str))
         if remote:
-            _upload(str(folder), paths.root)
+            upload_files(str(folder), paths.root)
     print(f"[rerank-ray] trials table: {paths.root}/trials.csv; plot: {paths.root}/search.png", flush=True)
     return SearchOutcome(paths=paths, rows=rows, best=best, summary=summary, interrupted=bool(unfinished))

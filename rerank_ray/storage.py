@@ -98,6 +98,17 @@ def publish_dir(local_dir: str, target: str) -> None:
             shutil.rmtree(held_back, ignore_errors=True)
 
 
+def upload_files(local_dir: str, target: str) -> None:
+    """Copy the files of ``local_dir`` into the URI folder ``target``, leaving what else is there
+    (a search's report files next to its trials)."""
+    import pyarrow.fs as pafs
+
+    fs, inner = filesystem(target)
+    fs.create_dir(inner, recursive=True)
+    # use_threads=False: see publish_dir.
+    pafs.copy_files(local_dir, inner, destination_filesystem=fs, use_threads=False)
+
+
 def _publish_local(local_dir: str, target: str) -> None:
     parent = os.path.dirname(target.rstrip("/")) or "."
     os.makedirs(parent, exist_ok=True)

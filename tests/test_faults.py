@@ -145,6 +145,7 @@ def test_killed_workers_restore_and_train_each_remaining_pair_once(
     assert metrics["final"][metrics["headline_metric"]] > 0.9
 
 
+@pytest.mark.slow  # two jobs, one with its own Ray: 100-250 s on this machine
 def test_resume_after_the_driver_is_killed(ray_local, tiny_bert, pair_files, tmp_path):
     """The CLI runs in its own process (with its own local Ray) and pauses after step 18; the test
     kills that whole process group with SIGKILL, as when a job's machine dies. ``--resume``

@@ -93,6 +93,23 @@ def test_publish_to_s3_replaces_the_old_export_and_writes_the_marker_last(s3, tm
     assert writes and writes[-1] == "metrics.json" and "model.safetensors" in writes, writes
 
 
+def test_search_report_files_go_next_to_the_trials_on_s3(s3, tmp_path):
+    """A search on object storage: its table and plot join the trials' folders, which stay."""
+    root = s3.uri("bucket", "runs/search")
+    with s3.filesystem("bucket").open_output_stream("bucket/runs/search/trials/t1/state.json") as f:
+        f.write(b"{}")
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "trials.csv").write_text("trial_id\nt1\n")
+    (report / "search_summary.json").write_text("{}")
+    storage.upload_files(str(report), root)
+    assert sorted(p for p in s3.files("bucket") if p.startswith("bucket/runs/search/")) == [
+        "bucket/runs/search/search_summary.json",
+        "bucket/runs/search/trials.csv",
+        "bucket/runs/search/trials/t1/state.json",
+    ]
+
+
 def test_redact_masks_uri_credentials_tokens_and_secret_env_values(monkeypatch):
     for name, value in ENV_SECRETS.items():
         monkeypatch.setenv(name, value)

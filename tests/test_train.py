@@ -107,7 +107,11 @@ def _weights(folder: str) -> dict[str, np.ndarray]:
     return load_file(path)
 
 
-@pytest.mark.parametrize("accumulate", [False, True], ids=["two-workers", "two-workers-vs-accumulation"])
+@pytest.mark.parametrize(
+    "accumulate",
+    [False, pytest.param(True, marks=pytest.mark.slow)],  # accumulation: the same invariant, 80 s more
+    ids=["two-workers", "two-workers-vs-accumulation"],
+)
 def test_one_worker_batch_b_matches_two_workers_batch_half_b(ray_local, tiny_bert, tmp_path, accumulate):
     """The invariant that holds exactly: with the whole set in one global batch per epoch, each
     optimizer step sees the same pairs however they are split, and the loss is the mean over

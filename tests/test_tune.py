@@ -37,9 +37,9 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_four_trial_search_records_failures_and_exports_the_best(ray_local, tiny_bert, pair_files, tmp_path):
-    """A grid of 4 trials, 2 at a time, each on 2 workers; the 2 trials with an invalid scheduler
-    name fail (the trial's config check refuses it), are recorded with their error, and the search
-    goes on."""
+    """A grid of 4 trials, 2 at a time, each on 2 workers; the 2 trials whose label scale puts the
+    labels outside [0, 1] fail (the trial's data checks refuse the rows), are recorded with their
+    error, and the search goes on."""
     from sentence_transformers import CrossEncoder
 
     from rerank_ray.tune import run_search
@@ -53,11 +53,11 @@ def test_four_trial_search_records_failures_and_exports_the_best(ray_local, tiny
             "search": "grid",
             "scheduler": "none",
             "max_concurrent_trials": 2,
-            # The search space is not checked against the config's rules: "bogus" fails when the
-            # trial builds its config, a real failure of a bad value, not an injected one.
+            # A label scale of 3 passes every check of the config (nothing there knows the labels)
+            # and fails in each such trial on its data: a real failure of a bad value.
             "space": {
                 "train.learning_rate": {"choice": [2e-3, 6e-3]},
-                "train.lr_scheduler": {"choice": ["linear", "bogus"]},
+                "data.label_scale": {"choice": [1.0, 3.0]},
             },
         },
         scaling={"num_workers": 2, "cpus_per_worker": 0.5},
@@ -70,13 +70,13 @@ def test_four_trial_search_records_failures_and_exports_the_best(ray_local, tiny
     by_status = {s: [r for r in rows.values() if r["status"] == s] for s in (COMPLETED, FAILED)}
     assert len(by_status[COMPLETED]) == 2 and len(by_status[FAILED]) == 2
     for row in by_status[FAILED]:
-        assert row["params"]["train.lr_scheduler"] == "bogus"
-        assert "ConfigError" in row["error"] and "train.lr_scheduler 'bogus' is not a transformers" in row["error"]
+        assert row["params"]["data.label_scale"] == 3.0
+        assert "DataError" in row["error"] and "is outside what the label must be" in row["error"]
         assert row["metric"] is None and row["steps"] is None
     # Each completed trial ran the same 2-worker training as rerank-ray train: 203 pairs over 2
     # workers in batches of 8 is 13 steps per epoch (1 worker would take 26), 2 epochs.
     for row in by_status[COMPLETED]:
-        assert row["params"]["train.lr_scheduler"] == "linear"
+        assert row["params"]["data.label_scale"] == 1.0
         assert row["steps"] == row["total_steps"] == 26
         assert row["metric"] > 0.9  # it learned the task
         assert row["history"][0] == (0, pytest.approx(row["history"][0][1]))  # evaluated before training
@@ -87,9 +87,9 @@ def test_four_trial_search_records_failures_and_exports_the_best(ray_local, tiny
     root = Path(outcome.paths.root)
     table = read_csv(root / "trials.csv")
     assert [r["trial_id"] for r in table] == sorted(rows)
-    assert {"status", "train.learning_rate", "train.lr_scheduler", headline, "steps", "error"} <= set(table[0])
+    assert {"status", "train.learning_rate", "data.label_scale", headline, "steps", "error"} <= set(table[0])
     assert sorted(r["status"] for r in table) == [COMPLETED, COMPLETED, FAILED, FAILED]
-    assert all("'bogus' is not a transformers scheduler" in r["error"] for r in table if r["status"] == FAILED)
+    assert all("is outside what the label must be" in r["error"] for r in table if r["status"] == FAILED)
     assert (root / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((root / "search_summary.json").read_text())
     assert summary["best"]["trial_id"] == best["trial_id"]

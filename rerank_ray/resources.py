@@ -35,3 +35,19 @@ def process_start_unix() -> float:
             return psutil.Process().create_time()
         except ImportError:
             return time.time()
+
+
+def rss_parts_mib() -> dict[str, float]:
+    """This process's resident memory now, by kind (Linux /proc/self/status; empty elsewhere):
+    ``anon`` (private: Python objects, tensors), ``shmem`` (shared memory it touched, such as
+    Ray's object store) and ``file`` (mapped files: libraries, model weights)."""
+    parts = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name in ("RssAnon", "RssFile", "RssShmem"):
+                    parts[name[3:].lower()] = int(value.split()[0]) / 1024  # kB
+    except OSError:
+        pass
+    return parts

@@ -46,7 +46,7 @@ from rerank_ray.models import load_cross_encoder, load_tokenizer
 from rerank_ray.plan import TrainPlan
 from rerank_ray.position import POSITION_FILE, DataPosition, TrainedRows, merge_ranges, partial_epoch_batches
 from rerank_ray.progress import ProgressLine, quiet_libraries
-from rerank_ray.resources import peak_rss_mib, process_start_unix
+from rerank_ray.resources import peak_rss_mib, process_start_unix, rss_parts_mib
 from rerank_ray.validation import REASONS, describe_tally, tally, tally_dict
 
 __all__ = ["HISTORY_FILE", "MODEL_DIR", "STATE_FILE", "Worker", "train_loop_per_worker"]
@@ -353,8 +353,11 @@ class Worker:
         local_pairs = sum(b.num_pairs for b in micro_batches)
         # The loss is the mean over every real pair of the global step, whatever worker holds it
         # and however uneven the last batches are: sum(weight * loss) / sum(weight), all workers.
-        global_pairs = self._all_reduce_sum(torch.tensor(local_pairs, dtype=torch.float32, device=self.device))
-        scale = self.world_size / global_pairs.clamp(min=1.0)  # DDP averages gradients over ranks
+        global_pairs = self._global_pairs(local_pairs)
+        if torch.is_tensor(global_pairs):
+            scale = self.world_size / global_pairs.clamp(min=1.0)  # DDP averages gradients over ranks
+        else:
+            scale = 1.0 / max(global_pairs, 1.0)
         loss_sum = torch.zeros((), device=self.device)
         for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
@@ -383,6 +386,19 @@ class Worker:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # once: the step has really ended
             self.first_step_unix = time.time()
+
+    def _global_pairs(self, local_pairs: float) -> float | torch.Tensor:
+        """Real pairs in this optimizer step over all ranks, without a host sync: a plain float
+        on one worker; else a tensor all-reduced on the device, copied there from pinned memory
+        (``torch.tensor(x, device="cuda")`` copies from pageable memory, which makes the host
+        wait for every kernel queued so far, once per step)."""
+        if self.world_size == 1:
+            return float(local_pairs)
+        count = torch.tensor(local_pairs, dtype=torch.float32)
+        if self.device.type == "cuda":
+            count = count.pin_memory().to(self.device, non_blocking=True)
+        dist.all_reduce(count)
+        return count
 
     def _note_position(self, batch: Batch) -> None:
         """Remember which rows this step trained (the data position) and count skipped ones."""
@@ -540,11 +556,20 @@ class Worker:
 
         A collective (every rank reports at the same steps): Ray Train keeps rank 0's metrics."""
         started = process_start_unix()
-        mine = [peak_rss_mib(), self.data_wait_seconds, (self.first_step_unix or started) - started]
+        parts = rss_parts_mib()
+        mine = [
+            peak_rss_mib(),
+            self.data_wait_seconds,
+            (self.first_step_unix or started) - started,
+            parts.get("anon", 0.0),
+            parts.get("shmem", 0.0),
+        ]
         values = torch.zeros(self.world_size, len(mine), dtype=torch.float64, device=self.device)
         values[self.rank] = torch.tensor(mine, dtype=torch.float64)
         values = self._all_reduce_sum(values).tolist()
         metrics = {f"peak_rss_mib_rank{r}": row[0] for r, row in enumerate(values)}
+        metrics.update({f"rss_anon_mib_rank{r}": row[3] for r, row in enumerate(values)})
+        metrics.update({f"rss_shmem_mib_rank{r}": row[4] for r, row in enumerate(values)})
         metrics["data_wait_seconds"] = max(row[1] for row in values)
         if self.first_step_unix is not None:
             metrics["first_step_unix"] = self.first_step_unix

@@ -24,9 +24,12 @@ BENCH_DATA = ROOT / "data" / "bench"
 BENCH_ENV = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 SHARED_MACHINE_NOTE = (
-    "The machine is shared with other jobs (another session ran Ray tests at the same time), so "
-    "absolute figures are noisy; runners were alternated within one invocation so that the load "
-    "hits them alike, and ratios within a round are the figures to read."
+    "The machine is shared with other jobs (another session ran Ray tests at the same time, load "
+    "average 4 to 58 on 2 cores), so absolute figures are noisy."
+)
+ALTERNATED_NOTE = (
+    " The runners were alternated within one invocation so that the load hits them alike; read the "
+    "ratios within a round."
 )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common import SHARED_MACHINE_NOTE, markdown_table, median, record, run_rerank_ray, stsb_subset
+from common import ALTERNATED_NOTE, SHARED_MACHINE_NOTE, markdown_table, median, record, run_rerank_ray, stsb_subset
 
 
 def config(train_file, workers: int, batch_size: int) -> dict:
@@ -61,7 +61,7 @@ def main() -> None:
         f"\n\n2 workers / 1 worker, medians: {ratio:.2f}x. Setup: all-MiniLM-L6-v2, a fixed random sample of "
         f"{args.subset} STS Benchmark train pairs, global batch {args.global_batch}, one epoch, no evaluation; each "
         "worker 1 CPU and 1 torch thread, DDP over gloo, on a machine with 2 cores, which Ray Data's read and "
-        "tokenize tasks share with the workers. " + SHARED_MACHINE_NOTE
+        "tokenize tasks share with the workers. " + SHARED_MACHINE_NOTE + ALTERNATED_NOTE
     )
     command = "python benchmarks/scaling.py " + " ".join(sys.argv[1:])
     if args.no_record:

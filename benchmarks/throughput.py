@@ -21,6 +21,7 @@ import os
 import sys
 
 from common import (
+    ALTERNATED_NOTE,
     ROOT,
     SHARED_MACHINE_NOTE,
     ensure_stsb,
@@ -161,7 +162,7 @@ def main() -> None:
         f"lr {args.lr}, 10% warmup, seed 42, {args.epochs} epoch(s), {args.threads} torch threads per runner. "
         "Wall time: from starting the command to its exit (rerank-ray: with an embedded local Ray, evaluation and "
         "export; the trainer: imports, training and evaluation). Command to first step: until the first optimizer "
-        "step ended. " + SHARED_MACHINE_NOTE
+        "step ended. " + SHARED_MACHINE_NOTE + ALTERNATED_NOTE
     )
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
     if args.no_record:

@@ -23,6 +23,9 @@ BENCH_DATA = ROOT / "data" / "bench"
 #: Ray workers, no hub, no tokenizer threads competing with torch's.
 BENCH_ENV = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
+#: The niceness Ray gives its worker processes (raylet's ``worker_niceness``, 15 by default).
+RAY_WORKER_NICENESS = int(os.environ.get("RAY_worker_niceness", 15))  # noqa: SIM112 - Ray spells it so
+
 SHARED_MACHINE_NOTE = (
     "The machine is shared with other jobs (another session ran Ray tests at the same time, load "
     "average 4 to 58 on 2 cores), so absolute figures are noisy."
@@ -104,8 +107,11 @@ def run_rerank_ray(config: dict, overrides: list[str] = (), env: dict | None = N
 
 def run_json_script(argv: list[str], timeout: int = 7200) -> dict:
     """Run a script that prints one JSON line last; return that object."""
+    # Ray starts its workers at niceness 15 (Ray's RAY_worker_niceness), so rerank-ray trains at
+    # niceness 15; the scripts compared with it run at the same niceness, so that other jobs on a
+    # shared machine take CPU from every runner alike.
     proc = subprocess.run(
-        [sys.executable, *argv],
+        ["nice", "-n", str(RAY_WORKER_NICENESS), sys.executable, *argv],
         cwd=ROOT,
         env={**os.environ, **BENCH_ENV},
         capture_output=True,

@@ -162,7 +162,9 @@ def main() -> None:
         f"lr {args.lr}, 10% warmup, seed 42, {args.epochs} epoch(s), {args.threads} torch threads per runner. "
         "Wall time: from starting the command to its exit (rerank-ray: with an embedded local Ray, evaluation and "
         "export; the trainer: imports, training and evaluation). Command to first step: until the first optimizer "
-        "step ended. " + SHARED_MACHINE_NOTE + ALTERNATED_NOTE
+        "step ended. Ray runs its workers at niceness 15, so the trainer and the ceiling run at niceness 15 too. "
+        + SHARED_MACHINE_NOTE
+        + ALTERNATED_NOTE
     )
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
     if args.no_record:

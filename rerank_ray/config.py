@@ -95,6 +95,10 @@ class DataConfig:
     """Batches per shuffle / length-grouping window on each worker. Larger: more randomness and
     less padding, more memory."""
 
+    prefetch_batches: int = 4
+    """Padded batches a background thread prepares ahead of the training step on each worker, so
+    the step never waits for the stream (0: prepare each batch on the step thread)."""
+
     id_column: str | None = None
     """Optional column that identifies a pair; with ``run.audit`` on, the ids each worker trained
     in each step are written down."""
@@ -162,6 +166,11 @@ class TrainConfig:
 
     logging_steps: int = 10
     """Optimizer steps between progress lines (step/total, loss, pairs/s, ETA)."""
+
+    torch_compile: bool = False
+    """Compile the model's training forward and backward with ``torch.compile`` (opt-in). The first
+    steps take longer while it compiles (also for each new batch shape until it switches to
+    dynamic shapes); on CPU it needs a C++ compiler. Evaluation runs the uncompiled model."""
 
 
 @dataclass
@@ -389,6 +398,7 @@ class Config:
             "eval.steps": self.eval.steps,
             "scaling.cpus_per_worker": self.scaling.cpus_per_worker,
             "run.checkpoint_steps": self.run.checkpoint_steps,
+            "data.prefetch_batches": self.data.prefetch_batches,
         }.items():
             if value < 0:
                 raise ConfigError(f"{key} must not be negative, got {value}")
@@ -403,6 +413,8 @@ class Config:
                 f"run.audit appends to per-rank files in the run folder, which {storage_scheme}:// storage cannot "
                 "do: use a local or NFS run.storage_path for an audited run, or run.audit=false"
             )
+        if self.train.torch_compile:
+            check_torch_compile()
         if self.run.max_failures < -1:
             raise ConfigError(f"run.max_failures must be -1 (no limit) or at least 0, got {self.run.max_failures}")
         # Credentials written into a path would reach Ray's logs, error messages and the model card.
@@ -463,6 +475,21 @@ class Config:
             raise ConfigError("set either data.eval (pair files) or eval.beir (a BEIR folder), not both")
         if self.train.loss == "CrossEntropyLoss" and self.data.label_scale != 1.0:
             raise ConfigError("data.label_scale must stay 1 with CrossEntropyLoss: its labels are class ids")
+
+
+def check_torch_compile() -> None:
+    """``train.torch_compile`` needs a torch whose compiler runs on this Python and platform."""
+    import torch
+
+    if not hasattr(torch, "compile"):
+        raise ConfigError(f"train.torch_compile needs torch 2.0 or newer, this is {torch.__version__}: set it to false")
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        raise ConfigError(
+            f"train.torch_compile: torch {torch.__version__} cannot compile on this Python/platform "
+            "(torch._dynamo.is_dynamo_supported() is False): set train.torch_compile=false"
+        )
 
 
 # --------------------------------------------------------------------------------------------

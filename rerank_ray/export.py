@@ -114,6 +114,32 @@ def skipped_rows(history: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     return {"train": dict(train), "eval": dict(evaluation)}
 
 
+def _is_resource_key(key: str) -> bool:
+    return key.startswith(("peak_rss_mib_rank", "rss_anon_mib_rank", "rss_shmem_mib_rank", "first_step_")) or (
+        key == "data_wait_seconds"
+    )
+
+
+def resource_summary(final_report: dict[str, Any], workers: int) -> dict[str, Any]:
+    """Peak memory of the driver and of every worker, the step thread's wait for data, and when
+    the first training step ended: from the workers' last report (see ``Worker._resource_metrics``)
+    and this process (the driver, which exports after training, so its peak covers the run)."""
+    from rerank_ray.resources import peak_rss_mib, process_start_unix
+
+    first_step = final_report.get("first_step_unix")
+    return {
+        "driver_peak_rss_mib": peak_rss_mib(),
+        "worker_peak_rss_mib": [final_report.get(f"peak_rss_mib_rank{r}") for r in range(workers)],
+        # At the last report, by kind: private memory, and shared memory touched (Ray's object store).
+        "worker_rss_anon_mib": [final_report.get(f"rss_anon_mib_rank{r}") for r in range(workers)],
+        "worker_rss_shmem_mib": [final_report.get(f"rss_shmem_mib_rank{r}") for r in range(workers)],
+        "data_wait_seconds": final_report.get("data_wait_seconds"),
+        "first_step_unix": first_step,
+        "first_step_seconds_since_driver_start": first_step - process_start_unix() if first_step else None,
+        "first_step_seconds_since_worker_start": final_report.get("first_step_seconds_since_worker_start"),
+    }
+
+
 def export_run(
     config: Config, plan: TrainPlan, result: Any, sources: dict[str, Any], search_summary: str | None = None
 ) -> TrainOutcome:
@@ -169,7 +195,7 @@ def export_run(
             "headline_metric": headline if plan.eval_rows else None,
             "selected_step": step,
             "selected_by": config.run.export if plan.eval_rows else "last",
-            "final": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+            "final": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not _is_resource_key(k)},
             "before_training": {k: v for k, v in (before or {}).items() if k not in ("step", "epoch")} or None,
             "skipped_rows": skipped,
             "train": {
@@ -181,6 +207,7 @@ def export_run(
                 "train_seconds": train_seconds,
                 "pairs_per_second": pairs_seen / train_seconds if train_seconds else None,
             },
+            "resources": resource_summary(final_report, config.scaling.num_workers),
             "run_dir": redact(run_folder),
             "history": history,
         }

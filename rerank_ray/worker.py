@@ -37,15 +37,16 @@ import torch
 import torch.distributed as dist
 
 from rerank_ray import checkpointing, faults
-from rerank_ray.batching import Batch, Collator, iter_batches
+from rerank_ray.batching import Batch, Collator, iter_batches, prefetch
 from rerank_ray.checkpointing import HISTORY_FILE, MODEL_DIR, STATE_FILE
 from rerank_ray.config import Config
 from rerank_ray.evaluation import compute_metrics
 from rerank_ray.losses import PointwiseLoss, build_library_loss
-from rerank_ray.models import load_cross_encoder
+from rerank_ray.models import load_cross_encoder, load_tokenizer
 from rerank_ray.plan import TrainPlan
 from rerank_ray.position import POSITION_FILE, DataPosition, TrainedRows, merge_ranges, partial_epoch_batches
 from rerank_ray.progress import ProgressLine, quiet_libraries
+from rerank_ray.resources import peak_rss_mib, process_start_unix, rss_parts_mib
 from rerank_ray.validation import REASONS, describe_tally, tally, tally_dict
 
 __all__ = ["HISTORY_FILE", "MODEL_DIR", "STATE_FILE", "Worker", "train_loop_per_worker"]
@@ -102,7 +103,19 @@ class Worker:
         self.train_shard = ray.train.get_dataset_shard("train")
         self.eval_shard = ray.train.get_dataset_shard("eval") if plan.eval_rows else None
         self.autocast_dtype = self._autocast_dtype()
-        self._build()
+        # Measurements for metrics.json (benchmarks read them): when the first step of this
+        # session ended, and how long the step thread waited for batches.
+        self.first_step_unix: float | None = None
+        self.data_wait_seconds = 0.0
+        # The newest complete checkpoint in the run folder, found by listing storage: the call
+        # RestOfEpoch makes for the train_rest dataset too, so both pick the same one. A fresh run
+        # never finds one (the driver refuses an existing run name without --resume).
+        point = checkpointing.latest_complete(self.config.run.storage_path, self.config.run.name or "")
+        self.collate = Collator.for_tokenizer(load_tokenizer(config.model))
+        # A fresh run opens its first epoch's stream now, so that Ray Data starts reading and
+        # tokenizing (and the prefetch thread padding) while the model loads, rather than after.
+        self._first_epoch = self._open_epoch(0) if point is None else None
+        self._build(point)
         if self.world_size > 1:  # one id per worker-group attempt, shared by its ranks (audit files)
             shared = [self.session]
             dist.broadcast_object_list(shared, src=0)
@@ -119,7 +132,7 @@ class Worker:
             return None
         return torch.float16 if precision == "fp16" else torch.bfloat16
 
-    def _build(self) -> None:
+    def _build(self, point) -> None:
         import ray.train
         import ray.train.torch
         from transformers import Trainer, get_scheduler
@@ -129,10 +142,6 @@ class Worker:
         # broadcast rank 0's anyway); dropout and shuffles get per-rank seeds below.
         _seed_everything(train.seed)
         restored_dir = None
-        # The newest complete checkpoint in the run folder, found by listing storage: the call
-        # RestOfEpoch makes for the train_rest dataset too, so both pick the same one. A fresh run
-        # never finds one (the driver refuses an existing run name without --resume).
-        point = checkpointing.latest_complete(self.config.run.storage_path, self.config.run.name or "")
         if point is not None:
             restored_dir = tempfile.mkdtemp(prefix="rerank-restore-")
             checkpointing.download(point, restored_dir)
@@ -145,7 +154,6 @@ class Worker:
                 )
         restored_model = os.path.join(restored_dir, MODEL_DIR) if restored_dir else None
         self.model = load_cross_encoder(self.config.model, self.plan.max_length, path=restored_model)
-        self.collate = Collator.for_tokenizer(self.model.tokenizer)
         self.library_loss = build_library_loss(self.model, train.loss, train.loss_kwargs)
         self.loss = PointwiseLoss.from_library(self.library_loss).to(self.device)
 
@@ -166,12 +174,21 @@ class Worker:
                 "broadcast_buffers": False,
             },
         )
+        if train.torch_compile:
+            # Compile the DDP-wrapped module (DDP's optimizer splits the graph at its gradient
+            # buckets, so all-reduce still overlaps backward). Checkpoints and evaluation use
+            # self.model, the uncompiled module holding the same parameters.
+            self.ddp_model = torch.compile(self.ddp_model)
         self.optimizer = torch.optim.AdamW(
             groups,
             lr=train.learning_rate,
             betas=(train.adam_beta1, train.adam_beta2),
             eps=train.adam_epsilon,
-            fused=self.device.type == "cuda",
+            # The fused kernel, on CPU too (torch >= 2.4): on all-MiniLM-L6-v2 (22.7M parameters,
+            # 2 CPU threads) a step takes 18 ms against 113 ms for torch's CPU default (for-loop)
+            # and 96 ms for foreach (benchmarks/optimizer_step.py, benchmarks/RESULTS.md).
+            # transformers' Trainer defaults to the same kernel on torch >= 2.8.
+            fused=self.device.type in ("cuda", "cpu"),
         )
         self.scheduler = get_scheduler(
             train.lr_scheduler,
@@ -237,7 +254,9 @@ class Worker:
         every = config.run.checkpoint_steps
         for epoch in range(self.state.epoch, config.train.epochs):
             self.state.epoch = epoch
-            for micro_batches in self._epoch_steps(epoch):
+            batches = self._first_epoch if epoch == 0 and self._first_epoch is not None else self._open_epoch(epoch)
+            self._first_epoch = None
+            for micro_batches in self._epoch_steps(epoch, batches):
                 with faults.explain_oom(
                     "train",
                     config.train.per_device_batch_size,
@@ -259,8 +278,8 @@ class Worker:
         if last_report_step != self.state.global_step:
             self._checkpoint(evaluate=True)
 
-    def _epoch_steps(self, epoch: int):
-        """Lists of micro-batches, one list per optimizer step, for one epoch on this worker.
+    def _open_epoch(self, epoch: int):
+        """This worker's padded batches of one epoch, prepared ahead by a background thread.
 
         After a restore in the middle of an epoch the batches come from ``train_rest``: the pairs
         that epoch had not trained (see :mod:`rerank_ray.position`)."""
@@ -269,20 +288,31 @@ class Worker:
         config = self.config
         resuming = self.state.batches_done_in_epoch > 0
         shard = ray.train.get_dataset_shard("train_rest") if resuming else self.train_shard
-        expected = self.plan.batches_per_epoch - self.state.batches_done_in_epoch
         seed = [config.train.seed, epoch, self.rank] + ([self.state.global_step] if resuming else [])
-        batches = iter_batches(
-            shard,
-            config.train.per_device_batch_size,
-            self.collate,
-            window_batches=config.data.window_batches,
-            group_by_length=config.data.group_by_length,
-            rng=np.random.default_rng(seed) if config.data.shuffle else None,
+        return prefetch(
+            iter_batches(
+                shard,
+                config.train.per_device_batch_size,
+                self.collate,
+                window_batches=config.data.window_batches,
+                group_by_length=config.data.group_by_length,
+                rng=np.random.default_rng(seed) if config.data.shuffle else None,
+            ),
+            config.data.prefetch_batches,
         )
-        accumulation = config.train.gradient_accumulation_steps
+
+    def _epoch_steps(self, epoch: int, batches):
+        """Lists of micro-batches, one list per optimizer step, for one epoch on this worker."""
+        expected = self.plan.batches_per_epoch - self.state.batches_done_in_epoch
+        accumulation = self.config.train.gradient_accumulation_steps
         pending: list[Batch] = []
         seen = 0
-        for batch in batches:
+        while True:
+            waiting = time.perf_counter()
+            batch = next(batches, None)
+            self.data_wait_seconds += time.perf_counter() - waiting
+            if batch is None:
+                break
             seen += 1
             pending.append(batch)
             if len(pending) == accumulation:
@@ -323,8 +353,11 @@ class Worker:
         local_pairs = sum(b.num_pairs for b in micro_batches)
         # The loss is the mean over every real pair of the global step, whatever worker holds it
         # and however uneven the last batches are: sum(weight * loss) / sum(weight), all workers.
-        global_pairs = self._all_reduce_sum(torch.tensor(local_pairs, dtype=torch.float32, device=self.device))
-        scale = self.world_size / global_pairs.clamp(min=1.0)  # DDP averages gradients over ranks
+        global_pairs = self._global_pairs(local_pairs)
+        if torch.is_tensor(global_pairs):
+            scale = self.world_size / global_pairs.clamp(min=1.0)  # DDP averages gradients over ranks
+        else:
+            scale = 1.0 / max(global_pairs, 1.0)
         loss_sum = torch.zeros((), device=self.device)
         for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
@@ -349,6 +382,23 @@ class Worker:
         self.state.global_step += 1
         self.state.batches_done_in_epoch += len(micro_batches)
         self.progress.add(loss_sum, local_pairs, global_pairs)
+        if self.first_step_unix is None:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # once: the step has really ended
+            self.first_step_unix = time.time()
+
+    def _global_pairs(self, local_pairs: float) -> float | torch.Tensor:
+        """Real pairs in this optimizer step over all ranks, without a host sync: a plain float
+        on one worker; else a tensor all-reduced on the device, copied there from pinned memory
+        (``torch.tensor(x, device="cuda")`` copies from pageable memory, which makes the host
+        wait for every kernel queued so far, once per step)."""
+        if self.world_size == 1:
+            return float(local_pairs)
+        count = torch.tensor(local_pairs, dtype=torch.float32)
+        if self.device.type == "cuda":
+            count = count.pin_memory().to(self.device, non_blocking=True)
+        dist.all_reduce(count)
+        return count
 
     def _note_position(self, batch: Batch) -> None:
         """Remember which rows this step trained (the data position) and count skipped ones."""
@@ -377,13 +427,16 @@ class Worker:
         self.progress.pause()
         started = time.perf_counter()
         scores, labels, weights, skips, groups = [], [], [], [], []
-        for batch in iter_batches(
-            self.eval_shard,
-            self.config.eval.batch_size,
-            self.collate,
-            window_batches=8,
-            group_by_length=True,
-            rng=None,
+        for batch in prefetch(
+            iter_batches(
+                self.eval_shard,
+                self.config.eval.batch_size,
+                self.collate,
+                window_batches=8,
+                group_by_length=True,
+                rng=None,
+            ),
+            self.config.data.prefetch_batches,
         ):
             with (
                 self._autocast(),
@@ -482,6 +535,7 @@ class Worker:
             "train_seconds": self.progress.train_seconds,
             "skipped_train_rows": sum(self.state.skipped_train.values()),
             "skipped_eval_rows": sum(self.state.skipped_eval.values()),
+            **self._resource_metrics(),
         }
         if not checkpoint:
             ray.train.report(report)
@@ -506,6 +560,32 @@ class Worker:
                 self.config.run.num_checkpoints_to_keep,
                 self.plan.headline_metric if self.plan.eval_rows else None,
             )
+
+    def _resource_metrics(self) -> dict[str, float]:
+        """Peak resident memory of every rank, when the first step ended and the step thread's
+        wait for data: measured here so benchmarks read them from metrics.json rather than guess.
+
+        A collective (every rank reports at the same steps): Ray Train keeps rank 0's metrics."""
+        started = process_start_unix()
+        parts = rss_parts_mib()
+        mine = [
+            peak_rss_mib(),
+            self.data_wait_seconds,
+            (self.first_step_unix or started) - started,
+            parts.get("anon", 0.0),
+            parts.get("shmem", 0.0),
+        ]
+        values = torch.zeros(self.world_size, len(mine), dtype=torch.float64, device=self.device)
+        values[self.rank] = torch.tensor(mine, dtype=torch.float64)
+        values = self._all_reduce_sum(values).tolist()
+        metrics = {f"peak_rss_mib_rank{r}": row[0] for r, row in enumerate(values)}
+        metrics.update({f"rss_anon_mib_rank{r}": row[3] for r, row in enumerate(values)})
+        metrics.update({f"rss_shmem_mib_rank{r}": row[4] for r, row in enumerate(values)})
+        metrics["data_wait_seconds"] = max(row[1] for row in values)
+        if self.first_step_unix is not None:
+            metrics["first_step_unix"] = self.first_step_unix
+            metrics["first_step_seconds_since_worker_start"] = max(row[2] for row in values)
+        return metrics
 
     def _gather_for_checkpoint(self) -> dict[str, Any]:
         """What only all ranks together know: the pairs trained this epoch, the skipped-row

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 from tiny import synthetic_pairs
 
-from rerank_ray.batching import Collator, pad, window_order
+from rerank_ray.batching import Collator, pad, prefetch, window_order
 from rerank_ray.data import encode_pairs
 
 
@@ -66,3 +69,43 @@ def test_tokenize_and_collate_give_the_features_crossencoder_builds(tiny_bert):
     for key in ours:
         torch.testing.assert_close(ours[key], theirs[key].long(), msg=key)
     assert max(len(ids) for ids in encoded["input_ids"]) == 12  # truncation applied
+
+
+@pytest.mark.parametrize("depth", [0, 1, 4])
+def test_prefetch_yields_every_item_in_order_and_raises_the_producers_error(depth):
+    assert list(prefetch(iter(range(50)), depth)) == list(range(50))
+
+    class BadRow(ValueError):
+        pass
+
+    def failing():
+        yield from range(3)
+        raise BadRow("row 4 is bad")
+
+    got = []
+    with pytest.raises(BadRow, match="row 4 is bad"):
+        for item in prefetch(failing(), depth):
+            got.append(item)
+    assert got == [0, 1, 2]  # the items before the error still arrive, in order
+
+
+def test_prefetch_runs_ahead_of_the_consumer_and_stops_when_the_consumer_does():
+    produced = []
+
+    def slow_source():
+        for i in range(100):
+            produced.append(i)
+            yield i
+
+    items = prefetch(slow_source(), 3)
+    assert next(items) == 0
+    deadline = time.monotonic() + 5
+    while len(produced) < 4 and time.monotonic() < deadline:  # 1 taken + 3 waiting in the queue
+        time.sleep(0.01)
+    assert len(produced) >= 4, "the producer did not run ahead"
+    items.close()  # a consumer that stops early (an error in a step)
+    deadline = time.monotonic() + 5
+    while any(t.name == "rerank-ray-prefetch" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(t.name == "rerank-ray-prefetch" for t in threading.enumerate())
+    assert len(produced) < 100

@@ -53,6 +53,8 @@ def test_round_trip_through_plain_dict():
         ("train.warmup_ratio=1.5", "train.warmup_ratio must be in [0, 1)"),
         ("model.num_labels=3", "train.loss BinaryCrossEntropyLoss needs model.num_labels = 1"),
         ("run.resume=true", "run.resume needs run.name"),
+        ("data.prefetch_batches=-1", "data.prefetch_batches must not be negative, got -1"),
+        ("train.torch_compile=sometimes", "train.torch_compile must be bool"),
         ("train", "override 'train' must look like section.key=value"),
     ],
 )
@@ -60,6 +62,15 @@ def test_bad_keys_and_values_name_the_key(tmp_path, override, message):
     with pytest.raises(ConfigError) as err:
         load_config(_write(tmp_path, MINIMAL), [override])
     assert message in str(err.value)
+
+
+def test_torch_compile_is_checked_against_the_installed_torch(tmp_path, monkeypatch):
+    assert load_config(_write(tmp_path, MINIMAL), ["train.torch_compile=true"]).train.torch_compile
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
+    with pytest.raises(ConfigError, match="train.torch_compile: torch .* cannot compile on this Python/platform"):
+        load_config(_write(tmp_path, MINIMAL), ["train.torch_compile=true"])
 
 
 def test_missing_config_file_names_the_path(tmp_path):

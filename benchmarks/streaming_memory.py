@@ -69,11 +69,7 @@ def main() -> None:
         "the end is split into private and shared (/proc/self/status RssAnon, RssShmem). The machine was shared with "
         "other jobs: that changes the wall times, not the memory figures."
     )
-    command = "python benchmarks/streaming_memory.py " + " ".join(sys.argv[1:])
-    if args.no_record:
-        print(body)
-    else:
-        record("Streaming memory: 10k against 1M pairs (CPU)", command.strip(), body)
+    record("Streaming memory: 10k against 1M pairs (CPU)", body, print_only=args.no_record)
 
 
 if __name__ == "__main__":

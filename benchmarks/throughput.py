@@ -166,11 +166,7 @@ def main() -> None:
         + SHARED_MACHINE_NOTE
         + ALTERNATED_NOTE
     )
-    command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
-    if args.no_record:
-        print(body)
-    else:
-        record("Throughput: rerank-ray against CrossEncoderTrainer (CPU)", command.strip(), body)
+    record("Throughput: rerank-ray against CrossEncoderTrainer (CPU)", body, print_only=args.no_record)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """``rerank-ray eval`` and ``rerank-ray rank``: a saved model on your own pairs or documents.
 
-Both run in this process, without Ray: the pairs are read with PyArrow and scored with
+Both run in this process, without Ray: the pairs are read and checked by the training reader
+(:func:`rerank_ray.reading.read_file`, one file after another) and scored with
 ``CrossEncoder.predict`` (which batches them by length), and the metrics come from the same code
 as during training (:func:`rerank_ray.evaluation.compute_metrics`), so a figure from ``eval``
 is comparable to the one a run reported. That suits the eval and test sets these commands are
@@ -21,6 +22,8 @@ import pyarrow as pa
 
 from rerank_ray.config import PAIR_COLUMNS, ConfigError, DataConfig
 from rerank_ray.data import DataError, column_mapping, resolve_paths
+from rerank_ray.reading import open_local_or_uri, read_file
+from rerank_ray.validation import LabelRule, RowChecker, eval_label_rule
 
 
 @dataclass
@@ -42,38 +45,38 @@ class EvalRequest:
     trust_remote_code: bool = False
 
 
-def read_pairs(specs: list[str], columns: dict[str, str], query_id_column: str | None) -> pa.Table:
-    """Pair files (any format ``data.train`` takes, local) as one table with canonical columns."""
-    import pyarrow.csv as pacsv
-    import pyarrow.json as pajson
-    import pyarrow.parquet as pq
+#: How to name each column's file column on the eval command line (the missing-column fix).
+COLUMN_FLAGS = {
+    **{name: f"name it with --columns {name}=<your column>" for name in PAIR_COLUMNS},
+    "query_id": "check --query-id-column",
+}
 
-    data = DataConfig(columns=columns)
+
+def read_pairs(
+    specs: list[str], columns: dict[str, str], query_id_column: str | None, rule: LabelRule, label_scale: float
+) -> pa.Table:
+    """Pair files (any format ``data.train`` takes, local or URI) as one table of checked rows:
+    the same reader and row checks as training, so a bad row fails naming its file, row, column
+    and value. The labels come out scaled by ``label_scale``."""
     files, fmt = resolve_paths(specs, "auto", "--data")
-    mapping = column_mapping(data, query_id_column)
-    tables = []
-    for path in files:
-        if fmt == "parquet":
-            table = pq.read_table(path)
-        elif fmt == "jsonl":
-            table = pajson.read_json(path)
-        else:
-            parse = pacsv.ParseOptions(delimiter="\t", quote_char=False) if fmt == "tsv" else pacsv.ParseOptions()
-            table = pacsv.read_csv(path, parse_options=parse)
-        check_columns(table.column_names, mapping, path)
-        tables.append(table.select(list(mapping)).rename_columns(list(mapping.values())))
-    return pa.concat_tables(tables, promote_options="permissive")
-
-
-def check_columns(names: list[str], mapping: dict[str, str], path: str) -> None:
-    """Every column the eval needs is in the file; else name it, the file's columns and the fix."""
-    for column, canonical in mapping.items():
-        if column not in names:
-            fix = "--query-id-column" if canonical == "query_id" else f"--columns {canonical}=<your column>"
-            raise DataError(
-                f"--data: column {column!r} (for {canonical}) is missing in {path}; the file has columns "
-                f"{names}; name the right one with {fix}"
-            )
+    mapping = column_mapping(DataConfig(columns=columns), query_id_column)
+    checker = RowChecker(
+        what="--data",
+        files=files,
+        file_columns={canonical: column for column, canonical in mapping.items()},
+        rule=rule,
+        label_scale=label_scale,
+        on_bad_row="error",
+        column_fixes=COLUMN_FLAGS,
+    )
+    chunks = [
+        chunk
+        for index, path in enumerate(files)
+        for chunk in read_file(open_local_or_uri(path, fmt), fmt, index, checker)
+    ]
+    if not chunks:
+        raise DataError(f"--data: no pairs in {', '.join(files)}")
+    return pa.concat_tables(chunks)
 
 
 def evaluate_saved_model(request: EvalRequest) -> dict[str, Any]:
@@ -83,20 +86,24 @@ def evaluate_saved_model(request: EvalRequest) -> dict[str, Any]:
     from rerank_ray.evaluation import compute_metrics, headline_metric_key
     from rerank_ray.reranking import QUERY_ID, query_hashes
 
+    # The model first: its number of labels decides which class ids a classification eval takes.
+    model = CrossEncoder(request.model, trust_remote_code=request.trust_remote_code, device=None)
     if request.beir is not None:
         from rerank_ray.beir import inspect_beir, read_beir_pairs
 
         table = read_beir_pairs(inspect_beir(request.beir, request.beir_split))
+        labels = table["label"].to_numpy().astype(np.float64) * request.label_scale
     else:
-        table = read_pairs(request.data, request.columns or {}, request.query_id_column)
+        scale = f" after --label-scale {request.label_scale:g}" if request.label_scale != 1 else ""
+        rule = eval_label_rule(request.kind, model.num_labels, scale, setting="--kind")
+        table = read_pairs(request.data, request.columns or {}, request.query_id_column, rule, request.label_scale)
+        labels = table["label"].to_numpy().astype(np.float64)
     if table.num_rows == 0:
         raise DataError("the eval pairs are empty")
-    model = CrossEncoder(request.model, trust_remote_code=request.trust_remote_code, device=None)
+    if request.kind == "classification":
+        labels = labels.astype(np.int64)
     pairs = list(zip(table["sentence_0"].to_pylist(), table["sentence_1"].to_pylist()))
     scores = model.predict(pairs, batch_size=request.batch_size, show_progress_bar=False)
-    labels = table["label"].to_numpy()
-    if request.kind != "classification":
-        labels = labels.astype(np.float64) * request.label_scale
     groups = None
     if request.kind == "reranking":
         key = QUERY_ID if QUERY_ID in table.column_names else "sentence_0"

@@ -113,24 +113,30 @@ def label_rule(config: Config, split: str) -> LabelRule:
                 fix="write class ids 0..N-1 and set model.num_labels to the number of classes",
             )
         return LabelRule(f"a finite number for train.loss {loss}")
-    kind = config.eval.kind
+    return eval_label_rule(config.eval.kind, classes, scale)
+
+
+def eval_label_rule(kind: str, classes: int, scale: str = "", setting: str = "eval.kind") -> LabelRule:
+    """What an evaluation label must be for evaluator ``kind``. ``scale`` (how the labels were
+    scaled) and ``setting`` (where the kind was chosen) are for the message: training runs and
+    ``rerank-ray eval`` share the rule."""
     if kind == "binary":
         return LabelRule(
-            f"0 or 1{scale} for eval.kind binary",
+            f"0 or 1{scale} for {setting} binary",
             0.0,
             1.0,
             integer=True,
-            fix="use eval.kind correlation for graded labels, or turn the labels into 0 / 1",
+            fix=f"use {setting} correlation for graded labels, or turn the labels into 0 / 1",
         )
     if kind == "classification":
         return LabelRule(
-            f"a class id 0..{classes - 1}{scale} for eval.kind classification (model.num_labels {classes})",
+            f"a class id 0..{classes - 1}{scale} for {setting} classification ({classes} classes)",
             0.0,
             classes - 1.0,
             integer=True,
             fix="write class ids 0..N-1 and set model.num_labels to the number of classes",
         )
-    return LabelRule(f"a finite number for eval.kind {kind}")
+    return LabelRule(f"a finite number for {setting} {kind}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,6 +171,9 @@ class RowChecker:
     on_bad_row: str
     reference: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Canonical column -> (Arrow type, file) of the first file, to name shards that disagree."""
+    column_fixes: dict[str, str] = field(default_factory=dict)
+    """Canonical column -> how to name its file column, where that is not a config key (the
+    flags of ``rerank-ray eval``)."""
 
     # -------------------------------------------------------------- file-level problems
     def file_error(self, file_index: int, problem: str, fix: str) -> DataError:
@@ -172,7 +181,7 @@ class RowChecker:
 
     def missing_column(self, file_index: int, canonical: str, present: list[str] | None) -> DataError:
         column = self.file_columns[canonical]
-        hint = (
+        hint = self.column_fixes.get(canonical) or (
             f"map it with data.columns.{canonical}=<your column>"
             if canonical in ("sentence_0", "sentence_1", "label")
             else ("check eval.query_id_column" if canonical == "query_id" else "check data.id_column")

@@ -99,9 +99,31 @@ def test_eval_errors_exit_2_naming_the_cause(capsys, tiny_bert, tmp_path):
     code, out = _run(
         capsys, "eval", "--model", tiny_bert, "--data", data, "--kind", "binary", "--columns", "label=score"
     )
-    assert code == 2 and "column 'score' (for label) is missing" in out
+    assert code == 2 and "column 'score' (for label) is missing" in out and "--columns label=<your column>" in out
     code, out = _run(capsys, "eval", "--model", tmp_path / "nope", "--data", data, "--kind", "binary")
     assert code == 2 and "no such model folder" in out
+
+
+def test_eval_checks_rows_as_training_does(capsys, tiny_bert, tmp_path):
+    """Saved-model evaluation reads through the training reader: a bad row fails naming the
+    file, the row, the column and the value, and a label the kind cannot take names the fix."""
+    rows = synthetic_pairs(8, seed=1)
+    rows[5]["sentence_1"] = None
+    data = write_jsonl(rows, tmp_path / "dev.jsonl")
+    code, out = _run(capsys, "eval", "--model", tiny_bert, "--data", data, "--kind", "binary")
+    assert code == 2, out
+    assert "dev.jsonl" in out and "row 6" in out and "sentence_1" in out, out
+
+    graded = [dict(r, label=i * 0.5) for i, r in enumerate(synthetic_pairs(6, seed=2))]
+    data = write_parquet(graded, tmp_path / "graded.parquet")
+    code, out = _run(capsys, "eval", "--model", tiny_bert, "--data", data, "--kind", "binary")
+    assert code == 2 and "graded.parquet" in out and "--kind correlation" in out, out
+    code, out = _run(
+        capsys, "eval", "--model", tiny_bert, "--data", data, "--kind", "correlation", "--label-scale", 0.2,
+        "--output", tmp_path / "c.json",
+    )  # fmt: skip
+    assert code == 0, out
+    assert json.loads((tmp_path / "c.json").read_text())["pairs"] == 6
 
 
 def test_rank_prints_documents_sorted_by_score(capsys, tiny_bert, tmp_path):

@@ -3,6 +3,7 @@ pre-tokenized, length-grouped tensors (no Ray, no streaming, no evaluation).
 
     python benchmarks/ceiling.py --train data/stsb/train.parquet [--batch-size 32] [--threads 2]
     python benchmarks/ceiling.py --train ... --device cuda --dtype bf16 [--compile]   # on a GPU
+    python benchmarks/ceiling.py --train ... --in-ray-train    # the same loop inside a Ray Train worker
 
 Same model, loss criterion, optimizer (fused AdamW, as the worker), clipping and schedule as
 ``rerank-ray train``; the batches are built up front (all pairs sorted by length, cut into
@@ -33,8 +34,55 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model first")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
+    parser.add_argument(
+        "--in-ray-train",
+        action="store_true",
+        help="run the loop as the training function of a 1-worker Ray Train run on an embedded local Ray",
+    )
     args = parser.parse_args()
+    result = run_in_ray_train(args) if args.in_ray_train else measure(args)
+    print(json.dumps(result))
 
+
+def run_in_ray_train(args: argparse.Namespace) -> dict:
+    """The same loop inside a Ray Train worker, on a local Ray started as ``rerank-ray train``
+    starts it, without Ray Data. Set against the loop alone, this is what Ray's own processes
+    and the worker's environment (niceness, Ray's threads) cost on this machine; set against
+    ``rerank-ray train``, what our data path, evaluation hooks and step bookkeeping cost."""
+    import tempfile
+
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from rerank_ray.config import Config
+    from rerank_ray.driver import ensure_ray
+
+    config = Config()
+    config.scaling.num_workers, config.scaling.cpus_per_worker = 1, args.threads
+    ensure_ray(config)
+    with tempfile.TemporaryDirectory(prefix="ceiling-ray-") as scratch:
+        # Ray workers run in their own working directory: hand them absolute paths. The figures
+        # come back in a file (Ray Train V2 keeps reported metrics only with a checkpoint).
+        out = os.path.join(scratch, "result.json")
+        settings = {**vars(args), "in_ray_train": False, "train": os.path.abspath(args.train), "out": out}
+
+        def loop(loop_config: dict) -> None:
+            figures = measure(argparse.Namespace(**loop_config))
+            with open(loop_config["out"], "w") as handle:
+                json.dump(figures, handle)
+
+        TorchTrainer(
+            loop,
+            train_loop_config=settings,
+            scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": args.threads}),
+            run_config=RunConfig(storage_path=scratch, name="ceiling"),
+        ).fit()
+        with open(out) as handle:
+            return {**json.load(handle), "runner": "ceiling in Ray Train"}
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Train over pre-tokenized, length-grouped batches; pairs/s over the loop."""
     import numpy as np
     import pyarrow.parquet as pq
     import torch
@@ -114,7 +162,7 @@ def main() -> None:
     }
     if device.type == "cuda":
         result["mfu"] = model_flops(model, lengths, args.epochs) / seconds / (args.peak_tflops * 1e12)
-    print(json.dumps(result))
+    return result
 
 
 def model_flops(model, lengths, epochs: int) -> float:

@@ -1,5 +1,6 @@
 """Throughput: ``rerank-ray train`` (1 CPU worker) against sentence-transformers'
-CrossEncoderTrainer, run alternately in one invocation, plus the ceiling (the model's step alone).
+CrossEncoderTrainer, run alternately in one invocation, plus the ceiling (the model's step alone,
+in a plain process and inside a Ray Train worker).
 
     python benchmarks/throughput.py [--rounds 2] [--subset 2000] [--epochs 1] [--batch-size 32]
     python benchmarks/throughput.py --variant no-prefetch:data.prefetch_batches=0   # extra runs of ours
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--no-ceiling", action="store_true")
+    parser.add_argument("--no-ray-ceiling", action="store_true", help="skip the ceiling inside a Ray Train worker")
     parser.add_argument("--variant", action="append", default=[], help="NAME:key=value[,key=value]: also run ours so")
     parser.add_argument("--no-record", action="store_true", help="print only; do not touch RESULTS.md")
     args = parser.parse_args()
@@ -83,7 +85,7 @@ def main() -> None:
         name, _, overrides = text.partition(":")
         variants.append((f"rerank-ray train, {name}", overrides.split(",")))
 
-    rows, ratios, wall_ratios, ceilings = [], [], [], []
+    rows, ratios, wall_ratios, ceilings, ray_ceilings, ray_costs = [], [], [], [], [], []
     for round_ in range(1, args.rounds + 1):
         ours_pps = None
         for name, overrides in variants:
@@ -132,6 +134,22 @@ def main() -> None:
                 [round_, "ceiling: step alone", f"{ceiling['pairs_per_second']:.1f}", "-", "-", "-", "-", "-", "-"]
             )
             print(rows[-1], file=sys.stderr, flush=True)
+        if not args.no_ray_ceiling:
+            # The same loop inside a Ray Train worker: splits the gap to the ceiling into what
+            # running on Ray costs and what rerank-ray's own path costs.
+            in_ray = run_json_script([*ceiling_argv, "--in-ray-train"])
+            ray_ceilings.append(ours_pps[0] / in_ray["pairs_per_second"])
+            if not args.no_ceiling:
+                ray_costs.append(in_ray["pairs_per_second"] / ceiling["pairs_per_second"])
+            rows.append(
+                [
+                    round_,
+                    "ceiling inside a Ray Train worker",
+                    f"{in_ray['pairs_per_second']:.1f}",
+                    *["-"] * 6,
+                ]
+            )
+            print(rows[-1], file=sys.stderr, flush=True)
     header = [
         "round",
         "runner",
@@ -155,6 +173,18 @@ def main() -> None:
         body += (
             f"\n\nrerank-ray / ceiling (pairs/s over training steps), per round: "
             f"{', '.join(f'{c:.2f}' for c in ceilings)} (median {median(ceilings):.2f}; target >= 0.9)."
+        )
+    if ray_ceilings:
+        body += (
+            f"\n\nrerank-ray / the ceiling inside a Ray Train worker, per round: "
+            f"{', '.join(f'{c:.2f}' for c in ray_ceilings)} (median {median(ray_ceilings):.2f})"
+            + (
+                f"; the ceiling inside Ray Train / alone: {', '.join(f'{c:.2f}' for c in ray_costs)} "
+                f"(median {median(ray_costs):.2f}): the share of the loop's speed left once Ray's processes run "
+                "beside it."
+                if ray_costs
+                else "."
+            )
         )
     body += (
         f"\n\nSettings: STS Benchmark train split, {pairs}; dev split (1,500 pairs) for Spearman; "

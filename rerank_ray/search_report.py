@@ -203,15 +203,22 @@ def plot_search(path: Path, rows: list[dict[str, Any]], headline: str, best_id: 
     import matplotlib.pyplot as plt
 
     fig, (by_step, by_lr) = plt.subplots(1, 2, figsize=(12, 4.5))
+    # The evaluation before training (step 0) is the base model's, far below the trained values:
+    # drawn, it would squeeze the differences between trials into a flat band. It goes in the title.
+    before = [value for r in rows for step, value in r["history"] if step == 0]
+    drawn = False
     for r in rows:
-        if r["history"]:
-            steps, values = zip(*r["history"])
+        trained = [(step, value) for step, value in r["history"] if step > 0]
+        if trained:
+            steps, values = zip(*trained)
             style = {"linewidth": 2.5} if r["trial_id"] == best_id else {"linewidth": 1, "alpha": 0.8}
             by_step.plot(steps, values, marker=".", label=r["trial_id"], **style)
+            drawn = True
     by_step.set_xlabel("optimizer step")
     by_step.set_ylabel(headline)
-    by_step.set_title(f"{headline} by step, per trial")
-    if len(rows) <= 12 and any(r["history"] for r in rows):
+    start = f" (before training: {before[0]:.4g})" if before else ""
+    by_step.set_title(f"{headline} by step, per trial{start}")
+    if len(rows) <= 12 and drawn:
         by_step.legend(fontsize=7)
     for status, marker in ((COMPLETED, "o"), (STOPPED, "o")):
         points = [

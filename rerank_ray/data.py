@@ -272,7 +272,9 @@ def open_pairs(split: SplitFiles, data: DataConfig, seed: int | None) -> PairSou
     """Read one split with Ray Data (rows checked as they stream), count its rows."""
     from rerank_ray import reading
 
-    dataset = reading.read_pairs(split.files, split.format, split.checker, seed=seed)
+    dataset = reading.read_pairs(
+        split.files, split.format, split.checker, seed=seed, shuffle_buffer_rows=data.shuffle_buffer_rows
+    )
     # Parquet: the footers' count. Text files: a pass over the files that also checks every row,
     # so a bad value in a text file fails here, before training.
     num_rows = split.footer_rows if split.footer_rows is not None else dataset.count()

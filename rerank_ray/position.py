@@ -5,8 +5,9 @@ workers as they ask for them, so the rows worker 0 gets in its first k batches d
 to run. Skipping k batches after a restore would train some pairs twice and others never.
 Instead every row carries a stable key, ``row_key = file_index << 40 | row_in_file`` (set by the
 reader, :mod:`rerank_ray.reading`), the workers note the keys they train, and a checkpoint stores
-the union over all workers as sorted ``[start, end)`` ranges (rows are read in file order, so an
-epoch's keys compress to a few ranges per file in flight).
+the union over all workers as sorted ``[start, end)`` ranges (files are read from start to end,
+their rows shuffled ``data.shuffle_buffer_rows`` at a time, so an epoch's keys compress to whole
+ranges for the blocks done and short ones only inside the blocks in flight).
 
 After a restore the rest of the interrupted epoch is a separate dataset, ``train_rest``: the same
 files, read again, minus the rows whose keys the checkpoint holds, plus weight-0 filler rows to a
@@ -59,14 +60,12 @@ def merge_ranges(*parts: np.ndarray) -> np.ndarray:
     ranges = np.concatenate([p.reshape(-1, 2) for p in parts]) if parts else np.zeros((0, 2), np.int64)
     if len(ranges) == 0:
         return np.zeros((0, 2), dtype=np.int64)
-    ranges = ranges[np.argsort(ranges[:, 0], kind="stable")]
-    merged = [list(ranges[0])]
-    for start, end in ranges[1:]:
-        if start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    return np.asarray(merged, dtype=np.int64)
+    ranges = ranges[np.argsort(ranges[:, 0], kind="stable")].astype(np.int64)
+    # A range opens a new merged range when it starts after every range before it has ended.
+    # (Vectorised: shuffled reading leaves many short ranges per file in flight.)
+    reach = np.maximum.accumulate(ranges[:, 1])
+    opens = np.flatnonzero(np.concatenate([[True], ranges[1:, 0] > reach[:-1]]))
+    return np.stack([ranges[opens, 0], np.maximum.reduceat(ranges[:, 1], opens)], axis=1)
 
 
 def count_in_ranges(ranges: np.ndarray) -> int:

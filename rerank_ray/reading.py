@@ -20,12 +20,14 @@ Every chunk leaves the reader with the same columns: ``sentence_0``, ``sentence_
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from rerank_ray.validation import DataError, RowChecker
@@ -379,6 +381,35 @@ def _csv_records(
         yield values, problem
 
 
+def shuffle_rows(chunks: Iterator[pa.Table], rng: np.random.Generator, buffer_rows: int) -> Iterator[pa.Table]:
+    """The rows of ``chunks`` in a random order, ``buffer_rows`` at a time: a file of at most
+    that many rows comes out wholly permuted, a longer one permuted block by block.
+
+    Why by hand: Ray Data shuffles the order of files (``FileShuffleConfig``) and the workers
+    shuffle within windows of a few thousand rows, so a file sorted by source, label or query
+    (the STS Benchmark train split is 2,000 captions, then 450 forum posts, then 3,299 news
+    pairs) would reach the model one kind at a time. Ray Data's row shuffles
+    (``random_shuffle``, ``randomize_block_order``) are all-to-all steps that hold the whole
+    dataset before the first row leaves; this holds one buffer per read task."""
+    pending: list[pa.Table] = []
+    rows = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        rows += chunk.num_rows
+        if rows >= buffer_rows:
+            yield from _permuted(pending, rng)
+            pending, rows = [], 0
+    if pending:
+        yield from _permuted(pending, rng)
+
+
+def _permuted(chunks: list[pa.Table], rng: np.random.Generator) -> Iterator[pa.Table]:
+    table = pa.concat_tables(chunks)
+    table = table.take(pa.array(rng.permutation(table.num_rows)))
+    for start in range(0, table.num_rows, CHUNK_ROWS):
+        yield table.slice(start, CHUNK_ROWS)
+
+
 # ---------------------------------------------------------------------------------------------
 # The Ray Data datasource
 
@@ -397,10 +428,21 @@ def _make_datasource_class():
     class PairFileDatasource(FileBasedDatasource):
         """Ray Data reads pair files with this: Ray lists, shuffles, schedules, retries; we parse."""
 
-        def __init__(self, files: list[str], fmt: str, checker: RowChecker, shuffle: Any = None):
+        def __init__(
+            self,
+            files: list[str],
+            fmt: str,
+            checker: RowChecker,
+            shuffle: Any = None,
+            row_shuffle: tuple[int, int] | None = None,
+        ):
             import ray
 
             super().__init__(files, shuffle=shuffle, file_extensions=None)
+            # (seed, buffer rows) of the shuffle of each file's rows; the read tasks of one
+            # execution (epoch) get the seed with that execution's index, as the file order does.
+            self._row_shuffle = row_shuffle
+            self._row_seed: tuple[int, int] | None = None
             resolved = self._paths()
             if len(resolved) != len(files):
                 raise DataError(f"{checker.what}: Ray Data found {len(resolved)} files where {len(files)} were listed")
@@ -411,6 +453,16 @@ def _make_datasource_class():
 
         def get_name(self) -> str:
             return "ReadPairs"
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: Any = None, data_context: Any = None) -> Any:
+            source = self
+            if self._row_shuffle is not None:
+                # A copy per execution: its read tasks carry this execution's seed.
+                source = copy.copy(self)
+                source._row_seed = (self._row_shuffle[0], data_context._execution_idx if data_context else 0)
+            return FileBasedDatasource.get_read_tasks(
+                source, parallelism, per_task_row_limit=per_task_row_limit, data_context=data_context
+            )
 
         def _file_index(self, path: str) -> int:
             import ray
@@ -425,9 +477,14 @@ def _make_datasource_class():
             # file opens it again from its first byte.
             reopen = _open_with(self._filesystem, path, self._format)
             handles = [f]
-            yield from read_file(
-                lambda: handles.pop() if handles else reopen(), self._format, self._file_index(path), self._checker
-            )
+            index = self._file_index(path)
+            chunks = read_file(lambda: handles.pop() if handles else reopen(), self._format, index, self._checker)
+            if self._row_seed is not None:
+                # Seeded by (seed, epoch, file): a retried read replays the same order, which
+                # Ray Data's retry (it skips the blocks already yielded) relies on.
+                rng = np.random.default_rng([*self._row_seed, index])
+                chunks = shuffle_rows(chunks, rng, self._row_shuffle[1])
+            yield from chunks
 
         def _open_input_source(self, filesystem: Any, path: str, **open_args: Any) -> Any:
             if self._format == "parquet":
@@ -437,15 +494,17 @@ def _make_datasource_class():
     return PairFileDatasource
 
 
-def read_pairs(files: list[str], fmt: str, checker: RowChecker, seed: int | None) -> Any:
-    """A Ray dataset of the checked rows of ``files``. ``seed`` shuffles the file order, differently
-    and reproducibly each epoch (a streaming-friendly shuffle; rows are shuffled again per window
-    on the workers)."""
+def read_pairs(files: list[str], fmt: str, checker: RowChecker, seed: int | None, shuffle_buffer_rows: int = 0) -> Any:
+    """A Ray dataset of the checked rows of ``files``. ``seed`` shuffles, differently and
+    reproducibly each epoch, the order of the files and (with ``shuffle_buffer_rows``) the rows of
+    each file, that many at a time; the workers shuffle again within their windows."""
     import ray.data
     from ray.data import FileShuffleConfig
 
     shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=True) if seed is not None and len(files) > 1 else None
-    return ray.data.read_datasource(_make_datasource_class()(files, fmt, checker, shuffle=shuffle))
+    row_shuffle = (seed, shuffle_buffer_rows) if seed is not None and shuffle_buffer_rows > 0 else None
+    datasource = _make_datasource_class()(files, fmt, checker, shuffle=shuffle, row_shuffle=row_shuffle)
+    return ray.data.read_datasource(datasource)
 
 
 def open_local_or_uri(path: str, fmt: str) -> Opener:

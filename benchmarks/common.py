@@ -27,8 +27,8 @@ BENCH_ENV = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLE
 RAY_WORKER_NICENESS = int(os.environ.get("RAY_worker_niceness", 15))  # noqa: SIM112 - Ray spells it so
 
 SHARED_MACHINE_NOTE = (
-    "The machine is shared with other jobs (another session ran Ray tests at the same time, load "
-    "average 4 to 58 on 2 cores), so absolute figures are noisy."
+    "Absolute figures move between invocations on this machine (other jobs, and the host's own speed: "
+    "the same ceiling loop has run at 30 to 63 pairs/s on different occasions)."
 )
 ALTERNATED_NOTE = (
     " The runners were alternated within one invocation so that the load hits them alike; read the "

@@ -66,8 +66,8 @@ def main() -> None:
         f"{SHARD_ROWS:,} pairs; tiny BERT, max length 32, {args.workers} workers x 1 CPU, batch {args.batch_size} per "
         "worker, one epoch, every pair read, checked, tokenized and trained. Peaks from getrusage in each process; "
         "RSS counts the pages of Ray's shared object store a worker has touched, so the workers' resident memory at "
-        "the end is split into private and shared (/proc/self/status RssAnon, RssShmem). The machine was shared with "
-        "other jobs: that changes the wall times, not the memory figures."
+        "the end is split into private and shared (/proc/self/status RssAnon, RssShmem). Other jobs on the machine "
+        "change the wall times, not the memory figures."
     )
     record("Streaming memory: 10k against 1M pairs (CPU)", body, print_only=args.no_record)
 

@@ -15,11 +15,10 @@ benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from common import ROOT, ensure_stsb, markdown_table, record, run_json_script, run_rerank_ray
-from throughput import rerank_ray_config
+from common import ensure_stsb, markdown_table, record, run_json_script, run_rerank_ray
+from throughput import baseline_argv, build_parser, rerank_ray_config
 
 RUNNERS = {
     "grouped": [],
@@ -36,16 +35,13 @@ def main() -> None:
     parser.add_argument("--runners", nargs="+", choices=list(RUNNERS), default=list(RUNNERS))
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
-    settings = argparse.Namespace(max_length=128, epochs=1, batch_size=32, lr=8e-5, threads=os.cpu_count())
-    train, dev = ensure_stsb() / "train.parquet", ensure_stsb() / "dev.parquet"
+    settings = build_parser().parse_args([])  # the throughput benchmark's defaults
+    train = ensure_stsb() / "train.parquet"
     results: dict[str, dict[int, tuple[float, float]]] = {name: {} for name in args.runners}
     for seed in args.seeds:
         for name in args.runners:
             if RUNNERS[name] is None:
-                base = run_json_script(
-                    [str(ROOT / "benchmarks" / "st_trainer_baseline.py"), "--train", str(train), "--eval", str(dev),
-                     "--seed", str(seed), "--lr", str(settings.lr), "--threads", str(settings.threads)]
-                )  # fmt: skip
+                base = run_json_script(baseline_argv(settings, train, seed))
                 results[name][seed] = (base["dev_spearman"], base["pairs_per_second"])
             else:
                 ours = run_rerank_ray(rerank_ray_config(settings, train, seed), RUNNERS[name])

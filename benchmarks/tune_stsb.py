@@ -38,8 +38,8 @@ ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rerank_ray.config import Config, load_config  # noqa: E402
-from rerank_ray.plan import TrainPlan  # noqa: E402
-from rerank_ray.search_space import apply_params, parse_space  # noqa: E402
+from rerank_ray.training.plan import TrainPlan  # noqa: E402
+from rerank_ray.tune.space import apply_params, parse_space  # noqa: E402
 
 BAR = 0.855
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -158,7 +158,7 @@ def machine() -> str:
 
 
 def run(config: Config) -> tuple[object, float]:
-    from rerank_ray.tune import run_search
+    from rerank_ray.tune.search import run_search
 
     started = time.perf_counter()
     outcome = run_search(config)

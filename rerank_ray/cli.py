@@ -20,17 +20,17 @@ import sys
 import traceback
 from typing import Any
 
-from rerank_ray.config import field_docs, load_config
+import yaml
+
+from rerank_ray.commands import EvalRequest, parse_columns, rank_documents, read_documents, run_eval
+from rerank_ray.config import HEADLINE, field_docs, load_config
+from rerank_ray.errors import clear_error
 from rerank_ray.redaction import redact
+from rerank_ray.run.driver import train
+from rerank_ray.training.progress import quiet_libraries
+from rerank_ray.tune.search import run_search
 
 EXIT_USAGE = 2
-
-
-def _input_error(err: BaseException) -> BaseException | None:
-    """The ConfigError / DataError / OutOfMemory behind ``err``, however deep Ray wrapped it."""
-    from rerank_ray.faults import input_error
-
-    return input_error(err)
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -56,8 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_eval_parser(commands: Any) -> None:
-    from rerank_ray.evaluation import HEADLINE
-
     evaluate = commands.add_parser(
         "eval", help="metrics of a saved model on pair files or a BEIR folder (in this process, no Ray)"
     )
@@ -90,8 +88,6 @@ def _add_rank_parser(commands: Any) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from rerank_ray.driver import train
-
     overrides = list(args.overrides) + (["run.resume=true"] if args.resume else [])
     config = load_config(args.config, overrides)
     outcome = train(config)
@@ -109,8 +105,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from rerank_ray.tune import run_search
-
     overrides = list(args.overrides) + (["run.resume=true"] if args.resume else [])
     outcome = run_search(load_config(args.config, overrides))
     if outcome.interrupted:
@@ -119,8 +113,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    import yaml
-
     config = load_config(args.config, args.overrides)
     print(redact(yaml.safe_dump(json.loads(json.dumps(config.to_dict())), sort_keys=False)), end="")
     return 0
@@ -133,9 +125,6 @@ def cmd_fields(_: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rerank_ray.commands import EvalRequest, parse_columns, run_eval
-    from rerank_ray.progress import quiet_libraries
-
     quiet_libraries()
     request = EvalRequest(
         model=args.model,
@@ -162,9 +151,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
-    from rerank_ray.commands import rank_documents, read_documents
-    from rerank_ray.progress import quiet_libraries
-
     quiet_libraries()
     ranked = rank_documents(
         args.model, args.query, read_documents(args.docs), top_k=args.top_k, trust_remote_code=args.trust_remote_code
@@ -196,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         print("[rerank-ray] interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the top level turns errors into exit codes
-        cause = _input_error(err)
+        cause = clear_error(err)
         if cause is not None:
             print(redact(f"error: {cause}"), file=sys.stderr)
             return EXIT_USAGE

@@ -1,9 +1,9 @@
 """``rerank-ray eval`` and ``rerank-ray rank``: a saved model on your own pairs or documents.
 
 Both run in this process, without Ray: the pairs are read and checked by the training reader
-(:func:`rerank_ray.reading.read_file`, one file after another) and scored with
+(:func:`rerank_ray.data.reading.read_file`, one file after another) and scored with
 ``CrossEncoder.predict`` (which batches them by length), and the metrics come from the same code
-as during training (:func:`rerank_ray.evaluation.compute_metrics`), so a figure from ``eval``
+as during training (:func:`rerank_ray.evaluation.metrics.compute_metrics`), so a figure from ``eval``
 is comparable to the one a run reported. That suits the eval and test sets these commands are
 for (thousands to a few hundred thousand pairs); a larger set is better scored by a training
 run's evaluation, which spreads it over the workers.
@@ -20,10 +20,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from rerank_ray.config import PAIR_COLUMNS, ConfigError, DataConfig
-from rerank_ray.data import DataError, column_mapping, resolve_paths
-from rerank_ray.reading import open_local_or_uri, read_file
-from rerank_ray.validation import LabelRule, RowChecker, eval_label_rule
+from rerank_ray.config import PAIR_COLUMNS, DataConfig, headline_metric_key
+from rerank_ray.data.beir import inspect_beir, read_beir_pairs
+from rerank_ray.data.checks import LabelRule, RowChecker, eval_label_rule
+from rerank_ray.data.files import column_mapping, resolve_paths
+from rerank_ray.data.reading import open_local_or_uri, read_file
+from rerank_ray.errors import ConfigError, DataError
+from rerank_ray.evaluation.metrics import compute_metrics
+from rerank_ray.evaluation.ranking import QUERY_ID, query_hashes
 
 
 @dataclass
@@ -83,14 +87,9 @@ def evaluate_saved_model(request: EvalRequest) -> dict[str, Any]:
     """Score the pairs with the saved model and compute the metrics of ``request.kind``."""
     from sentence_transformers import CrossEncoder
 
-    from rerank_ray.evaluation import compute_metrics, headline_metric_key
-    from rerank_ray.reranking import QUERY_ID, query_hashes
-
     # The model first: its number of labels decides which class ids a classification eval takes.
     model = CrossEncoder(request.model, trust_remote_code=request.trust_remote_code, device=None)
     if request.beir is not None:
-        from rerank_ray.beir import inspect_beir, read_beir_pairs
-
         table = read_beir_pairs(inspect_beir(request.beir, request.beir_split))
         labels = table["label"].to_numpy().astype(np.float64) * request.label_scale
     else:

@@ -10,8 +10,10 @@ Every field has a docstring right under it; ``rerank-ray config --help-fields`` 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import inspect
 import math
 import types
 import typing
@@ -21,10 +23,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration problem, raised before any Ray worker starts. Its message names the key."""
-
+from rerank_ray.errors import ConfigError
+from rerank_ray.redaction import check_no_inline_credentials
 
 EvalKind = Literal["binary", "correlation", "classification", "reranking"]
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -32,6 +32,58 @@ DataFormat = Literal["auto", "parquet", "jsonl", "csv", "tsv"]
 
 #: The canonical column names every pair file is mapped onto.
 PAIR_COLUMNS = ("sentence_0", "sentence_1", "label")
+
+#: The headline metric of each evaluator kind: the primary metric of the matching
+#: sentence-transformers evaluator. It selects the best checkpoint and is what Tune maximises.
+HEADLINE = {
+    "binary": "average_precision",
+    "correlation": "spearman",
+    "classification": "f1_macro",
+    "reranking": "ndcg@{at_k}",
+}
+
+#: The sentence-transformers cross-encoder losses ``train.loss`` takes: the labels each expects,
+#: the head size it needs and the keyword arguments it takes here.
+POINTWISE_LOSSES = {
+    "BinaryCrossEntropyLoss": {"labels": "float in [0, 1]", "num_labels": "one", "kwargs": ("pos_weight",)},
+    "MSELoss": {"labels": "float", "num_labels": "one", "kwargs": ()},
+    "CrossEntropyLoss": {"labels": "integer class id", "num_labels": "several", "kwargs": ()},
+}
+
+
+def headline_metric_key(kind: str, name: str, at_k: int = 10) -> str:
+    """The metric key of ``kind``'s headline, as the evaluator named ``name`` reports it."""
+    return f"{name}_{HEADLINE[kind].format(at_k=at_k)}"
+
+
+def integer_labels(loss_name: str) -> bool:
+    """Whether the loss takes class ids (kept as integers from the file to the loss)."""
+    return POINTWISE_LOSSES[loss_name]["labels"] == "integer class id"
+
+
+def check_loss_fits(loss_name: str, num_labels: int, eval_kind: str, loss_kwargs: dict[str, Any]) -> None:
+    """Raise a ConfigError when the loss cannot train this head or feed this evaluator."""
+    if loss_name not in POINTWISE_LOSSES:
+        raise ConfigError(
+            f"train.loss {loss_name!r} is not supported: choose one of {', '.join(POINTWISE_LOSSES)} "
+            "(pointwise sentence-transformers cross-encoder losses)"
+        )
+    wants_several = POINTWISE_LOSSES[loss_name]["num_labels"] == "several"
+    if wants_several and num_labels < 2:
+        raise ConfigError(f"train.loss {loss_name} needs model.num_labels >= 2 (one logit per class)")
+    if not wants_several and num_labels != 1:
+        raise ConfigError(f"train.loss {loss_name} needs model.num_labels = 1, got {num_labels}")
+    if eval_kind == "classification" and num_labels < 2:
+        raise ConfigError("eval.kind classification needs model.num_labels >= 2 and train.loss CrossEntropyLoss")
+    if eval_kind != "classification" and num_labels > 1:
+        raise ConfigError(f"eval.kind {eval_kind} scores pairs with one logit; set eval.kind classification")
+    allowed = set(POINTWISE_LOSSES[loss_name]["kwargs"])
+    extra = set(loss_kwargs) - allowed
+    if extra:
+        raise ConfigError(
+            f"train.loss_kwargs has {sorted(extra)}, which {loss_name} does not take here"
+            + (f"; it takes {sorted(allowed)}" if allowed else "")
+        )
 
 
 @dataclass
@@ -356,8 +408,6 @@ class Config:
     @property
     def headline_metric(self) -> str:
         """The metric key that selects the best checkpoint and that Tune optimises."""
-        from rerank_ray.evaluation import headline_metric_key
-
         return headline_metric_key(self.eval.kind, self.eval.name, self.eval.at_k)
 
     def _check_lr_scheduler(self) -> None:
@@ -401,7 +451,7 @@ class Config:
             raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.train.warmup_ratio}")
         if not self.train.learning_rate > 0 or not math.isfinite(self.train.learning_rate):
             raise ConfigError(f"train.learning_rate must be a positive number, got {self.train.learning_rate}")
-        for key, value in {
+        non_negative: dict[str, float] = {
             "train.weight_decay": self.train.weight_decay,
             "train.max_grad_norm": self.train.max_grad_norm,
             "eval.steps": self.eval.steps,
@@ -409,9 +459,10 @@ class Config:
             "run.checkpoint_steps": self.run.checkpoint_steps,
             "data.prefetch_batches": self.data.prefetch_batches,
             "data.shuffle_buffer_rows": self.data.shuffle_buffer_rows,
-        }.items():
-            if value < 0:
-                raise ConfigError(f"{key} must not be negative, got {value}")
+        }
+        for key, amount in non_negative.items():
+            if amount < 0:
+                raise ConfigError(f"{key} must not be negative, got {amount}")
         if self.data.label_scale == 0:
             raise ConfigError("data.label_scale must not be 0")
         self._check_eval()
@@ -428,9 +479,7 @@ class Config:
         if self.run.max_failures < -1:
             raise ConfigError(f"run.max_failures must be -1 (no limit) or at least 0, got {self.run.max_failures}")
         # Credentials written into a path would reach Ray's logs, error messages and the model card.
-        from rerank_ray.redaction import check_no_inline_credentials
-
-        check_no_inline_credentials(self)
+        check_no_inline_credentials(self.paths())
         unknown_columns = set(self.data.columns) - set(PAIR_COLUMNS)
         if unknown_columns:
             raise ConfigError(
@@ -438,39 +487,17 @@ class Config:
                 f"names {list(PAIR_COLUMNS)} and its values the column names in your files"
             )
         # The loss and the evaluator kind must fit the head; fail here rather than in a worker.
-        from rerank_ray.losses import check_loss_fits
-
         check_loss_fits(self.train.loss, self.model.num_labels, self.eval.kind, self.train.loss_kwargs)
-        self._check_tune()
 
-    def _check_tune(self) -> None:
-        """The tune section's own checks; the space's values against the whole config are checked
-        by ``rerank-ray tune`` (:func:`rerank_ray.search_space.check_values`)."""
-        from rerank_ray.search_space import max_value, parse_space
-
-        tune = self.tune
-        dims = parse_space(tune.space, tune.search)
-        if not dims:
-            raise ConfigError("tune.space is empty: name at least one field to search, e.g. train.learning_rate")
-        if tune.num_samples < 1:
-            raise ConfigError(f"tune.num_samples must be at least 1, got {tune.num_samples}")
-        if tune.max_concurrent_trials is not None and tune.max_concurrent_trials < 1:
-            raise ConfigError(
-                f"tune.max_concurrent_trials must be at least 1 or null, got {tune.max_concurrent_trials}"
-            )
-        if tune.scheduler == "asha":
-            longest = max_value(dims, "train.epochs", self.train.epochs)
-            if not 0 < tune.grace_period <= longest:
-                raise ConfigError(
-                    f"tune.grace_period must be in (0, {longest}] epochs (the longest trial), got {tune.grace_period}"
-                )
-            if tune.reduction_factor <= 1:
-                raise ConfigError(f"tune.reduction_factor must be above 1, got {tune.reduction_factor}")
-        if tune.search == "optuna":
-            import importlib.util
-
-            if importlib.util.find_spec("optuna") is None:
-                raise ConfigError("tune.search optuna needs Optuna: pip install 'rerank-ray[tune]'")
+    def paths(self) -> dict[str, list[str]]:
+        """Every path or URI of the config, by key (the ones a credential must never be written into)."""
+        return {
+            "model.name_or_path": [self.model.name_or_path],
+            "data.train": list(self.data.train),
+            "data.eval": list(self.data.eval),
+            "run.storage_path": [self.run.storage_path],
+            "run.output_dir": [self.run.output_dir] if self.run.output_dir else [],
+        }
 
     def _check_eval(self) -> None:
         """The reranking inputs belong to the reranking kind; class labels are not scaled."""
@@ -559,35 +586,35 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     kwargs = {}
     for name, value in raw.items():
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value, prefix=f"{prefix}{name}.")
         else:
-            kwargs[name] = _coerce(value, hint, f"{prefix}{name}")
+            kwargs[name] = coerce_value(value, hint, f"{prefix}{name}")
     return cls(**kwargs)
 
 
-def _type_name(hint: Any) -> str:
+def type_name(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
     if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+        return " or ".join(type_name(a) for a in typing.get_args(hint))
     if hint is type(None):
         return "null"
     return getattr(hint, "__name__", str(hint))
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
+def coerce_value(value: Any, hint: Any, key: str) -> Any:
     """Check ``value`` against the field's type; accept the few lossless conversions YAML needs."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    wrong = ConfigError(f"{key} must be {_type_name(hint)}, got {type(value).__name__}: {value!r}")
+    wrong = ConfigError(f"{key} must be {type_name(hint)}, got {type(value).__name__}: {value!r}")
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         for arg in (a for a in args if a is not type(None)):
             try:
-                return _coerce(value, arg, key)
+                return coerce_value(value, arg, key)
             except ConfigError:
                 continue
         raise wrong
@@ -625,20 +652,19 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return [value]  # a single path is a list of one
         if not isinstance(value, list):
             raise wrong
-        return [_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
+        return [coerce_value(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
     if origin is dict:
         key_type, value_type = args
         if not isinstance(value, dict):
             raise wrong
-        return {_coerce(k, key_type, f"{key} key"): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
+        return {
+            coerce_value(k, key_type, f"{key} key"): coerce_value(v, value_type, f"{key}.{k}") for k, v in value.items()
+        }
     raise TypeError(f"config field {key} has a type the loader does not handle: {hint}")
 
 
 def field_docs(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
     """(dotted key, type, docstring) for every leaf field, read from the docstrings in this file."""
-    import ast
-    import inspect
-
     source = inspect.getsource(cls)
     tree = ast.parse(source)
     docs: dict[str, str] = {}
@@ -650,8 +676,8 @@ def field_docs(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             rows.extend(field_docs(hint, prefix=f"{prefix}{f.name}."))
         else:
-            rows.append((f"{prefix}{f.name}", _type_name(hint), docs.get(f.name, "")))
+            rows.append((f"{prefix}{f.name}", type_name(hint), docs.get(f.name, "")))
     return rows

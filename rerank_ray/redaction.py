@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from typing import Any
+
+from rerank_ray.errors import ConfigError
 
 MASK = "***"
 
@@ -55,11 +58,11 @@ SECRET_QUERY = re.compile(
 )
 
 
-def secret_values(environ: dict[str, str] | None = None) -> list[str]:
+def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
     """Values of the secret environment variables that are set, longest first."""
-    environ = os.environ if environ is None else environ
+    variables: Mapping[str, str] = os.environ if environ is None else environ
     values = set()
-    for name, value in environ.items():
+    for name, value in variables.items():
         upper = name.upper()
         if not value or len(value) < MIN_SECRET_LENGTH:
             continue
@@ -108,17 +111,9 @@ def inline_credential(path: str) -> str | None:
     return None
 
 
-def check_no_inline_credentials(config: Any) -> None:
-    """Refuse paths that carry credentials; the message never repeats the secret itself."""
-    from rerank_ray.config import ConfigError
-
-    paths = {
-        "model.name_or_path": [config.model.name_or_path],
-        "data.train": list(config.data.train),
-        "data.eval": list(config.data.eval),
-        "run.storage_path": [config.run.storage_path],
-        "run.output_dir": [config.run.output_dir] if config.run.output_dir else [],
-    }
+def check_no_inline_credentials(paths: dict[str, list[str]]) -> None:
+    """Refuse paths that carry credentials (``paths``: config key -> the paths written under it);
+    the message never repeats the secret itself."""
     for key, values in paths.items():
         for value in values:
             found = inline_credential(value or "")

@@ -54,7 +54,7 @@ def ray_local():
     """One local Ray for every test that trains: starting Ray costs seconds, a test should not."""
     import ray
 
-    from rerank_ray.driver import pinned_state_api
+    from rerank_ray.run.cluster import pinned_state_api
 
     if not ray.is_initialized():
         dashboard_port, api_env = pinned_state_api()

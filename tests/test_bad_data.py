@@ -17,10 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 from tiny import synthetic_pairs, write_jsonl, write_parquet
 
-from rerank_ray import data
 from rerank_ray.config import Config
-from rerank_ray.driver import inspect_data
-from rerank_ray.validation import DataError
+from rerank_ray.data import files, stream
+from rerank_ray.errors import DataError
+from rerank_ray.run.driver import inspect_data
 
 SKIP_HINT = "data.on_bad_row=skip"
 
@@ -263,14 +263,14 @@ def test_skip_mode_counts_the_sample_instead_of_failing(tiny_bert, tmp_path, cap
 def test_checked_rows_keep_their_place_and_reason(tiny_bert, tmp_path):
     """What leaves the reader: bad rows stay as placeholders (empty texts, label 0, a reason code),
     every row carries its file index and row number as its key."""
-    from rerank_ray import reading
-    from rerank_ray.position import key_location
-    from rerank_ray.validation import CODES
+    from rerank_ray.data import reading
+    from rerank_ray.data.checks import CODES
+    from rerank_ray.data.position import key_location
 
     rows = rows_with(row2_label=7.0, row5_sentence_0="")
     path = write_jsonl(rows, tmp_path / "train.jsonl")
     config = make_config(tiny_bert, path, data={"on_bad_row": "skip", "label_scale": 1.0})
-    checker = data.make_checker(config, "train", [str(path)])
+    checker = files.make_checker(config, "train", [str(path)])
     (table,) = list(reading.read_file(reading.open_local_or_uri(str(path), "jsonl"), "jsonl", 3, checker))
     assert table.num_rows == 30
     assert [key_location(k) for k in table.column("row_key").to_pylist()] == [(3, i) for i in range(30)]
@@ -287,7 +287,7 @@ def test_checked_rows_keep_their_place_and_reason(tiny_bert, tmp_path):
 
 @pytest.mark.ray
 def test_bad_rows_beyond_the_sample_fail_in_the_ray_data_pass(ray_local, tiny_bert, tmp_path):
-    from rerank_ray.faults import input_error
+    from rerank_ray.errors import clear_error as input_error
 
     rows = synthetic_pairs(1600, seed=3)
     rows[1499]["label"] = "n/a"
@@ -295,7 +295,7 @@ def test_bad_rows_beyond_the_sample_fail_in_the_ray_data_pass(ray_local, tiny_be
     config = make_config(tiny_bert, text)
     split = inspect_data(config)["train"]  # the first 1000 rows are fine
     with pytest.raises(Exception) as caught:
-        data.open_pairs(split, config.data, seed=None)  # the count pass of a text file checks every row
+        stream.open_pairs(split, config.data, seed=None)  # the count pass of a text file checks every row
     assert_names(str(input_error(caught.value)), str(text), "row 1500", "holds 'n/a'", "[non_numeric_label]")
 
     rows = synthetic_pairs(1600, seed=3)
@@ -303,7 +303,7 @@ def test_bad_rows_beyond_the_sample_fail_in_the_ray_data_pass(ray_local, tiny_be
     parquet = write_parquet(rows, tmp_path / "late.parquet")
     config = make_config(tiny_bert, parquet)
     split = inspect_data(config)["train"]
-    source = data.open_pairs(split, config.data, seed=None)  # Parquet: the footers' count, no pass
+    source = stream.open_pairs(split, config.data, seed=None)  # Parquet: the footers' count, no pass
     assert source.num_rows == 1600
     with pytest.raises(Exception) as caught:
         source.dataset.materialize()
@@ -311,7 +311,7 @@ def test_bad_rows_beyond_the_sample_fail_in_the_ray_data_pass(ray_local, tiny_be
 
     # With on_bad_row: skip the stream keeps the row count and marks the bad row.
     config = make_config(tiny_bert, parquet, data={"on_bad_row": "skip"})
-    source = data.open_pairs(inspect_data(config)["train"], config.data, seed=None)
+    source = stream.open_pairs(inspect_data(config)["train"], config.data, seed=None)
     skips = [r["skip"] for r in source.dataset.select_columns(["skip"]).take_all()]
     assert len(skips) == 1600 and sum(1 for s in skips if s) == 1
 
@@ -333,7 +333,7 @@ def test_a_bad_row_in_the_stream_ends_the_run_without_retries(ray_local, tiny_be
         train={"epochs": 1, "per_device_batch_size": 32},
         run={"storage_path": str(tmp_path / "runs"), "name": "bad", "audit": True, "max_failures": 2},
     )
-    from rerank_ray.driver import train
+    from rerank_ray.run.driver import train
 
     with pytest.raises(DataError) as caught:
         train(Config.from_dict(raw))

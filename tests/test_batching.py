@@ -11,8 +11,8 @@ import pytest
 import torch
 from tiny import synthetic_pairs
 
-from rerank_ray.batching import Collator, pad, prefetch, window_order
-from rerank_ray.data import encode_pairs
+from rerank_ray.data.stream import encode_pairs
+from rerank_ray.training.batching import Collator, pad, prefetch, window_order
 
 
 @pytest.mark.parametrize("group", [True, False])

@@ -13,7 +13,7 @@ from test_model_card import assert_complete_card
 from tiny import class_pairs, write_jsonl
 
 from rerank_ray.config import Config
-from rerank_ray.driver import train
+from rerank_ray.run.driver import train
 
 pytestmark = pytest.mark.ray
 

@@ -146,7 +146,7 @@ def test_runtime_env_is_valid_and_keeps_big_folders_off_the_cluster(tmp_path):
         "jobs/tune.py",
         "jobs/configs/quickstart.yaml",
         "jobs/data/stsb-sample/train.csv",
-        "rerank_ray/driver.py",
+        "rerank_ray/run/driver.py",
     ):
         assert needed in uploaded, needed
 

@@ -10,9 +10,11 @@ import pyarrow as pa
 import pytest
 from tiny import class_pairs, reranking_pairs
 
-from rerank_ray.data import DataError, tokenize_batch
-from rerank_ray.evaluation import compute_metrics, headline_metric_key
-from rerank_ray.reranking import query_hashes, reranking_metrics
+from rerank_ray.config import headline_metric_key
+from rerank_ray.data.stream import tokenize_batch
+from rerank_ray.errors import DataError
+from rerank_ray.evaluation.metrics import compute_metrics
+from rerank_ray.evaluation.ranking import query_hashes, reranking_metrics
 
 
 def test_classification_metrics_equal_the_evaluator(tiny_bert_3_labels):
@@ -80,7 +82,7 @@ def test_reranking_metrics_equal_the_evaluator_with_queries_without_positives(at
     library), k smaller than the lists: equal to the evaluator fed the same scores."""
     from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
 
-    from rerank_ray.evaluation import PrecomputedScores
+    from rerank_ray.evaluation.metrics import PrecomputedScores
 
     rng = np.random.default_rng(at_k)
     rows, scores = [], []
@@ -134,7 +136,7 @@ def test_reranking_ties_break_as_in_the_library():
     does, nDCG and MAP average over them as scikit-learn does: equal values either way."""
     from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
 
-    from rerank_ray.evaluation import PrecomputedScores
+    from rerank_ray.evaluation.metrics import PrecomputedScores
 
     rng = np.random.default_rng(9)
     rows, scores = [], []
@@ -182,10 +184,10 @@ class _LocalHandle:
 def test_class_labels_stay_integers_through_tokenize_and_batches(tiny_bert, tmp_path):
     import json
 
-    from rerank_ray.batching import Collator
     from rerank_ray.config import Config, ModelConfig
-    from rerank_ray.driver import inspect_data
-    from rerank_ray.models import load_tokenizer
+    from rerank_ray.run.driver import inspect_data
+    from rerank_ray.training.batching import Collator
+    from rerank_ray.training.models import load_tokenizer
 
     tokenizer = load_tokenizer(ModelConfig(name_or_path=str(tiny_bert)))
     handle = _LocalHandle(tokenizer)

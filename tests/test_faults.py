@@ -20,8 +20,8 @@ from conftest import base_config
 from tiny import synthetic_pairs, write_jsonl
 
 from rerank_ray.config import Config
-from rerank_ray.driver import train
-from rerank_ray.faults import FAULTS_ENV
+from rerank_ray.run.driver import train
+from rerank_ray.training.faults import FAULTS_ENV
 
 pytestmark = pytest.mark.ray
 
@@ -134,7 +134,7 @@ def test_killed_workers_restore_and_train_each_remaining_pair_once(
 
     # The checkpoint of step 8 was rewritten whole by the second attempt and then pruned; what is
     # left is complete (marker + every file) or a tombstone.
-    from rerank_ray import checkpointing
+    from rerank_ray.training import checkpointing
 
     complete, incomplete = checkpointing.scan(str(tmp_path / "runs"), "killed")
     assert not incomplete
@@ -205,7 +205,7 @@ def test_resume_after_the_driver_is_killed(ray_local, tiny_bert, pair_files, tmp
             job.wait()
     print(f"first job, killed after step 18: {time.perf_counter() - started:.0f} s")
 
-    from rerank_ray import checkpointing
+    from rerank_ray.training import checkpointing
 
     storage = str(tmp_path / "runs")
     assert checkpointing.latest_complete(storage, "resumed").step == 16

@@ -7,8 +7,8 @@ import pytest
 import torch
 from tiny import synthetic_pairs
 
-from rerank_ray.evaluation import compute_metrics
-from rerank_ray.losses import PointwiseLoss, build_library_loss
+from rerank_ray.evaluation.metrics import compute_metrics
+from rerank_ray.training.losses import PointwiseLoss, build_library_loss
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ import numpy as np
 from tiny import synthetic_pairs
 
 from rerank_ray.config import Config
-from rerank_ray.model_card import RunRecord, write_model_card
-from rerank_ray.plan import TrainPlan
+from rerank_ray.run.model_card import RunRecord, write_model_card
+from rerank_ray.training.plan import TrainPlan
 
 
 def assert_complete_card(path: Path, headline: str, workers: str, loss: str = "BinaryCrossEntropyLoss") -> str:
@@ -52,7 +52,7 @@ def assert_complete_card(path: Path, headline: str, workers: str, loss: str = "B
 def test_card_of_a_recorded_run_has_every_section_and_the_search_summary(tiny_bert, tmp_path):
     from sentence_transformers import CrossEncoder
 
-    from rerank_ray.evaluation import compute_metrics
+    from rerank_ray.evaluation.metrics import compute_metrics
 
     config = Config.from_dict(
         {
@@ -73,7 +73,7 @@ def test_card_of_a_recorded_run_has_every_section_and_the_search_summary(tiny_be
         {"step": 5, "epoch": 1.0, "loss": 0.61, "learning_rate": 0.0, "pairs_per_second": 82.0},
         {"step": 5, "epoch": 1.0, **metrics, "eval_runtime": 0.5},
     ]
-    # The section rerank-ray tune writes (rerank_ray.search_report.summary_markdown; test_tune.py
+    # The section rerank-ray tune writes (rerank_ray.tune.report.summary_markdown; test_tune.py
     # checks it in a real search): the card carries it after the distributed-training section.
     search = "## Hyperparameter search (rerank-ray tune)\n\n- Trials: 4 (2 completed, 2 failed)\n"
     record = RunRecord(

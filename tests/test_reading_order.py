@@ -9,9 +9,9 @@ import pytest
 from test_bad_data import make_config
 from tiny import synthetic_pairs, write_parquet
 
-from rerank_ray import data
-from rerank_ray.driver import inspect_data
-from rerank_ray.reading import shuffle_rows
+from rerank_ray.data import stream
+from rerank_ray.data.reading import shuffle_rows
+from rerank_ray.run.driver import inspect_data
 
 
 def label_sorted_chunks(rows: int, chunk: int) -> list[pa.Table]:
@@ -44,7 +44,7 @@ def test_a_label_sorted_file_streams_mixed_once_per_epoch_and_reproducibly(ray_l
     split = inspect_data(config)["train"]
 
     def epochs(seed, count=2):
-        dataset = data.open_pairs(split, config.data, seed=seed).dataset.select_columns(["row_key", "label"])
+        dataset = stream.open_pairs(split, config.data, seed=seed).dataset.select_columns(["row_key", "label"])
         return [dataset.take_all() for _ in range(count)]
 
     first, second = epochs(seed=7)

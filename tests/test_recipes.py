@@ -20,7 +20,7 @@ from tiny import graded_pairs, reranking_pairs, synthetic_pairs, write_jsonl, wr
 
 from rerank_ray.cli import main
 from rerank_ray.config import load_config
-from rerank_ray.driver import train
+from rerank_ray.run.driver import train
 
 REFERENCE = Path(__file__).parents[1] / "jobs" / "configs" / "reference"
 

@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from rerank_ray import checkpointing, faults, position
+from rerank_ray import errors
 from rerank_ray.config import Config, ConfigError
+from rerank_ray.data import position
+from rerank_ray.errors import DataError
 from rerank_ray.redaction import redact, redact_obj
-from rerank_ray.validation import DataError
+from rerank_ray.training import checkpointing, faults
 
 # ---------------------------------------------------------------------------------------------
 # Data position
@@ -130,7 +132,7 @@ def test_prune_keeps_the_last_k_and_the_best(tmp_path):
 
 
 def test_out_of_memory_names_the_batch_size_and_the_fix():
-    with pytest.raises(faults.OutOfMemory) as caught, faults.explain_oom("train", 32, 2, 4, 256):
+    with pytest.raises(errors.OutOfMemory) as caught, faults.explain_oom("train", 32, 2, 4, 256):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     message = str(caught.value)
     for part in (
@@ -143,7 +145,7 @@ def test_out_of_memory_names_the_batch_size_and_the_fix():
     assert isinstance(caught.value.__cause__, torch.OutOfMemoryError)
 
     eval_advice = "eval.batch_size=64 .max_length 128.: set eval.batch_size=32"
-    with pytest.raises(faults.OutOfMemory, match=eval_advice), faults.explain_oom("eval", 64, max_length=128):
+    with pytest.raises(errors.OutOfMemory, match=eval_advice), faults.explain_oom("eval", 64, max_length=128):
         raise torch.OutOfMemoryError("CUDA out of memory.")
     with pytest.raises(RuntimeError, match="gloo"), faults.explain_oom("train", 8):
         raise RuntimeError("gloo: connection reset")  # not an out-of-memory error: left alone
@@ -153,14 +155,14 @@ def test_input_errors_stop_the_run_other_failures_are_retried():
     callback = faults.stop_retrying_callback()
     wrapped = RuntimeError("Ray Data task failed")
     wrapped.__cause__ = DataError("data.train: f.parquet, row 7: ...")
-    with pytest.raises(faults.StopRetrying, match="rank 1: data.train: f.parquet, row 7") as caught:
+    with pytest.raises(errors.StopRetrying, match="rank 1: data.train: f.parquet, row 7") as caught:
         callback.after_exception(None, {0: RuntimeError("connection closed by peer"), 1: wrapped})
     # The cause survives the pickling that carries it from Ray's controller to the driver.
     revived = pickle.loads(pickle.dumps(caught.value))
-    assert isinstance(faults.input_error(revived), DataError)
+    assert isinstance(errors.clear_error(revived), DataError)
     callback.after_exception(None, {0: RuntimeError("The actor died unexpectedly")})  # retried: no raise
-    oom = faults.OutOfMemory("out of accelerator memory ...")
-    with pytest.raises(faults.StopRetrying):
+    oom = errors.OutOfMemory("out of accelerator memory ...")
+    with pytest.raises(errors.StopRetrying):
         callback.after_exception(None, {0: oom})
 
 
@@ -214,7 +216,7 @@ def test_remote_code_runs_only_when_the_config_allows_it(tiny_bert, tmp_path):
     """A model folder that ships its own modelling code (``auto_map``): with the default config
     that code is never imported; ``model.trust_remote_code: true`` imports it."""
     from rerank_ray.config import ModelConfig
-    from rerank_ray.models import load_cross_encoder, load_tokenizer
+    from rerank_ray.training.models import load_cross_encoder, load_tokenizer
 
     folder = tmp_path / "remote"
     shutil.copytree(tiny_bert, folder)

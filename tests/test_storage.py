@@ -15,8 +15,13 @@ from tiny import synthetic_pairs, write_jsonl
 from rerank_ray import storage
 from rerank_ray.cli import main
 from rerank_ray.config import Config, ConfigError
-from rerank_ray.driver import check_cluster_address, check_storage_outlives_job, run_dir, train
 from rerank_ray.redaction import redact
+from rerank_ray.run.cluster import check_cluster_address, check_storage_outlives_job
+from rerank_ray.run.driver import train
+from rerank_ray.run.paths import run_dir
+from rerank_ray.tune.report import SearchPaths, report_search
+from rerank_ray.tune.search import search_exists
+from rerank_ray.tune.space import check_tune
 
 ENV_SECRETS = {
     "AWS_SECRET_ACCESS_KEY": "envSecretFAKE/0123456789+abcdefghijklmno",
@@ -207,3 +212,32 @@ def test_the_dashboard_address_is_not_a_cluster_address():
     with pytest.raises(ConfigError, match="job submission address: submit this as a job"):
         check_cluster_address("http://127.0.0.1:8265")
     check_cluster_address("10.0.0.5:6379")
+
+
+def test_a_search_on_s3_keeps_the_uris_options_after_every_path(s3, capsys):
+    """``rerank-ray tune`` joins its folders (Tune's state, the trials' runs, the report, the
+    export) with the one storage join, so pyarrow's options stay in the query: the report of a
+    search lands in the bucket under the search's folder."""
+    uri = s3.uri("bucket", "searches")
+    config = Config.from_dict(
+        {
+            "model": {"name_or_path": "m"},
+            "data": {"train": "t.jsonl", "eval": "e.jsonl"},
+            "run": {"storage_path": uri, "name": "grid"},
+            "tune": {"space": {"train.learning_rate": {"choice": [1e-5, 2e-5]}}, "search": "grid"},
+        }
+    )
+    paths = SearchPaths.of(config)
+    assert paths.root == s3.uri("bucket", "searches/grid")
+    assert paths.tune == s3.uri("bucket", "searches/grid/tune")
+    assert paths.trials == s3.uri("bucket", "searches/grid/trials")
+    assert paths.output == s3.uri("bucket", "searches/grid/model")
+    assert not search_exists(paths)  # Tune looks for its state through the URI's endpoint
+    outcome = report_search(config, check_tune(config), paths, rows=[])
+    assert outcome.best is None and "no trial produced a checkpoint" in capsys.readouterr().out
+    written = {path for path in s3.files("bucket") if path.startswith("bucket/searches/")}
+    assert written == {
+        "bucket/searches/grid/trials.csv",
+        "bucket/searches/grid/search.png",
+        "bucket/searches/grid/search_summary.json",
+    }

@@ -12,7 +12,7 @@ from conftest import base_config
 from tiny import synthetic_pairs, write_jsonl
 
 from rerank_ray.config import Config
-from rerank_ray.driver import train
+from rerank_ray.run.driver import train
 
 pytestmark = pytest.mark.ray
 

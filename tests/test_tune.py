@@ -17,7 +17,7 @@ import yaml
 from conftest import base_config
 
 from rerank_ray.config import Config, ConfigError
-from rerank_ray.search_report import COMPLETED, FAILED, STOPPED
+from rerank_ray.tune.report import COMPLETED, FAILED, STOPPED
 
 pytestmark = pytest.mark.ray
 
@@ -42,7 +42,7 @@ def test_four_trial_search_records_failures_and_exports_the_best(ray_local, tiny
     error, and the search goes on."""
     from sentence_transformers import CrossEncoder
 
-    from rerank_ray.tune import run_search
+    from rerank_ray.tune.search import run_search
 
     raw = search_config(
         tiny_bert,
@@ -119,7 +119,7 @@ def test_asha_stops_trailing_trials_and_frees_their_workers(ray_local, tiny_bert
     """One learning rate that learns, then two that cannot (1e-7): at the first rung (1 epoch)
     both trail the first trial's metric, and ASHA stops them there. The third trial can only start
     once the second one's workers are released."""
-    from rerank_ray.tune import run_search
+    from rerank_ray.tune.search import run_search
 
     raw = search_config(
         tiny_bert,
@@ -249,8 +249,8 @@ def test_killed_search_resumes_only_its_unfinished_trials(ray_local, tiny_bert, 
     runs_before = _train_runs_of_this_job()
     assert main(["tune", "--config", str(config_path), "--resume"]) == 0
 
-    from rerank_ray.search_report import collect_trials
-    from rerank_ray.search_space import parse_space
+    from rerank_ray.tune.report import collect_trials
+    from rerank_ray.tune.space import parse_space
 
     config = Config.from_dict(raw)
     rows = {

@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import pytest
 
-from rerank_ray.config import Config, ConfigError, load_config
-from rerank_ray.search_space import check_values, flatten_space, parse_space, to_param_space
+from rerank_ray.config import Config, load_config
+from rerank_ray.errors import ConfigError
+from rerank_ray.tune.space import check_tune, check_values, flatten_space, parse_space, to_param_space
 
 BASE = {"model": {"name_or_path": "m"}, "data": {"train": ["t.jsonl"], "eval": ["e.jsonl"]}}
 
 
 def _config(**tune) -> Config:
-    return Config.from_dict({**BASE, "tune": tune})
+    """A config with this tune section, checked as ``rerank-ray tune`` checks it on load."""
+    config = Config.from_dict({**BASE, "tune": tune})
+    check_tune(config)
+    return config
+
+
+def test_a_train_run_does_not_check_the_tune_section():
+    """Only ``rerank-ray tune`` reads tune:, so a typo in its space (or optuna missing) cannot
+    fail a train run or a worker rebuilding the config; the section's keys are still known keys."""
+    config = Config.from_dict({**BASE, "tune": {"space": {"train.learnig_rate": {"choice": [1e-5]}}}})
+    with pytest.raises(ConfigError, match="tune.space.train.learnig_rate: train has no field"):
+        check_tune(config)
+    with pytest.raises(ConfigError, match="unknown config key tune.serach"):
+        Config.from_dict({**BASE, "tune": {"serach": "grid"}})
 
 
 def test_default_space_searches_learning_rate_batch_and_epochs():
@@ -102,7 +116,7 @@ def test_param_space_uses_tune_domains():
 
 
 def test_trials_that_fit_the_cluster():
-    from rerank_ray.tune import TRIAL_DRIVER_CPUS, trial_resources, trials_that_fit
+    from rerank_ray.tune.search import TRIAL_DRIVER_CPUS, trial_resources, trials_that_fit
 
     config = _config()  # 2 workers x 1 CPU
     assert trial_resources(config) == {"CPU": 2 + TRIAL_DRIVER_CPUS}
@@ -136,8 +150,8 @@ def test_optuna_draws_trials_in_the_nested_form_the_trials_read():
     """Optuna's TPE (the optional extra) gets the same space and hands back the nested values a
     trial applies; the concurrency limit goes to Tune's limiter, num_samples to Tune."""
     pytest.importorskip("optuna")
-    from rerank_ray.search_space import flatten_params
-    from rerank_ray.tune import build_searcher
+    from rerank_ray.tune.search import build_searcher
+    from rerank_ray.tune.space import flatten_params
 
     config = _config(search="optuna", num_samples=3, seed=1)
     searcher, max_concurrent, num_samples = build_searcher(config, concurrency=2)

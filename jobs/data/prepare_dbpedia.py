@@ -49,7 +49,7 @@ def prepare(source: Path, out: Path, eval_fraction: float = 0.3, seed: int = 42)
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from rerank_ray.beir import inspect_beir, read_beir_pairs
+    from rerank_ray.data.beir import inspect_beir, read_beir_pairs
 
     beir = inspect_beir(str(source), "test")
     pairs = read_beir_pairs(beir)

@@ -21,8 +21,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from rerank_ray.config import ConfigError
-from rerank_ray.data import DataError, PairSource
+from rerank_ray.data.stream import PairSource
+from rerank_ray.errors import ConfigError, DataError
 
 DOCUMENT_SCHEMA = pa.schema([("_id", pa.string()), ("title", pa.string()), ("text", pa.string())])
 QUERY_SCHEMA = pa.schema([("_id", pa.string()), ("text", pa.string())])
@@ -127,7 +127,9 @@ def open_beir(beir: BeirFiles) -> PairSource:
 
     corpus = ray.data.read_json(beir.corpus, file_extensions=None, parse_options=_json_options(DOCUMENT_SCHEMA))
     pairs = corpus.map_batches(
-        _judged_rows, batch_format="pyarrow", fn_kwargs={"judgements": beir.judgements}
+        _judged_rows,  # type: ignore[arg-type]  # Ray's stub wants a one-argument function; fn_kwargs fill the rest
+        batch_format="pyarrow",
+        fn_kwargs={"judgements": beir.judgements},
     ).materialize()
     return PairSource(
         what=beir.what,

@@ -1,6 +1,6 @@
 """What a bad pair row is, the message that names it, and the reason it is counted when skipped.
 
-The reader (:mod:`rerank_ray.reading`) passes every chunk of rows it parses through a
+The reader (:mod:`rerank_ray.data.reading`) passes every chunk of rows it parses through a
 :class:`RowChecker` while it still knows the file and the row numbers, both on the driver (a
 sample of every file, before Ray starts) and in the Ray Data read tasks (every row, as it
 streams). So a bad value fails in seconds when it is near the top of a file, and otherwise when
@@ -24,6 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rerank_ray.config import Config
+from rerank_ray.data.position import row_keys
+from rerank_ray.errors import DataError
 
 #: Why a row was skipped; its code in the ``skip`` column is the index + 1 (0: a good row).
 REASONS = (
@@ -59,10 +61,6 @@ _FIX = {
     "malformed_row": "repair the line (an unbalanced quote, a missing or extra delimiter, broken JSON)",
 }
 SKIP_HINT = "or set data.on_bad_row=skip to train without such rows (they are counted in metrics.json)"
-
-
-class DataError(ValueError):
-    """Bad input data. The message names the file, the column and, where known, the row."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,12 +219,10 @@ class RowChecker:
 
         Returns ``sentence_0``, ``sentence_1`` (string; "" for a bad row), ``label`` (float32,
         scaled; 0 for a bad row), ``skip`` (int8 reason code, 0 for a good row), ``row_key``
-        (int64, see :mod:`rerank_ray.position`) and ``pair_id`` (string) when ids are read.
+        (int64, see :mod:`rerank_ray.data.position`) and ``pair_id`` (string) when ids are read.
         ``preset`` holds problems the parser already found (row in chunk -> reason, column, value).
         With ``on_bad_row: error`` the first bad row raises a :class:`DataError` instead.
         """
-        from rerank_ray.position import row_keys
-
         n = raw.num_rows
         codes = np.zeros(n, dtype=np.int8)
         first: dict[int, BadRow] = {}

@@ -4,7 +4,7 @@ Why a set of keys and not "k batches done": Ray Data's ``streaming_split`` hands
 workers as they ask for them, so the rows worker 0 gets in its first k batches differ from run
 to run. Skipping k batches after a restore would train some pairs twice and others never.
 Instead every row carries a stable key, ``row_key = file_index << 40 | row_in_file`` (set by the
-reader, :mod:`rerank_ray.reading`), the workers note the keys they train, and a checkpoint stores
+reader, :mod:`rerank_ray.data.reading`), the workers note the keys they train, and a checkpoint stores
 the union over all workers as sorted ``[start, end)`` ranges (files are read from start to end,
 their rows shuffled ``data.shuffle_buffer_rows`` at a time, so an epoch's keys compress to whole
 ranges for the blocks done and short ones only inside the blocks in flight).
@@ -25,7 +25,6 @@ import io
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -159,35 +158,3 @@ def drop_trained(batch: pa.Table, ranges: np.ndarray) -> pa.Table:
     """Ray Data map: the rows whose key is not in ``ranges``."""
     keys = batch.column("row_key").to_numpy()
     return batch.filter(pa.array(~in_ranges(keys, ranges)))
-
-
-@dataclass
-class RestOfEpoch:
-    """``TorchTrainer(datasets={"train_rest": RestOfEpoch(...)})``: called by Ray Train in its
-    controller every time a worker group starts. It finds the checkpoint the workers will restore
-    (the newest complete one in the run folder, :func:`rerank_ray.checkpointing.latest_complete`,
-    the same call the workers make) and returns the rows that checkpoint's epoch has not trained.
-    Without a checkpoint in the middle of an epoch it returns the full stream, which no worker
-    then reads."""
-
-    stream: Any
-    """A :class:`rerank_ray.data.PairStream` (how to read, check, tokenize and pad)."""
-    storage_path: str
-    run_name: str
-
-    def __call__(self) -> Any:
-        from rerank_ray import checkpointing
-        from rerank_ray.validation import DataError
-
-        point = checkpointing.latest_complete(self.storage_path, self.run_name)
-        position = checkpointing.read_position(point) if point is not None else None
-        if position is None or position.trained_rows == 0:
-            return self.stream.build()[0]
-        if position.files_digest != self.stream.files_digest or position.train_rows != self.stream.num_rows:
-            raise DataError(
-                f"data.train changed since {point.name} was written ({self.stream.num_rows} rows in "
-                f"{len(self.stream.files)} files now, {position.train_rows} then): a run resumes only on "
-                "the same files. Restore the files, or start a new run (another run.name)"
-            )
-        dataset, _ = self.stream.build(exclude=position.trained)
-        return dataset

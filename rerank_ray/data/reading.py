@@ -2,11 +2,11 @@
 
 Ray Data's readers tell a row's file (``include_paths``) but not its row number in that file
 (only a hash of it, and only for Parquet). The row number is what an error message must name,
-and (file, row) is the stable key a checkpoint's data position records (:mod:`rerank_ray.position`).
+and (file, row) is the stable key a checkpoint's data position records (:mod:`rerank_ray.data.position`).
 So pair files are read by :class:`PairFileDatasource`, a subclass of Ray Data's own
 ``FileBasedDatasource``: Ray Data still lists, shuffles (per epoch), schedules (local files on the
 driver's node), retries and streams the files; we only parse one file from its first byte, number
-its rows and pass each parsed chunk through the split's :class:`~rerank_ray.validation.RowChecker`.
+its rows and pass each parsed chunk through the split's :class:`~rerank_ray.data.checks.RowChecker`.
 
 Parsing is pyarrow's (Parquet row groups, the streaming CSV and JSON readers). When pyarrow gives
 up part-way through a text file (a malformed line, a value of another type), the rest of that file
@@ -20,7 +20,6 @@ Every chunk leaves the reader with the same columns: ``sentence_0``, ``sentence_
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from rerank_ray.validation import DataError, RowChecker
+from rerank_ray.data.checks import RowChecker
 
 #: Rows per chunk that leaves the reader (and per chunk of the line-by-line fallback).
 CHUNK_ROWS = 8192
@@ -255,18 +254,20 @@ def _arrow_text_chunks(stream: Any, fmt: str, checker: RowChecker, file_index: i
 def _python_text_chunks(
     open_file: Opener, fmt: str, file_index: int, checker: RowChecker, skip_rows: int, limit: int | None
 ) -> Iterator[pa.Table]:
-    parse = _parse_json_line if fmt == "jsonl" else None
     rows: list[dict[str, Any]] = []
     preset: dict[int, tuple[str, str, Any]] = {}
     first_row = row = skip_rows
     with open_file() as handle:
-        records = _json_records(handle) if fmt == "jsonl" else _csv_records(handle, fmt, checker, file_index)
+        records: Iterator[bytes | tuple[dict[str, Any], tuple[str, str, Any] | None]] = (
+            _json_records(handle) if fmt == "jsonl" else _csv_records(handle, fmt, checker, file_index)
+        )
         for index, record in enumerate(records):
             if index < skip_rows:
                 continue
             if limit is not None and row >= limit:
                 break
-            values, problem = parse(record, checker) if parse else record
+            # A JSON line is parsed here, after the skip; a CSV record arrives parsed.
+            values, problem = _parse_json_line(record, checker) if isinstance(record, bytes) else record
             if problem is not None:
                 preset[len(rows)] = problem
             rows.append(values)
@@ -373,11 +374,12 @@ def _csv_records(
         values: dict[str, Any] = {}
         problem = None
         for canonical, position in positions.items():
-            value = fields[position]
-            if any("\udc80" <= ch <= "\udcff" for ch in value):
-                problem = problem or ("undecodable_text", canonical, value.encode("utf-8", "surrogateescape"))
-                value = None
-            values[canonical] = value
+            text_value = fields[position]
+            if any("\udc80" <= ch <= "\udcff" for ch in text_value):
+                problem = problem or ("undecodable_text", canonical, text_value.encode("utf-8", "surrogateescape"))
+                values[canonical] = None
+            else:
+                values[canonical] = text_value
         yield values, problem
 
 
@@ -411,100 +413,15 @@ def _permuted(chunks: list[pa.Table], rng: np.random.Generator) -> Iterator[pa.T
 
 
 # ---------------------------------------------------------------------------------------------
-# The Ray Data datasource
-
-_FILE_INDEX_CACHE: dict[Any, dict[str, int]] = {}
+# Opening files
 
 
-def _open_with(filesystem: Any, path: str, fmt: str) -> Opener:
+def open_with(filesystem: Any, path: str, fmt: str) -> Opener:
+    """An opener for ``path`` on ``filesystem``: random access for Parquet (its footer comes
+    first), a stream for text files."""
     if fmt == "parquet":
         return lambda: filesystem.open_input_file(path)
     return lambda: filesystem.open_input_stream(path)
-
-
-def _make_datasource_class():
-    from ray.data.datasource import FileBasedDatasource
-
-    class PairFileDatasource(FileBasedDatasource):
-        """Ray Data reads pair files with this: Ray lists, shuffles, schedules, retries; we parse."""
-
-        def __init__(
-            self,
-            files: list[str],
-            fmt: str,
-            checker: RowChecker,
-            shuffle: Any = None,
-            row_shuffle: tuple[int, int] | None = None,
-        ):
-            import ray
-
-            super().__init__(files, shuffle=shuffle, file_extensions=None)
-            # (seed, buffer rows) of the shuffle of each file's rows; the read tasks of one
-            # execution (epoch) get the seed with that execution's index, as the file order does.
-            self._row_shuffle = row_shuffle
-            self._row_seed: tuple[int, int] | None = None
-            resolved = self._paths()
-            if len(resolved) != len(files):
-                raise DataError(f"{checker.what}: Ray Data found {len(resolved)} files where {len(files)} were listed")
-            # The resolved path (no scheme) of each file -> its index in the user's sorted list.
-            self._file_index_ref = ray.put({path: i for i, path in enumerate(resolved)})
-            self._format = fmt
-            self._checker = checker
-
-        def get_name(self) -> str:
-            return "ReadPairs"
-
-        def get_read_tasks(self, parallelism: int, per_task_row_limit: Any = None, data_context: Any = None) -> Any:
-            source = self
-            if self._row_shuffle is not None:
-                # A copy per execution: its read tasks carry this execution's seed.
-                source = copy.copy(self)
-                source._row_seed = (self._row_shuffle[0], data_context._execution_idx if data_context else 0)
-            return FileBasedDatasource.get_read_tasks(
-                source, parallelism, per_task_row_limit=per_task_row_limit, data_context=data_context
-            )
-
-        def _file_index(self, path: str) -> int:
-            import ray
-
-            key = self._file_index_ref.hex()
-            if key not in _FILE_INDEX_CACHE:
-                _FILE_INDEX_CACHE[key] = ray.get(self._file_index_ref)
-            return _FILE_INDEX_CACHE[key][path]
-
-        def _read_stream(self, f: Any, path: str) -> Iterator[pa.Table]:
-            # The file Ray Data opened serves the first pass; the line-by-line fallback of a text
-            # file opens it again from its first byte.
-            reopen = _open_with(self._filesystem, path, self._format)
-            handles = [f]
-            index = self._file_index(path)
-            chunks = read_file(lambda: handles.pop() if handles else reopen(), self._format, index, self._checker)
-            if self._row_seed is not None:
-                # Seeded by (seed, epoch, file): a retried read replays the same order, which
-                # Ray Data's retry (it skips the blocks already yielded) relies on.
-                rng = np.random.default_rng([*self._row_seed, index])
-                chunks = shuffle_rows(chunks, rng, self._row_shuffle[1])
-            yield from chunks
-
-        def _open_input_source(self, filesystem: Any, path: str, **open_args: Any) -> Any:
-            if self._format == "parquet":
-                return filesystem.open_input_file(path)
-            return super()._open_input_source(filesystem, path, **open_args)
-
-    return PairFileDatasource
-
-
-def read_pairs(files: list[str], fmt: str, checker: RowChecker, seed: int | None, shuffle_buffer_rows: int = 0) -> Any:
-    """A Ray dataset of the checked rows of ``files``. ``seed`` shuffles, differently and
-    reproducibly each epoch, the order of the files and (with ``shuffle_buffer_rows``) the rows of
-    each file, that many at a time; the workers shuffle again within their windows."""
-    import ray.data
-    from ray.data import FileShuffleConfig
-
-    shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=True) if seed is not None and len(files) > 1 else None
-    row_shuffle = (seed, shuffle_buffer_rows) if seed is not None and shuffle_buffer_rows > 0 else None
-    datasource = _make_datasource_class()(files, fmt, checker, shuffle=shuffle, row_shuffle=row_shuffle)
-    return ray.data.read_datasource(datasource)
 
 
 def open_local_or_uri(path: str, fmt: str) -> Opener:
@@ -515,4 +432,4 @@ def open_local_or_uri(path: str, fmt: str) -> Opener:
         filesystem, inner = pafs.FileSystem.from_uri(path)
     else:
         filesystem, inner = pafs.LocalFileSystem(), path.removeprefix("file://")
-    return _open_with(filesystem, inner, fmt)
+    return open_with(filesystem, inner, fmt)

@@ -7,7 +7,7 @@ reranking, a 64-bit query id per pair) and computes the metrics once, with the l
   sentence-transformers evaluator through :class:`PrecomputedScores`, a stand-in model whose
   ``predict`` returns them;
 - ``reranking`` groups the scores by query and applies CrossEncoderRerankingEvaluator's own
-  per-query computation (:mod:`rerank_ray.reranking`).
+  per-query computation (:mod:`rerank_ray.evaluation.ranking`).
 
 So every metric a user reads is the number the library's evaluator computes for those scores,
 and nobody scores the whole eval set on one rank.
@@ -19,17 +19,7 @@ from typing import Any
 
 import numpy as np
 
-#: The headline metric of each kind: the primary metric of the matching sentence-transformers evaluator.
-HEADLINE = {
-    "binary": "average_precision",
-    "correlation": "spearman",
-    "classification": "f1_macro",
-    "reranking": "ndcg@{at_k}",
-}
-
-
-def headline_metric_key(kind: str, name: str, at_k: int = 10) -> str:
-    return f"{name}_{HEADLINE[kind].format(at_k=at_k)}"
+from rerank_ray.evaluation.ranking import reranking_metrics
 
 
 class _NoModelCard:
@@ -74,7 +64,7 @@ def build_evaluator(
     if kind == "correlation":
         return CrossEncoderCorrelationEvaluator(pairs, labels.astype(float).tolist(), name=name, write_csv=False)
     if kind == "reranking":
-        # The per-query samples are not needed: the metrics come from rerank_ray.reranking.
+        # The per-query samples are not needed: the metrics come from rerank_ray.evaluation.ranking.
         return CrossEncoderRerankingEvaluator(samples=[], at_k=at_k, name=name, write_csv=False)
     raise ValueError(f"unknown eval.kind {kind!r}")
 
@@ -97,8 +87,6 @@ def compute_metrics(
     if len(scores) == 0:
         raise ValueError("the eval set is empty: nothing to evaluate")
     if kind == "reranking":
-        from rerank_ray.reranking import reranking_metrics
-
         if groups is None:
             raise ValueError("eval.kind reranking needs the query of every pair")
         return reranking_metrics(groups, scores, labels, name, at_k)

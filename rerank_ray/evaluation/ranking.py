@@ -24,7 +24,6 @@ import logging
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
@@ -42,27 +41,6 @@ def query_hashes(values: list[Any]) -> np.ndarray:
         ],
         dtype=np.int64,
     )
-
-
-def add_group_ids(batch: pa.Table, key: str) -> pa.Table:
-    """Ray Data map: append ``group_id`` (the hash of column ``key``); drop ``query_id``, whose
-    strings the workers do not need."""
-    from rerank_ray.data import DataError
-
-    values = batch.column(key).to_pylist()
-    missing = next((i for i, v in enumerate(values) if v is None), None)
-    if missing is not None:
-        raise DataError(f"column {key!r}: row {missing} of a read block has no query; every eval pair needs one")
-    table = batch.append_column("group_id", pa.array(query_hashes(values), type=pa.int64()))
-    return table.drop_columns([QUERY_ID]) if QUERY_ID in table.column_names else table
-
-
-def with_group_ids(source: Any, key: str) -> Any:
-    """The eval :class:`~rerank_ray.data.PairSource` with a ``group_id`` column from ``key``."""
-    from dataclasses import replace
-
-    dataset = source.dataset.map_batches(add_group_ids, batch_format="pyarrow", fn_kwargs={"key": key})
-    return replace(source, dataset=dataset)
 
 
 def reranking_metrics(

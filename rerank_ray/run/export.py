@@ -2,7 +2,7 @@
 ``metrics.json``, a training-curve PNG and TensorBoard event files.
 
 The model card is sentence-transformers' own, filled from what the run recorded, plus what only a
-distributed run knows (:mod:`rerank_ray.model_card`).
+distributed run knows (:mod:`rerank_ray.run.model_card`).
 
 One process writes the export: the driver (on a cluster, the Ray job's entrypoint on the head
 node), after ``trainer.fit()`` returns. It builds the whole folder in a local scratch directory and
@@ -10,7 +10,7 @@ publishes it with :func:`rerank_ray.storage.publish_dir` (a rename on local/NFS 
 ``metrics.json`` uploaded last on object storage). Workers only write checkpoints.
 
 The checkpoint is chosen among the *complete* ones in the run folder (those whose completion
-marker lists files that are all there, :mod:`rerank_ray.checkpointing`). The model card and
+marker lists files that are all there, :mod:`rerank_ray.training.checkpointing`). The model card and
 ``metrics.json`` pass through :func:`rerank_ray.redaction.redact`, so no token or key that is set
 in the environment is written into them.
 """
@@ -20,25 +20,34 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rerank_ray import storage
-from rerank_ray.checkpointing import HISTORY_FILE, MODEL_DIR
-from rerank_ray.config import Config
-from rerank_ray.driver import TrainOutcome, run_dir, run_name, storage_root
-from rerank_ray.losses import integer_labels
-from rerank_ray.model_card import RunRecord, dataset_name, write_model_card
-from rerank_ray.plan import TrainPlan
+from rerank_ray.config import Config, integer_labels
+from rerank_ray.data.stream import PairSource
 from rerank_ray.redaction import redact, redact_obj
+from rerank_ray.resources import peak_rss_mib, process_start_unix
+from rerank_ray.run.model_card import RunRecord, dataset_name, write_model_card
+from rerank_ray.run.paths import run_dir, run_name, storage_root
+from rerank_ray.training import checkpointing
+from rerank_ray.training.checkpointing import CheckpointInfo
+from rerank_ray.training.plan import TrainPlan
 
 CARD_SAMPLE_ROWS = 1000
 
 
-def select_checkpoint(config: Config, plan: TrainPlan) -> tuple[Any, Any]:
-    """(chosen, latest) complete checkpoints: the best by headline metric, or the last one."""
-    from rerank_ray import checkpointing
+@dataclass
+class TrainOutcome:
+    run_dir: str
+    output_dir: str
+    metrics: dict[str, Any]
+    """What metrics.json holds."""
 
+
+def select_checkpoint(config: Config, plan: TrainPlan) -> tuple[CheckpointInfo, CheckpointInfo]:
+    """(chosen, latest) complete checkpoints: the best by headline metric, or the last one."""
     complete, incomplete = checkpointing.scan(storage_root(config), run_name(config))
     if not complete:
         why = f" ({len(incomplete)} incomplete: {next(iter(incomplete.values()))})" if incomplete else ""
@@ -51,7 +60,7 @@ def select_checkpoint(config: Config, plan: TrainPlan) -> tuple[Any, Any]:
     return latest, latest
 
 
-def _sample_rows(source: Any, limit: int, class_ids: bool) -> list[dict[str, Any]]:
+def _sample_rows(source: PairSource, limit: int, class_ids: bool) -> list[dict[str, Any]]:
     """The first rows, as the card shows them: class ids as integers (the row checks pass every
     label on as a float; the card's label statistics must read 0, 1, 2, not a float range)."""
     rows = source.dataset.limit(limit).take(limit)
@@ -124,8 +133,6 @@ def resource_summary(final_report: dict[str, Any], workers: int) -> dict[str, An
     """Peak memory of the driver and of every worker, the step thread's wait for data, and when
     the first training step ended: from the workers' last report (see ``Worker._resource_metrics``)
     and this process (the driver, which exports after training, so its peak covers the run)."""
-    from rerank_ray.resources import peak_rss_mib, process_start_unix
-
     first_step = final_report.get("first_step_unix")
     return {
         "driver_peak_rss_mib": peak_rss_mib(),
@@ -141,7 +148,11 @@ def resource_summary(final_report: dict[str, Any], workers: int) -> dict[str, An
 
 
 def export_run(
-    config: Config, plan: TrainPlan, result: Any, sources: dict[str, Any], search_summary: str | None = None
+    config: Config,
+    plan: TrainPlan,
+    result: Any,
+    sources: dict[str, PairSource | None],
+    search_summary: str | None = None,
 ) -> TrainOutcome:
     """``search_summary``: a markdown section appended to the model card (``rerank-ray tune``
     passes the summary of the search that picked this run)."""
@@ -150,8 +161,6 @@ def export_run(
     name = run_name(config)
     run_folder = run_dir(config, name)
     output_dir = storage.resolve(config.run.output_dir) if config.run.output_dir else storage.join(run_folder, "model")
-    from rerank_ray import checkpointing
-
     checkpoint, last = select_checkpoint(config, plan)
     metrics = checkpoint.metrics
     with tempfile.TemporaryDirectory(prefix="rerank-export-") as scratch:
@@ -159,16 +168,18 @@ def export_run(
         latest = (
             chosen if checkpoint.name == last.name else checkpointing.download(last, os.path.join(scratch, "latest"))
         )
-        history = json.loads(Path(latest, HISTORY_FILE).read_text())
+        history = checkpointing.read_history(latest)
         final_report = last.metrics
         train_seconds = float(final_report.get("train_seconds", 0.0))
         pairs_seen = float(final_report.get("pairs_seen", 0.0))
         step = int(metrics.get("step", checkpoint.step))
 
         model = CrossEncoder(
-            os.path.join(chosen, MODEL_DIR), trust_remote_code=config.model.trust_remote_code, device="cpu"
+            checkpointing.model_dir(chosen), trust_remote_code=config.model.trust_remote_code, device="cpu"
         )
-        evaluating = bool(plan.eval_rows and sources.get("eval") is not None)
+        train_source, eval_source = sources["train"], sources.get("eval")
+        assert train_source is not None
+        evaluating = bool(plan.eval_rows and eval_source is not None)
         class_ids = integer_labels(config.train.loss)
         record = RunRecord(
             config=config,
@@ -178,10 +189,10 @@ def export_run(
             step=step,
             train_seconds=train_seconds,
             pairs_seen=pairs_seen,
-            train_rows=_sample_rows(sources["train"], CARD_SAMPLE_ROWS, class_ids),
-            train_name=dataset_name(config, sources["train"]),
-            eval_rows=_sample_rows(sources["eval"], CARD_SAMPLE_ROWS, class_ids) if evaluating else [],
-            eval_name=dataset_name(config, sources["eval"], "eval") if evaluating else None,
+            train_rows=_sample_rows(train_source, CARD_SAMPLE_ROWS, class_ids),
+            train_name=dataset_name(config, train_source),
+            eval_rows=_sample_rows(eval_source, CARD_SAMPLE_ROWS, class_ids) if eval_source and evaluating else [],
+            eval_name=dataset_name(config, eval_source, "eval") if eval_source and evaluating else None,
         )
         # Written whole in a scratch folder, then published in one step (storage.publish_dir):
         # the driver is the only process that writes the export.

@@ -11,7 +11,7 @@ is not that trainer, so :func:`fill_card_data` fills them from what the run reco
 Appended after it: the framework versions gain Ray, and a "Distributed training (rerank-ray)"
 section says how many workers of which kind trained it, at how many pairs/s, and, for a model a
 hyperparameter search selected, what that search tried (the section ``rerank-ray tune`` writes,
-:func:`rerank_ray.search_report.summary_markdown`).
+:func:`rerank_ray.tune.report.summary_markdown`).
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from rerank_ray.config import Config
-from rerank_ray.evaluation import build_evaluator
-from rerank_ray.models import PACKAGE_PREFIX
-from rerank_ray.plan import TrainPlan
+from rerank_ray.data.stream import PairSource
+from rerank_ray.evaluation.metrics import build_evaluator
 from rerank_ray.redaction import redact
+from rerank_ray.training.losses import build_library_loss
+from rerank_ray.training.models import PACKAGE_PREFIX
+from rerank_ray.training.plan import TrainPlan
 
 DISTRIBUTED_HEADING = "## Distributed training (rerank-ray)"
 
@@ -106,11 +108,11 @@ def training_logs(history: list[dict[str, Any]], headline: str) -> list[dict[str
     return out
 
 
-def dataset_name(config: Config, source: Any, split: str = "train") -> str:
+def dataset_name(config: Config, source: PairSource, split: str = "train") -> str:
     """The name a split goes by in the card: ``data.name``, the source's own, or its folder."""
     if config.data.name:
         return config.data.name if split == "train" else f"{config.data.name} ({split})"
-    if getattr(source, "name", None):
+    if source.name:
         return source.name
     first = source.files[0].rstrip("/")
     return first.rsplit("/", 2)[-2] if "/" in first else first
@@ -120,8 +122,6 @@ def fill_card_data(model: Any, record: RunRecord) -> None:
     """Fill ``model.model_card_data`` the way sentence-transformers' trainer does."""
     import datasets
     import numpy as np
-
-    from rerank_ray.losses import build_library_loss
 
     config, plan = record.config, record.plan
     card = model.model_card_data

@@ -13,11 +13,13 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import pyarrow as pa
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -53,6 +55,8 @@ class Batch:
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    import torch
+
     tensor = torch.from_numpy(array)
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)

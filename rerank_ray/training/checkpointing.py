@@ -4,7 +4,7 @@ A checkpoint is a folder ``<storage_path>/<run>/checkpoint-<step>/`` with
 
 - ``model/``: the CrossEncoder (sentence-transformers' own save format);
 - ``training_state.pt``: optimizer, scheduler, grad scaler, loop state, every rank's RNG states;
-- ``data_position.npz``: the pairs already trained in the current epoch (:mod:`rerank_ray.position`);
+- ``data_position.npz``: the pairs already trained in the current epoch (:mod:`rerank_ray.data.position`);
 - ``history.json``: the logged losses and metrics so far;
 - ``checkpoint.json``: the completion marker, written last. It lists every other file with its size,
   plus the step and the metrics of that checkpoint.
@@ -19,7 +19,11 @@ other file is in storage. A folder without a marker, or whose files do not match
 incomplete and is never restored or exported (:func:`verify`). Object stores give read-after-write
 consistency, so a visible marker means the files it lists are visible too.
 
-Restore. Workers (and :class:`rerank_ray.position.RestOfEpoch`, which builds the rest of an
+This module owns that format: :func:`save` writes a checkpoint folder from what the loop hands
+over (model, optimizer, scheduler, grad scaler, :class:`LoopState`, RNG states, data position),
+:func:`load_state` reads it back; the worker never names a file of it.
+
+Restore. Workers (and :class:`RestOfEpoch`, which builds the rest of an
 interrupted epoch) restore from the newest *complete* checkpoint in the run folder
 (:func:`latest_complete`), found by listing storage, so both always agree, whether the run was
 restarted by Ray Train after a worker died or by ``--resume`` after the whole job stopped.
@@ -36,12 +40,22 @@ import json
 import os
 import random
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow.fs as pafs
 
-from rerank_ray.position import POSITION_FILE, DataPosition
+from rerank_ray import storage
+from rerank_ray.data.checks import REASONS
+from rerank_ray.data.position import POSITION_FILE, DataPosition
+from rerank_ray.data.stream import PairStream
+from rerank_ray.errors import DataError
+from rerank_ray.training import faults
+
+if TYPE_CHECKING:
+    import ray.data
 
 MARKER = "checkpoint.json"
 TOMBSTONE = "pruned.json"
@@ -59,8 +73,6 @@ def dir_name(step: int) -> str:
 def run_filesystem(storage_path: str, run_name: str) -> tuple[Any, str]:
     """(pyarrow filesystem, path of the run folder on it) for a local folder or a URI (whose
     query string may carry pyarrow options)."""
-    from rerank_ray import storage
-
     filesystem, path = storage.filesystem(storage.join(storage_path, run_name))
     return filesystem, path.rstrip("/")
 
@@ -104,19 +116,104 @@ def write_marker(folder: str, step: int, metrics: dict[str, Any]) -> dict[str, A
     return manifest
 
 
+@dataclass
+class LoopState:
+    """What a checkpoint must carry besides the weights to continue a run."""
+
+    global_step: int = 0
+    epoch: int = 0
+    batches_done_in_epoch: int = 0
+    pairs_seen: float = 0.0
+    train_seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    skipped_in_epoch: list[int] = field(default_factory=lambda: [0] * (len(REASONS) + 1))
+    """Bad training rows skipped so far in this epoch, all ranks, by reason code."""
+    skipped_train: dict[str, int] = field(default_factory=dict)
+    """Bad training rows skipped in the last complete epoch, by reason."""
+    skipped_eval: dict[str, int] = field(default_factory=dict)
+    """Bad eval rows skipped, by reason."""
+
+
+@dataclass
+class TrainingState:
+    """What :func:`load_state` reads back from a checkpoint folder, besides the model."""
+
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    scaler: dict[str, Any]
+    loop: LoopState
+    rng: list[dict[str, Any]]
+    """Every rank's RNG states, by rank."""
+    position: DataPosition
+
+
+def save(
+    folder: str,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    scaler: Any,
+    loop: LoopState,
+    rng: list[dict[str, Any]],
+    position: DataPosition,
+    metrics: dict[str, Any],
+) -> None:
+    """Write a checkpoint into the local ``folder``: the CrossEncoder (``model`` is one), the
+    optimizer, scheduler and grad scaler states, the loop state, every rank's RNG states, the data
+    position, the history, and last the marker that lists them all."""
+    import torch
+
+    model.save(os.path.join(folder, MODEL_DIR), create_model_card=False)
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "loop": asdict(loop),
+            "rng": rng,
+        },
+        os.path.join(folder, STATE_FILE),
+    )
+    Path(folder, POSITION_FILE).write_bytes(position.to_bytes())
+    Path(folder, HISTORY_FILE).write_text(json.dumps(loop.history, indent=1))
+    write_marker(folder, loop.global_step, metrics)  # last: it lists the files above
+
+
+def model_dir(folder: str) -> str:
+    """The CrossEncoder folder inside a checkpoint folder."""
+    return os.path.join(folder, MODEL_DIR)
+
+
+def load_state(folder: str) -> TrainingState:
+    """The training state of a checkpoint folder downloaded by :func:`download`."""
+    import torch
+
+    saved = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
+    return TrainingState(
+        optimizer=saved["optimizer"],
+        scheduler=saved["scheduler"],
+        scaler=saved["scaler"],
+        loop=LoopState(**saved["loop"]),
+        rng=saved.get("rng") or [],
+        position=DataPosition.from_bytes(Path(folder, POSITION_FILE).read_bytes()),
+    )
+
+
+def read_history(folder: str) -> list[dict[str, Any]]:
+    """The history a checkpoint folder recorded (losses and metrics, step by step)."""
+    return json.loads(Path(folder, HISTORY_FILE).read_text())
+
+
 def upload(checkpoint: Any, checkpoint_dir_name: str) -> Any:
     """Ray Train's ``checkpoint_upload_fn``: copy the checkpoint into the run folder, marker last.
 
     Runs in the worker that reported the checkpoint (rank 0), inside ``ray.train.report``.
     """
-    import pyarrow.fs as pafs
     import ray.train
 
-    from rerank_ray import faults
-
-    storage = ray.train.get_context().get_storage()
-    filesystem = storage.storage_filesystem
-    destination = storage.build_checkpoint_path_from_name(checkpoint_dir_name)
+    train_storage = ray.train.get_context().get_storage()
+    filesystem = train_storage.storage_filesystem
+    destination = train_storage.build_checkpoint_path_from_name(checkpoint_dir_name)
     local = checkpoint.path
     # A folder of this name holds what an earlier attempt left (a partial upload, or a tombstone);
     # nothing restores from it (a complete one would have been restored from), so replace it.
@@ -156,8 +253,6 @@ def _step_of(name: str) -> int:
 def verify(filesystem: Any, path: str) -> CheckpointInfo | str:
     """The checkpoint at ``path`` if its marker is there and every file it lists has its size;
     otherwise the reason it is incomplete."""
-    import pyarrow.fs as pafs
-
     try:
         with filesystem.open_input_stream(f"{path}/{MARKER}") as f:
             manifest = json.loads(f.read().decode("utf-8"))
@@ -180,8 +275,6 @@ def verify(filesystem: Any, path: str) -> CheckpointInfo | str:
 
 def scan(storage_path: str, run_name: str) -> tuple[list[CheckpointInfo], dict[str, str]]:
     """(complete checkpoints by step, {incomplete folder: why}) of a run; tombstones are left out."""
-    import pyarrow.fs as pafs
-
     filesystem, run_path = run_filesystem(storage_path, run_name)
     try:
         entries = filesystem.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
@@ -216,8 +309,6 @@ def read_position(info: CheckpointInfo) -> DataPosition | None:
 
 
 def download(info: CheckpointInfo, local: str) -> str:
-    import pyarrow.fs as pafs
-
     pafs.copy_files(info.path, local, source_filesystem=info.filesystem, destination_filesystem=pafs.LocalFileSystem())
     return local
 
@@ -287,3 +378,36 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The rest of an interrupted epoch
+
+
+@dataclass
+class RestOfEpoch:
+    """``TorchTrainer(datasets={"train_rest": RestOfEpoch(...)})``: called by Ray Train in its
+    controller every time a worker group starts. It finds the checkpoint the workers will restore
+    (the newest complete one in the run folder, :func:`latest_complete`,
+    the same call the workers make) and returns the rows that checkpoint's epoch has not trained.
+    Without a checkpoint in the middle of an epoch it returns the full stream, which no worker
+    then reads."""
+
+    stream: PairStream
+    """How to read, check, tokenize and pad the training split."""
+    storage_path: str
+    run_name: str
+
+    def __call__(self) -> ray.data.Dataset:
+        point = latest_complete(self.storage_path, self.run_name)
+        position = read_position(point) if point is not None else None
+        if position is None or position.trained_rows == 0:
+            return self.stream.build()[0]
+        if position.files_digest != self.stream.files_digest or position.train_rows != self.stream.num_rows:
+            raise DataError(
+                f"data.train changed since {point.name} was written ({self.stream.num_rows} rows in "
+                f"{len(self.stream.files)} files now, {position.train_rows} then): a run resumes only on "
+                "the same files. Restore the files, or start a new run (another run.name)"
+            )
+        dataset, _ = self.stream.build(exclude=position.trained)
+        return dataset

@@ -4,7 +4,7 @@ only) how to make a worker die for real at a chosen moment.
 Ray Train retries every worker-group failure up to ``run.max_failures`` times, restoring the
 newest complete checkpoint. A dead worker or a lost node is worth a retry; bad input, a config
 error or an out-of-memory step is not, since it fails the same way again after minutes of
-restarting. :class:`StopRetryingInputErrors` (a ``ray.train.UserCallback``, called in Ray Train's
+restarting (:data:`rerank_ray.errors.CLEAR_ERRORS`). :class:`StopRetryingInputErrors` (a ``ray.train.UserCallback``, called in Ray Train's
 controller after a worker raised) ends the run at the first such error instead.
 """
 
@@ -18,59 +18,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from rerank_ray.errors import OutOfMemory, StopRetrying, clear_error
+
 #: Test hook: JSON naming faults to inject (see :func:`fire`). Read by the driver only and passed
 #: to the workers in the loop config, so it needs no cluster-wide environment.
 FAULTS_ENV = "RERANK_RAY_TEST_FAULTS"
-
-
-class OutOfMemory(RuntimeError):
-    """A step ran out of accelerator memory; the message names the batch size and the fix."""
-
-
-class StopRetrying(RuntimeError):
-    """Raised in Ray Train's controller to end a run whose failure a retry cannot cure."""
-
-    def __init__(self, message: str, cause: BaseException | None = None):
-        super().__init__(message)
-        self.cause = cause
-
-    def __reduce__(self):  # keep .cause when Ray pickles the error to the driver
-        return (type(self), (str(self), self.cause))
-
-
-def _clear_error_types() -> tuple[type, ...]:
-    from rerank_ray.config import ConfigError
-    from rerank_ray.validation import DataError
-
-    return (ConfigError, DataError, OutOfMemory)
-
-
-def input_error(err: BaseException | None) -> BaseException | None:
-    """The ConfigError / DataError / OutOfMemory behind ``err``, however deep Ray wrapped it.
-
-    The innermost one wins: Ray re-raises a task's DataError as ``RayTaskError(DataError)``, an
-    instance of both whose message is a remote traceback; the original holds the clean message."""
-    wanted = _clear_error_types()
-    seen = set()
-    stack = [err]
-    found = None
-    while stack:
-        current = stack.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, wanted):
-            found = current
-        stack.extend([current.__cause__, current.__context__])
-        # Ray Train keeps per-worker errors in a dict and a controller's in .controller_failure;
-        # Ray tasks keep the original as .cause.
-        for attr in ("cause", "worker_failures", "_worker_failures", "controller_failure", "_base_exc"):
-            inner = getattr(current, attr, None)
-            if isinstance(inner, dict):
-                stack.extend(v for v in inner.values() if isinstance(v, BaseException))
-            elif isinstance(inner, BaseException):
-                stack.append(inner)
-    return found
 
 
 def _make_stop_callback():
@@ -81,7 +33,7 @@ def _make_stop_callback():
 
         def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
             for rank, error in sorted(worker_exceptions.items()):
-                cause = input_error(error)
+                cause = clear_error(error)
                 if cause is not None:
                     raise StopRetrying(f"rank {rank}: {cause} (not retried: it would fail the same way)", cause)
 

@@ -12,53 +12,17 @@ with ``reduction="none"``; a test checks that it equals the library's loss on th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-#: Pointwise losses we support, with the label kind each expects and the head size it needs.
-POINTWISE_LOSSES = {
-    "BinaryCrossEntropyLoss": {"labels": "float in [0, 1]", "num_labels": "one"},
-    "MSELoss": {"labels": "float", "num_labels": "one"},
-    "CrossEntropyLoss": {"labels": "integer class id", "num_labels": "several"},
-}
-
-
-def integer_labels(loss_name: str) -> bool:
-    """Whether the loss takes class ids (kept as integers from the file to the loss)."""
-    return POINTWISE_LOSSES[loss_name]["labels"] == "integer class id"
-
-
-def check_loss_fits(loss_name: str, num_labels: int, eval_kind: str, loss_kwargs: dict[str, Any]) -> None:
-    """Raise a ConfigError when the loss cannot train this head or feed this evaluator."""
-    from rerank_ray.config import ConfigError
-
-    if loss_name not in POINTWISE_LOSSES:
-        raise ConfigError(
-            f"train.loss {loss_name!r} is not supported: choose one of {', '.join(POINTWISE_LOSSES)} "
-            "(pointwise sentence-transformers cross-encoder losses)"
-        )
-    wants_several = POINTWISE_LOSSES[loss_name]["num_labels"] == "several"
-    if wants_several and num_labels < 2:
-        raise ConfigError(f"train.loss {loss_name} needs model.num_labels >= 2 (one logit per class)")
-    if not wants_several and num_labels != 1:
-        raise ConfigError(f"train.loss {loss_name} needs model.num_labels = 1, got {num_labels}")
-    if eval_kind == "classification" and num_labels < 2:
-        raise ConfigError("eval.kind classification needs model.num_labels >= 2 and train.loss CrossEntropyLoss")
-    if eval_kind != "classification" and num_labels > 1:
-        raise ConfigError(f"eval.kind {eval_kind} scores pairs with one logit; set eval.kind classification")
-    allowed = {"BinaryCrossEntropyLoss": {"pos_weight"}, "MSELoss": set(), "CrossEntropyLoss": set()}[loss_name]
-    extra = set(loss_kwargs) - allowed
-    if extra:
-        raise ConfigError(
-            f"train.loss_kwargs has {sorted(extra)}, which {loss_name} does not take here"
-            + (f"; it takes {sorted(allowed)}" if allowed else "")
-        )
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 def build_library_loss(model: Any, loss_name: str, loss_kwargs: dict[str, Any]) -> nn.Module:
-    """The sentence-transformers loss object, for its parameters and the model card."""
+    """The sentence-transformers loss object, for its parameters and the model card. The names
+    and keyword arguments it takes are checked on load (:data:`rerank_ray.config.POINTWISE_LOSSES`)."""
+    import torch
     from sentence_transformers.cross_encoder import losses
 
     kwargs = dict(loss_kwargs)
@@ -78,6 +42,8 @@ class PointwiseLoss:
 
     @classmethod
     def from_library(cls, library_loss: nn.Module) -> PointwiseLoss:
+        from torch import nn
+
         name = type(library_loss).__name__
         if name == "BinaryCrossEntropyLoss":
             pos_weight = library_loss.pos_weight

@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from rerank_ray.config import ConfigError, ModelConfig
+from rerank_ray.config import ModelConfig
+from rerank_ray.errors import ConfigError
 
 PACKAGE_PREFIX = "pkg:"
 

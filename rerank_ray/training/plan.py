@@ -35,7 +35,7 @@ class TrainPlan:
     audit_dir: str | None = None
     """Folder for the per-rank audit files (``run.audit``)."""
     train_files_digest: str = ""
-    """Identifies the training file list (row keys index into it; see :mod:`rerank_ray.position`)."""
+    """Identifies the training file list (row keys index into it; see :mod:`rerank_ray.data.position`)."""
 
     @classmethod
     def build(

@@ -10,8 +10,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def _clock(seconds: float) -> str:
@@ -70,6 +72,8 @@ class ProgressLine:
 
     def flush(self, all_reduce: Callable[[torch.Tensor], torch.Tensor], lr: float, epoch: float) -> dict | None:
         """Print the line for the steps since the last one; return its figures (all ranks)."""
+        import torch
+
         if self._interval_steps == 0:
             return None
         device = self._loss_sum.device if isinstance(self._loss_sum, torch.Tensor) else torch.device("cpu")

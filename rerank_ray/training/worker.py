@@ -1,7 +1,7 @@
 """The per-worker training loop: model, shard iterator, step, evaluation, reporting.
 
 Runs inside every Ray Train worker. The driver hands it the config as a plain dict and the
-:class:`~rerank_ray.plan.TrainPlan`; everything else (model, optimizer, batches) is built here.
+:class:`~rerank_ray.training.plan.TrainPlan`; everything else (model, optimizer, batches) is built here.
 
 Why a loop of our own rather than sentence-transformers' CrossEncoderTrainer: that trainer wants
 a map-style HF dataset (a Ray shard turned into one is sharded again by accelerate, silently
@@ -9,9 +9,9 @@ skipping half the data), tokenizes on the training thread, and turns on DDP's
 ``find_unused_parameters`` for a CrossEncoder. Here the model, the loss's criterion, the
 evaluators and the checkpoint format are the library's; only the loop is ours.
 
-Faults: a checkpoint (:mod:`rerank_ray.checkpointing`) holds the weights, the optimizer,
+Faults: a checkpoint (:mod:`rerank_ray.training.checkpointing`, which owns its format) holds the weights, the optimizer,
 scheduler and grad scaler, every rank's RNG states and the position in the data (the keys of the
-pairs trained so far in the epoch, :mod:`rerank_ray.position`). A worker group that Ray Train
+pairs trained so far in the epoch, :mod:`rerank_ray.data.position`). A worker group that Ray Train
 restarts after a worker died, or a run continued with ``--resume``, restores the newest complete
 checkpoint and trains the rest of the interrupted epoch from the ``train_rest`` dataset: exactly
 the pairs that epoch had not trained yet.
@@ -22,34 +22,35 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import random
 import shutil
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.distributed as dist
 
-from rerank_ray import checkpointing, faults
-from rerank_ray.batching import Batch, Collator, iter_batches, prefetch
-from rerank_ray.checkpointing import HISTORY_FILE, MODEL_DIR, STATE_FILE
 from rerank_ray.config import Config
-from rerank_ray.evaluation import compute_metrics
-from rerank_ray.losses import PointwiseLoss, build_library_loss
-from rerank_ray.models import load_cross_encoder, load_tokenizer
-from rerank_ray.plan import TrainPlan
-from rerank_ray.position import POSITION_FILE, DataPosition, TrainedRows, merge_ranges, partial_epoch_batches
-from rerank_ray.progress import ProgressLine, quiet_libraries
+from rerank_ray.data.checks import REASONS, describe_tally, tally, tally_dict
+from rerank_ray.data.position import DataPosition, TrainedRows, merge_ranges, partial_epoch_batches
+from rerank_ray.evaluation.metrics import compute_metrics
 from rerank_ray.resources import peak_rss_mib, process_start_unix, rss_parts_mib
-from rerank_ray.validation import REASONS, describe_tally, tally, tally_dict
+from rerank_ray.training import checkpointing, faults
+from rerank_ray.training.batching import Batch, Collator, iter_batches, prefetch
+from rerank_ray.training.checkpointing import CheckpointInfo, LoopState
+from rerank_ray.training.losses import PointwiseLoss, build_library_loss
+from rerank_ray.training.models import load_cross_encoder, load_tokenizer
+from rerank_ray.training.plan import TrainPlan
+from rerank_ray.training.progress import ProgressLine, quiet_libraries
 
-__all__ = ["HISTORY_FILE", "MODEL_DIR", "STATE_FILE", "Worker", "train_loop_per_worker"]
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported in each method that uses it, not here: the driver, and so the command line,
+# import this module, and torch takes seconds to import (the workers have it loaded already).
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -63,27 +64,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     Worker(config, plan).run()
 
 
-@dataclass
-class LoopState:
-    """What a checkpoint must carry besides the weights to continue a run."""
-
-    global_step: int = 0
-    epoch: int = 0
-    batches_done_in_epoch: int = 0
-    pairs_seen: float = 0.0
-    train_seconds: float = 0.0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    skipped_in_epoch: list[int] = field(default_factory=lambda: [0] * (len(REASONS) + 1))
-    """Bad training rows skipped so far in this epoch, all ranks, by reason code."""
-    skipped_train: dict[str, int] = field(default_factory=dict)
-    """Bad training rows skipped in the last complete epoch, by reason."""
-    skipped_eval: dict[str, int] = field(default_factory=dict)
-    """Bad eval rows skipped, by reason."""
-
-
 class Worker:
     def __init__(self, config: Config, plan: TrainPlan):
         import ray.train
+        import torch
+        import torch.distributed as dist
 
         self.config = config
         self.plan = plan
@@ -123,6 +108,8 @@ class Worker:
 
     # ------------------------------------------------------------------ setup
     def _autocast_dtype(self) -> torch.dtype | None:
+        import torch
+
         precision = self.config.train.precision
         if precision == "fp32":
             return None
@@ -132,9 +119,10 @@ class Worker:
             return None
         return torch.float16 if precision == "fp16" else torch.bfloat16
 
-    def _build(self, point) -> None:
+    def _build(self, point: CheckpointInfo | None) -> None:
         import ray.train
         import ray.train.torch
+        import torch
         from transformers import Trainer, get_scheduler
 
         train = self.config.train
@@ -152,7 +140,7 @@ class Worker:
                     f"(Ray Train's latest registered one is {ray_latest.path.rstrip('/').rsplit('/', 1)[-1]})",
                     flush=True,
                 )
-        restored_model = os.path.join(restored_dir, MODEL_DIR) if restored_dir else None
+        restored_model = checkpointing.model_dir(restored_dir) if restored_dir else None
         self.model = load_cross_encoder(self.config.model, self.plan.max_length, path=restored_model)
         self.library_loss = build_library_loss(self.model, train.loss, train.loss_kwargs)
         self.loss = PointwiseLoss.from_library(self.library_loss).to(self.device)
@@ -204,15 +192,14 @@ class Worker:
             shutil.rmtree(restored_dir, ignore_errors=True)  # everything is loaded in memory now
 
     def _restore(self, folder: str) -> None:
-        saved = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        self.scaler.load_state_dict(saved["scaler"])
-        self.state = LoopState(**saved["loop"])
-        rng = saved.get("rng") or []
-        if self.rank < len(rng):
-            checkpointing.set_rng_state(rng[self.rank])  # dropout continues where this rank left it
-        position = DataPosition.from_bytes(Path(folder, POSITION_FILE).read_bytes())
+        saved = checkpointing.load_state(folder)
+        self.optimizer.load_state_dict(saved.optimizer)
+        self.scheduler.load_state_dict(saved.scheduler)
+        self.scaler.load_state_dict(saved.scaler)
+        self.state = saved.loop
+        if self.rank < len(saved.rng):
+            checkpointing.set_rng_state(saved.rng[self.rank])  # dropout continues where this rank left it
+        position = saved.position
         if position.epoch == self.state.epoch and self.state.batches_done_in_epoch:
             self.restored_ranges = position.trained
             # The tally is global: one rank carries it, the epoch's all-reduce adds the rest.
@@ -282,7 +269,7 @@ class Worker:
         """This worker's padded batches of one epoch, prepared ahead by a background thread.
 
         After a restore in the middle of an epoch the batches come from ``train_rest``: the pairs
-        that epoch had not trained (see :mod:`rerank_ray.position`)."""
+        that epoch had not trained (see :mod:`rerank_ray.data.position`)."""
         import ray.train
 
         config = self.config
@@ -328,6 +315,8 @@ class Worker:
 
     def _finish_epoch(self) -> None:
         """Count the epoch's skipped rows over all ranks, log them, and start the next epoch."""
+        import torch
+
         counts = self._all_reduce_sum(torch.tensor(self.epoch_skips + self.restored_skips, dtype=torch.float64))
         skipped = tally_dict(counts.long().tolist())
         self.state.skipped_train = skipped
@@ -349,6 +338,8 @@ class Worker:
 
     def train_step(self, micro_batches: list[Batch]) -> None:
         """One optimizer step over this worker's micro-batches, gradients averaged over all pairs."""
+        import torch
+
         self.ddp_model.train()
         local_pairs = sum(b.num_pairs for b in micro_batches)
         # The loss is the mean over every real pair of the global step, whatever worker holds it
@@ -392,6 +383,9 @@ class Worker:
         on one worker; else a tensor all-reduced on the device, copied there from pinned memory
         (``torch.tensor(x, device="cuda")`` copies from pageable memory, which makes the host
         wait for every kernel queued so far, once per step)."""
+        import torch
+        import torch.distributed as dist
+
         if self.world_size == 1:
             return float(local_pairs)
         count = torch.tensor(local_pairs, dtype=torch.float32)
@@ -408,21 +402,32 @@ class Worker:
             self.epoch_skips += tally(batch.skip)
 
     def _autocast(self):
+        import torch
+
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
         if self.world_size > 1:
             dist.all_reduce(tensor)
         return tensor
 
     # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Score this worker's eval shard, gather the scores (with labels and query ids: a few
         bytes a pair) on rank 0, compute the metrics once with the library's evaluator, and share
         them with every rank."""
+        import torch
+
+        with torch.no_grad():
+            return self._evaluate()
+
+    def _evaluate(self) -> dict[str, float]:
+        import torch.distributed as dist
+
         self.ddp_model.eval()
         self.progress.pause()
         started = time.perf_counter()
@@ -550,7 +555,7 @@ class Worker:
                 report,
                 checkpoint=ray_checkpoint,
                 checkpoint_dir_name=checkpointing.dir_name(self.state.global_step),
-                # Our upload writes the completion marker last (see rerank_ray.checkpointing).
+                # Our upload writes the completion marker last (see rerank_ray.training.checkpointing).
                 checkpoint_upload_fn=checkpointing.upload,
             )
         if self.rank == 0:
@@ -566,6 +571,8 @@ class Worker:
         wait for data: measured here so benchmarks read them from metrics.json rather than guess.
 
         A collective (every rank reports at the same steps): Ray Train keeps rank 0's metrics."""
+        import torch
+
         started = process_start_unix()
         parts = rss_parts_mib()
         mine = [
@@ -590,6 +597,9 @@ class Worker:
     def _gather_for_checkpoint(self) -> dict[str, Any]:
         """What only all ranks together know: the pairs trained this epoch, the skipped-row
         tally, and every rank's RNG states."""
+        import torch
+        import torch.distributed as dist
+
         ranges = self.trained.ranges()
         rng = checkpointing.rng_state()
         gathered = [(ranges, rng)]
@@ -604,20 +614,11 @@ class Worker:
         }
 
     def _save_checkpoint(self, folder: str, shared: dict[str, Any], report: dict[str, Any]) -> None:
-        self.model.save(os.path.join(folder, MODEL_DIR), create_model_card=False)
-        state = LoopState(**{**self.state.__dict__})
-        state.pairs_seen = self.progress.pairs_total
-        state.train_seconds = self.progress.train_seconds
-        state.skipped_in_epoch = shared["skipped_in_epoch"]
-        torch.save(
-            {
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "loop": state.__dict__,
-                "rng": shared["rng"],
-            },
-            os.path.join(folder, STATE_FILE),
+        loop = replace(
+            self.state,
+            pairs_seen=self.progress.pairs_total,
+            train_seconds=self.progress.train_seconds,
+            skipped_in_epoch=shared["skipped_in_epoch"],
         )
         position = DataPosition(
             epoch=self.state.epoch,
@@ -625,9 +626,9 @@ class Worker:
             files_digest=self.plan.train_files_digest,
             train_rows=self.plan.train_rows,
         )
-        Path(folder, POSITION_FILE).write_bytes(position.to_bytes())
-        Path(folder, HISTORY_FILE).write_text(json.dumps(self.state.history, indent=1))
-        checkpointing.write_marker(folder, self.state.global_step, report)  # last: it lists the files above
+        checkpointing.save(
+            folder, self.model, self.optimizer, self.scheduler, self.scaler, loop, shared["rng"], position, report
+        )
 
     def _audit(self, record: dict[str, Any]) -> None:
         if not self.plan.audit_dir:
@@ -658,6 +659,9 @@ class Worker:
         Each rank reduces every parameter tensor to (sum, sum of squares) on its device; the
         vectors are all-gathered and must match exactly. Cheap enough for every checkpoint.
         """
+        import torch
+        import torch.distributed as dist
+
         with torch.no_grad():
             fingerprint = torch.stack(
                 [torch.stack([p.double().sum(), p.double().square().sum()]) for p in self.model.parameters()]
@@ -680,6 +684,8 @@ def _concat(parts: list[np.ndarray]) -> np.ndarray:
 
 
 def _seed_everything(seed: int) -> None:
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

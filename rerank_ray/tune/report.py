@@ -10,17 +10,62 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rerank_ray import storage
 from rerank_ray.config import Config
-from rerank_ray.search_space import Dimension, flatten_params
+from rerank_ray.errors import root_cause
+from rerank_ray.run.driver import inspect_data, prepare_datasets
+from rerank_ray.run.export import TrainOutcome, export_run
+from rerank_ray.run.paths import storage_root
+from rerank_ray.training.models import load_tokenizer
+from rerank_ray.tune.space import Dimension, flatten_params, trial_config
 
 #: Trial states in the table. "stopped early": the scheduler (ASHA) ended it before its last step.
 COMPLETED, STOPPED, FAILED, UNFINISHED = "completed", "stopped early", "failed", "unfinished"
 ERROR_CHARS = 300
+#: Tune's experiment folder inside the search folder.
+TUNE_DIR = "tune"
+TRIALS_DIR = "trials"
+
+
+@dataclass
+class SearchPaths:
+    root: str
+    """``<storage_path>/<run.name>``: the search folder."""
+    tune: str
+    """Tune's experiment folder, what ``--resume`` restores."""
+    trials: str
+    """Storage path of the trials' Ray Train runs (one run per trial, named by trial id)."""
+    output: str
+    """Where the best trial's model is exported."""
+
+    @classmethod
+    def of(cls, config: Config) -> SearchPaths:
+        # storage.join keeps a URI's query (its pyarrow options) at the end of every path.
+        root = storage.join(storage_root(config), str(config.run.name))
+        return cls(
+            root=root,
+            tune=storage.join(root, TUNE_DIR),
+            trials=storage.join(root, TRIALS_DIR),
+            output=config.run.output_dir or storage.join(root, "model"),
+        )
+
+
+@dataclass
+class SearchOutcome:
+    paths: SearchPaths
+    rows: list[dict[str, Any]]
+    """One per trial, as in ``trials.csv`` (plus each trial's metric history)."""
+    best: dict[str, Any] | None
+    """The row of the exported trial; None when no trial produced a checkpoint."""
+    summary: dict[str, Any]
+    """What ``search_summary.json`` holds."""
+    interrupted: bool = False
+    """Some trials did not finish (the search was stopped): nothing was exported."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -32,28 +77,10 @@ def _error_text(trial: Any) -> str:
     error = trial.get_pickled_error() or trial.get_error()
     if error is None:
         return ""
-    root = _root_cause(error)
+    root = root_cause(error)
     text = f"{type(root).__name__}: {root}" if root is not error else str(error)
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return (lines[-1] if lines else type(root).__name__)[:ERROR_CHARS]
-
-
-def _root_cause(error: BaseException) -> BaseException:
-    """The innermost exception under Ray's wrappers (task errors keep it as ``.cause``; Ray Train
-    keeps each worker's in ``worker_failures``)."""
-    seen = set()
-    current = error
-    while id(current) not in seen:
-        seen.add(id(current))
-        inner = getattr(current, "cause", None)
-        failures = getattr(current, "worker_failures", None)
-        if isinstance(failures, dict) and failures:
-            inner = next(iter(failures.values()))
-        inner = inner if isinstance(inner, BaseException) else current.__cause__
-        if inner is None:
-            break
-        current = inner
-    return current
 
 
 def _history(frame: Any, headline: str) -> list[tuple[int, float]]:
@@ -308,36 +335,30 @@ def summary_markdown(summary: dict[str, Any], dims: list[Dimension]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export_best(config: Config, paths: Any, best: dict[str, Any], markdown: str) -> Any:
+def export_best(config: Config, paths: SearchPaths, best: dict[str, Any], markdown: str) -> TrainOutcome:
     """Export the best trial's chosen checkpoint, exactly as ``rerank-ray train`` exports a run."""
     import ray.train
-
-    from rerank_ray.driver import inspect_data, prepare_datasets
-    from rerank_ray.export import export_run
-    from rerank_ray.models import load_tokenizer
-    from rerank_ray.tune import trial_config
 
     trial = trial_config(config.to_dict(), best["params"], best["trial_id"], paths.trials)
     trial.run.output_dir = paths.output
     tokenizer = load_tokenizer(trial.model)
     _, plan, sources = prepare_datasets(trial, tokenizer, inspect_data(trial))
-    result = ray.train.Result.from_path(os.path.join(paths.trials, best["trial_id"]))
+    result = ray.train.Result.from_path(storage.join(paths.trials, best["trial_id"]))
     return export_run(trial, plan, result, sources, search_summary=markdown)
 
 
-def report_search(config: Config, dims: list[Dimension], paths: Any, rows: list[dict[str, Any]]) -> Any:
+def report_search(
+    config: Config, dims: list[Dimension], paths: SearchPaths, rows: list[dict[str, Any]]
+) -> SearchOutcome:
     """Print the table, write ``trials.csv``, ``search.png`` and ``search_summary.json`` into the
     search folder, and export the best trial's model."""
-    from rerank_ray.storage import upload_files
-    from rerank_ray.tune import SearchOutcome
-
     unfinished = [r["trial_id"] for r in rows if r["status"] == UNFINISHED]
     # An interrupted search (Ctrl-C) exports nothing: its best may change when it is resumed.
     best = None if unfinished else pick_best(rows)
     summary = search_summary(config, dims, rows, best)
     headline = config.headline_metric
     print(format_table(rows, config, dims, best["trial_id"] if best else None), flush=True)
-    remote = "://" in paths.root
+    remote = storage.is_uri(paths.root)
     with tempfile.TemporaryDirectory(prefix="rerank-search-") as scratch:
         folder = Path(scratch if remote else paths.root)
         folder.mkdir(parents=True, exist_ok=True)
@@ -362,6 +383,10 @@ def report_search(config: Config, dims: list[Dimension], paths: Any, rows: list[
         summary["search_dir"] = paths.root
         (folder / "search_summary.json").write_text(json.dumps(summary, indent=2, default=str))
         if remote:
-            upload_files(str(folder), paths.root)
-    print(f"[rerank-ray] trials table: {paths.root}/trials.csv; plot: {paths.root}/search.png", flush=True)
+            storage.upload_files(str(folder), paths.root)
+    print(
+        f"[rerank-ray] trials table: {storage.join(paths.root, 'trials.csv')}; "
+        f"plot: {storage.join(paths.root, 'search.png')}",
+        flush=True,
+    )
     return SearchOutcome(paths=paths, rows=rows, best=best, summary=summary, interrupted=bool(unfinished))

@@ -22,102 +22,54 @@ A search lives in ``<run.storage_path>/<run.name>/``::
 from __future__ import annotations
 
 import math
-import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from ray.tune.integration.ray_train import TuneReportCallback
-
-from rerank_ray.config import Config, ConfigError
-from rerank_ray.driver import (
-    DATA_CPUS,
-    build_trainer,
-    check_resume,
-    inspect_data,
-    prepare_datasets,
-    quiet_ray_data,
-    storage_root,
-    worker_resources,
-)
-from rerank_ray.models import load_tokenizer
-from rerank_ray.search_space import (
+from rerank_ray.config import Config
+from rerank_ray.errors import ConfigError
+from rerank_ray.run.cluster import DATA_CPUS, ensure_ray, quiet_ray_data, worker_resources
+from rerank_ray.run.driver import build_trainer, inspect_data, prepare_datasets
+from rerank_ray.run.paths import check_resume
+from rerank_ray.training.models import load_tokenizer
+from rerank_ray.training.progress import quiet_libraries
+from rerank_ray.tune.report import TUNE_DIR, SearchOutcome, SearchPaths, collect_trials, report_search
+from rerank_ray.tune.space import (
     Dimension,
-    apply_params,
+    check_tune,
     check_values,
     flatten_params,
     grid_size,
     max_value,
-    parse_space,
     to_param_space,
+    trial_config,
 )
 
 #: CPUs Tune reserves for each trial's own process, which builds the datasets and waits on the
 #: TorchTrainer. The workers' CPUs are reserved by Ray Train's own placement group, not by Tune,
 #: so this stays small (Tune refuses a trial that reserves nothing).
 TRIAL_DRIVER_CPUS = 0.5
-#: Tune's experiment folder inside the search folder.
-TUNE_DIR = "tune"
-TRIALS_DIR = "trials"
-
-
-@dataclass
-class SearchPaths:
-    root: str
-    """``<storage_path>/<run.name>``: the search folder."""
-    tune: str
-    """Tune's experiment folder, what ``--resume`` restores."""
-    trials: str
-    """Storage path of the trials' Ray Train runs (one run per trial, named by trial id)."""
-    output: str
-    """Where the best trial's model is exported."""
-
-    @classmethod
-    def of(cls, config: Config) -> SearchPaths:
-        root = os.path.join(storage_root(config), str(config.run.name))
-        return cls(
-            root=root,
-            tune=os.path.join(root, TUNE_DIR),
-            trials=os.path.join(root, TRIALS_DIR),
-            output=config.run.output_dir or os.path.join(root, "model"),
-        )
-
-
-@dataclass
-class SearchOutcome:
-    paths: SearchPaths
-    rows: list[dict[str, Any]]
-    """One per trial, as in ``trials.csv`` (plus each trial's metric history)."""
-    best: dict[str, Any] | None
-    """The row of the exported trial; None when no trial produced a checkpoint."""
-    summary: dict[str, Any]
-    """What ``search_summary.json`` holds."""
-    interrupted: bool = False
-    """Some trials did not finish (the search was stopped): nothing was exported."""
 
 
 # --------------------------------------------------------------------------------------------
 # The trial: runs in a Tune trial actor
 
 
-def trial_config(base: dict[str, Any], params: dict[str, Any], trial_id: str, trials_dir: str) -> Config:
-    """The base config with the trial's values (dotted keys), as a Train run named by the trial id."""
-    raw = apply_params(base, params)
-    raw["run"].update(name=trial_id, storage_path=trials_dir, output_dir=None)
-    return Config.from_dict(raw)
-
-
-class PlanReport(TuneReportCallback):
+def plan_report(total_steps: int) -> Any:
     """Ray Train's bridge to Tune (runs in the Train controller), adding the trial's planned steps
-    to every report, so the table tells a trial the scheduler stopped from one that ran to its end."""
+    to every report, so the table tells a trial the scheduler stopped from one that ran to its end.
+    (Defined on call: Ray Tune's import costs the command line seconds at start-up.)"""
+    from ray.tune.integration.ray_train import TuneReportCallback
 
-    def __init__(self, total_steps: int):
-        super().__init__()
-        self.total_steps = total_steps
+    class PlanReport(TuneReportCallback):
+        def __init__(self, total_steps: int):
+            super().__init__()
+            self.total_steps = total_steps
 
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        first = {**metrics[0], "total_steps": self.total_steps}
-        super().after_report(run_context, [first, *metrics[1:]], checkpoint)
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            first = {**metrics[0], "total_steps": self.total_steps}
+            super().after_report(run_context, [first, *metrics[1:]], checkpoint)
+
+    return PlanReport(total_steps)
 
 
 def run_trial(params: dict[str, Any], base: dict[str, Any], trials_dir: str) -> None:
@@ -129,8 +81,6 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], trials_dir: str) -> 
     """
     from ray import tune
 
-    from rerank_ray.progress import quiet_libraries
-
     quiet_libraries()
     trial_id = tune.get_context().get_trial_id()
     config = trial_config(base, flatten_params(params), trial_id, trials_dir)
@@ -138,7 +88,7 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], trials_dir: str) -> 
     tokenizer = load_tokenizer(config.model)
     quiet_ray_data()
     datasets, plan, _ = prepare_datasets(config, tokenizer, splits)
-    trainer = build_trainer(config, plan, datasets, trial_id, callbacks=[PlanReport(plan.total_steps)])
+    trainer = build_trainer(config, plan, datasets, trial_id, callbacks=[plan_report(plan.total_steps)])
     trainer.fit()
 
 
@@ -290,16 +240,12 @@ def run_search(config: Config) -> SearchOutcome:
     import ray
     from ray import tune as ray_tune
 
-    from rerank_ray.driver import ensure_ray
-    from rerank_ray.progress import quiet_libraries
-    from rerank_ray.search_report import collect_trials, report_search
-
     quiet_libraries()
     config.run.name = config.run.name or time.strftime("tune-%Y%m%d-%H%M%S")
     # Everything that can be checked without Ray is checked first: bad input fails in seconds.
     if not config.data.eval:
         raise ConfigError("rerank-ray tune compares trials on the eval set's headline metric: set data.eval")
-    dims = parse_space(config.tune.space, config.tune.search)
+    dims = check_tune(config)
     check_values(config, dims)
     paths = SearchPaths.of(config)
     restoring = check_search_name(config, paths)

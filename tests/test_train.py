@@ -171,3 +171,28 @@ def test_torch_compile_reaches_the_weights_of_eager_training(ray_local, tiny_ber
         outputs[compiled] = _weights(train(Config.from_dict(raw)).output_dir)
     for key in outputs[False]:
         np.testing.assert_allclose(outputs[True][key], outputs[False][key], atol=1e-4, rtol=1e-3, err_msg=key)
+
+
+def test_early_stopping_ends_the_run_where_the_headline_stops_gaining(ray_local, tiny_bert, pair_files, tmp_path):
+    """transformers' EarlyStoppingCallback rule: with patience 1 and a least gain no score can make,
+    the first trained evaluation (step 2) sets the best and the next (step 4) ends the run, on both
+    ranks alike; metrics.json and the card say where."""
+    raw = base_config(
+        tiny_bert,
+        pair_files["train"],
+        pair_files["eval"],
+        tmp_path / "runs",
+        eval={"steps": 2, "early_stopping_patience": 1, "early_stopping_min_delta": 1.0},
+        run={"storage_path": str(tmp_path / "runs"), "name": "early"},
+    )
+    outcome = train(Config.from_dict(raw))
+    assert outcome.metrics["early_stopping"] == {
+        "stopped_at_step": 4,
+        "stopped_at_epoch": pytest.approx(4 / 13),
+        "patience": 1,
+        "min_delta": 1.0,
+    }
+    assert outcome.metrics["train"]["steps"] == 26  # the plan (and the schedule) were for 2 epochs
+    assert max(e["step"] for e in outcome.metrics["history"]) == 4
+    card = (Path(outcome.output_dir) / "README.md").read_text(encoding="utf-8")
+    assert "- Early stopping: stopped at step 4 (epoch 0.31)" in card

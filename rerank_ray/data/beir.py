@@ -24,6 +24,8 @@ import pyarrow as pa
 from rerank_ray.data.stream import PairSource
 from rerank_ray.errors import ConfigError, DataError
 
+#: The columns of a BEIR qrels file, in the order a file without a header row holds them.
+QRELS_COLUMNS = ("query-id", "corpus-id", "score")
 DOCUMENT_SCHEMA = pa.schema([("_id", pa.string()), ("title", pa.string()), ("text", pa.string())])
 QUERY_SCHEMA = pa.schema([("_id", pa.string()), ("text", pa.string())])
 
@@ -53,6 +55,20 @@ def _json_options(schema: pa.Schema) -> Any:
     return pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
 
 
+def qrels_header(path: str) -> list[str] | None:
+    """The header row of a qrels file, or None when its first row is already a judgement
+    (``query<TAB>document<TAB>score``, a number last), as in public copies without the header."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        first = f.readline().rstrip("\r\n").split("\t")
+    if len(first) == len(QRELS_COLUMNS) and not set(QRELS_COLUMNS) & set(first):
+        try:
+            float(first[-1])
+            return None
+        except ValueError:
+            pass
+    return first
+
+
 def inspect_beir(folder: str, split: str) -> BeirFiles:
     """Find the files, read the qrels and the queries, and check that every judged query has a
     text and that there are negatives to rank. Fails before Ray starts, naming the file."""
@@ -70,9 +86,17 @@ def inspect_beir(folder: str, split: str) -> BeirFiles:
         if not os.path.isfile(path):
             key = "eval.beir_split" if role == "qrels" else "eval.beir"
             raise ConfigError(f"eval.beir: {path} not found (a BEIR folder holds {role} there; check {key})")
+    header = qrels_header(paths["qrels"])
+    if header is None:
+        print(
+            f"[rerank-ray] {paths['qrels']} has no header row: its columns are read as "
+            f"{', '.join(QRELS_COLUMNS)}, in that order",
+            flush=True,
+        )
     try:
         qrels = pacsv.read_csv(
             paths["qrels"],
+            read_options=pacsv.ReadOptions(column_names=None if header else list(QRELS_COLUMNS)),
             parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False),
             convert_options=pacsv.ConvertOptions(
                 column_types={"query-id": pa.string(), "corpus-id": pa.string(), "score": pa.float64()}

@@ -146,8 +146,8 @@ class BadRow:
     """One bad row, as an error message names it."""
 
     row: int
-    """0-based row within its file (rows counted in file order; a CSV header and blank JSON
-    lines are not rows)."""
+    """0-based row within its file (rows counted in file order; a CSV header and blank lines are
+    not rows)."""
     reason: str
     column: str
     """Canonical column name."""

@@ -36,6 +36,9 @@ CHUNK_ROWS = 8192
 #: Bytes per block of pyarrow's streaming CSV / JSON readers.
 TEXT_BLOCK_BYTES = 8 << 20
 TEXT_FORMATS = ("jsonl", "csv", "tsv")
+#: The UTF-8 byte-order mark spreadsheet programs write before a CSV's header: not part of the
+#: first column's name (nor of a JSON line).
+BOM = b"\xef\xbb\xbf"
 
 Opener = Callable[[], Any]
 
@@ -131,7 +134,7 @@ def _read_text(
     try:
         with open_file() as handle:
             buffered = io.BufferedReader(_RawAdapter(handle), buffer_size=1 << 20)
-            head = _read_head(buffered)
+            head = _read_head(buffered).removeprefix(BOM)
             if not head:
                 raise checker.file_error(
                     file_index, "the file is empty (0 bytes)", "re-export it, or remove it from the data"
@@ -298,7 +301,10 @@ def _json_records(handle: Any) -> Iterator[bytes]:
 
 def _lines(handle: Any) -> Iterator[bytes]:
     buffered = io.BufferedReader(_RawAdapter(handle), buffer_size=1 << 20)
-    yield from buffered
+    first = buffered.readline()
+    if first:
+        yield first.removeprefix(BOM)
+        yield from buffered
 
 
 class _RawAdapter(io.RawIOBase):
@@ -348,8 +354,9 @@ def _parse_json_line(line: bytes, checker: RowChecker) -> tuple[dict[str, Any], 
 def _csv_records(
     handle: Any, fmt: str, checker: RowChecker, file_index: int
 ) -> Iterator[tuple[dict[str, Any], tuple[str, str, Any] | None]]:
+    # utf-8-sig: a byte-order mark before the header is dropped, as on the pyarrow path.
     text = io.TextIOWrapper(
-        io.BufferedReader(_RawAdapter(handle)), encoding="utf-8", errors="surrogateescape", newline=""
+        io.BufferedReader(_RawAdapter(handle)), encoding="utf-8-sig", errors="surrogateescape", newline=""
     )
     reader = csv.reader(text, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else csv.reader(text, strict=True)
     header = next(reader, None)
@@ -368,6 +375,8 @@ def _csv_records(
         except csv.Error as err:
             yield {}, ("malformed_row", "sentence_0", f"line {reader.line_num}: {err}")
             continue
+        if not fields:
+            continue  # a blank line is no row, as for pyarrow (a trailing one ends many exports)
         if len(fields) != len(header):
             yield {}, ("malformed_row", "sentence_0", f"{len(fields)} fields, the header has {len(header)}")
             continue

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rerank_ray import storage
 from rerank_ray.config import Config, integer_labels
 from rerank_ray.data.stream import PairSource
@@ -60,15 +62,22 @@ def select_checkpoint(config: Config, plan: TrainPlan) -> tuple[CheckpointInfo, 
     return latest, latest
 
 
+def card_label(label: float, class_ids: bool) -> int | float:
+    """A label as the card shows it, as the file wrote it: class ids as integers (the row checks
+    pass every label on as a float; the card's label statistics must read 0, 1, 2, not a float
+    range), scores by their shortest float32 digits (0.2, not 0.20000000298023224: the stream
+    holds float32)."""
+    return int(label) if class_ids else float(str(np.float32(label)))
+
+
 def _sample_rows(source: PairSource, limit: int, class_ids: bool) -> list[dict[str, Any]]:
-    """The first rows, as the card shows them: class ids as integers (the row checks pass every
-    label on as a float; the card's label statistics must read 0, 1, 2, not a float range)."""
+    """The first rows, as the card shows them (labels: :func:`card_label`)."""
     rows = source.dataset.limit(limit).take(limit)
     return [
         {
             "sentence_0": r["sentence_0"],
             "sentence_1": r["sentence_1"],
-            "label": int(r["label"]) if class_ids else r["label"],
+            "label": card_label(r["label"], class_ids),
         }
         for r in rows
         if not r.get("skip")  # bad rows kept as placeholders with data.on_bad_row=skip
@@ -173,6 +182,9 @@ def export_run(
         train_seconds = float(final_report.get("train_seconds", 0.0))
         pairs_seen = float(final_report.get("pairs_seen", 0.0))
         step = int(metrics.get("step", checkpoint.step))
+        stopped_at = (
+            (int(final_report["step"]), float(final_report["epoch"])) if final_report.get("stopped_early") else None
+        )
 
         model = CrossEncoder(
             checkpointing.model_dir(chosen), trust_remote_code=config.model.trust_remote_code, device="cpu"
@@ -193,6 +205,7 @@ def export_run(
             train_name=dataset_name(config, train_source),
             eval_rows=_sample_rows(eval_source, CARD_SAMPLE_ROWS, class_ids) if eval_source and evaluating else [],
             eval_name=dataset_name(config, eval_source, "eval") if eval_source and evaluating else None,
+            stopped_at=stopped_at,
         )
         # Written whole in a scratch folder, then published in one step (storage.publish_dir):
         # the driver is the only process that writes the export.
@@ -209,6 +222,16 @@ def export_run(
             "final": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not _is_resource_key(k)},
             "before_training": {k: v for k, v in (before or {}).items() if k not in ("step", "epoch")} or None,
             "skipped_rows": skipped,
+            "early_stopping": (
+                {
+                    "stopped_at_step": stopped_at[0],
+                    "stopped_at_epoch": stopped_at[1],
+                    "patience": config.eval.early_stopping_patience,
+                    "min_delta": config.eval.early_stopping_min_delta,
+                }
+                if stopped_at
+                else None
+            ),
             "train": {
                 "pairs": plan.train_rows - sum(skipped["train"].values()),
                 "eval_pairs": plan.eval_rows - sum(skipped["eval"].values()),

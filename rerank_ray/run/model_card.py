@@ -17,7 +17,6 @@ hyperparameter search selected, what that search tried (the section ``rerank-ray
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from rerank_ray.data.stream import PairSource
 from rerank_ray.evaluation.metrics import build_evaluator
 from rerank_ray.redaction import redact
 from rerank_ray.training.losses import build_library_loss
-from rerank_ray.training.models import PACKAGE_PREFIX
+from rerank_ray.training.models import base_model_id
 from rerank_ray.training.plan import TrainPlan
 
 DISTRIBUTED_HEADING = "## Distributed training (rerank-ray)"
@@ -54,6 +53,8 @@ class RunRecord:
     train_name: str
     eval_rows: list[dict[str, Any]] = field(default_factory=list)
     eval_name: str | None = None
+    stopped_at: tuple[int, float] | None = None
+    """(step, epoch) where early stopping ended the run; None: it trained every planned step."""
 
 
 def hyperparameters(config: Config, plan: TrainPlan) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -125,9 +126,11 @@ def fill_card_data(model: Any, record: RunRecord) -> None:
 
     config, plan = record.config, record.plan
     card = model.model_card_data
-    model_id = config.model.name_or_path
-    if not os.path.exists(model_id) and not model_id.startswith(PACKAGE_PREFIX):
-        card.base_model = model_id  # a hub id; a local folder is no base-model link
+    # A hub id, or the one a pkg: package ships; a local folder is no base-model link. Set as
+    # given: the library's own set_base_model asks the hub, which an offline cluster cannot reach.
+    card.base_model = base_model_id(config.model)
+    if card.base_model and config.model.revision:
+        card.base_model_revision = config.model.revision
     card.add_tags("rerank-ray")
     loss = build_library_loss(model, config.train.loss, config.train.loss_kwargs)
     card.set_losses([loss])
@@ -138,6 +141,9 @@ def fill_card_data(model: Any, record: RunRecord) -> None:
     )
     for meta in card.train_datasets:
         meta["size"] = plan.train_rows  # the statistics come from the sample; the size is the whole set
+    # The library tagged the size it saw, the sample's: the tag says the whole set's too.
+    card.tags = [tag for tag in card.tags if not tag.startswith("dataset_size:")]
+    card.add_tags(f"dataset_size:{plan.train_rows}")
     card.set_widget_examples(train_sample)
 
     if plan.eval_rows and record.eval_rows:
@@ -188,6 +194,15 @@ def distributed_section(record: RunRecord, search: str | None = None) -> str:
         f"- Workers: {scaling.num_workers} x {kind} (DDP, {'NCCL' if scaling.use_gpu else 'gloo'}), "
         f"{scaling.cpus_per_worker:g} CPU each" + (", 1 GPU each" if scaling.use_gpu else ""),
         f"- Training pairs: {plan.train_rows:,}; steps: {plan.total_steps:,} ({plan.steps_per_epoch:,} per epoch)",
+        *(
+            [
+                f"- Early stopping: stopped at step {record.stopped_at[0]:,} (epoch {record.stopped_at[1]:.2f}), "
+                f"`{plan.headline_metric}` having gained no more than {config.eval.early_stopping_min_delta:g} "
+                f"in {config.eval.early_stopping_patience} evaluation(s)"
+            ]
+            if record.stopped_at
+            else []
+        ),
         f"- Throughput: {pairs_per_second:,.1f} pairs/s over {record.train_seconds:,.0f} s of training",
         evaluation,
         f"- Selected checkpoint: {config.run.export} by `{plan.headline_metric}` (step {record.step:,})"

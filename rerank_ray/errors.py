@@ -27,6 +27,11 @@ class OutOfMemory(RuntimeError):
     """A step ran out of accelerator memory; the message names the batch size and the fix."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that must not be restored (a training-state file holding more than tensors and
+    plain values). The message names the checkpoint and what to do."""
+
+
 class StopRetrying(RuntimeError):
     """Raised in Ray Train's controller to end a run whose failure a retry cannot cure."""
 
@@ -39,7 +44,7 @@ class StopRetrying(RuntimeError):
 
 
 #: Errors whose message is the whole story: shown alone, never retried.
-CLEAR_ERRORS = (ConfigError, DataError, OutOfMemory)
+CLEAR_ERRORS = (ConfigError, DataError, OutOfMemory, CheckpointError)
 
 
 def inner_errors(error: BaseException, context: bool = True) -> Iterator[BaseException]:
@@ -60,7 +65,7 @@ def inner_errors(error: BaseException, context: bool = True) -> Iterator[BaseExc
 
 
 def clear_error(error: BaseException | None) -> BaseException | None:
-    """The ConfigError / DataError / OutOfMemory behind ``error``, however deep Ray wrapped it.
+    """The error of :data:`CLEAR_ERRORS` behind ``error``, however deep Ray wrapped it.
 
     The innermost one wins: Ray re-raises a task's DataError as ``RayTaskError(DataError)``, an
     instance of both whose message is a remote traceback; the original holds the clean message."""

@@ -89,6 +89,79 @@ def write_checkpoint(run: Path, step: int, metric: float | None = None) -> Path:
     return folder
 
 
+def _training_state(tiny_bert):
+    """A real model, optimizer, scheduler and scaler after one step, as a worker holds them."""
+    from sentence_transformers import CrossEncoder
+    from transformers import get_scheduler
+
+    model = CrossEncoder(str(tiny_bert))
+    optimizer = torch.optim.AdamW(model.model.parameters(), lr=1e-3)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=10)
+    model.model(**model.tokenizer(["a b"], ["c d"], return_tensors="pt")).logits.sum().backward()
+    optimizer.step()
+    scheduler.step()
+    return model, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=False)
+
+
+def test_a_checkpoint_round_trips_without_unpickling_code(tiny_bert, tmp_path):
+    """What the worker hands over comes back: optimizer, scheduler, loop state, data position and
+    every rank's RNG states, read with ``weights_only=True``; restoring the RNG states replays
+    the same draws."""
+    model, optimizer, scheduler, scaler = _training_state(tiny_bert)
+    loop = checkpointing.LoopState(global_step=3, epoch=1, batches_done_in_epoch=2, history=[{"step": 3, "loss": 0.5}])
+    where = position.DataPosition(1, np.array([[0, 16]], dtype=np.int64), "digest", 40)
+    rng = checkpointing.rng_state()
+    expected = (np.random.rand(), float(torch.rand(1)))
+    checkpointing.save(str(tmp_path), model, optimizer, scheduler, scaler, loop, [rng], where, {"step": 3})
+    saved = checkpointing.load_state(str(tmp_path), "checkpoint-0000003")
+    assert saved.loop == loop and saved.position.trained.tolist() == [[0, 16]]
+    assert saved.optimizer["state"][0]["step"] == optimizer.state_dict()["state"][0]["step"]
+    assert saved.scheduler == scheduler.state_dict()
+    checkpointing.set_rng_state(saved.rng[0])
+    assert (np.random.rand(), float(torch.rand(1))) == expected
+    assert checkpointing.read_history(str(tmp_path)) == loop.history
+
+
+def test_a_checkpoint_of_the_earlier_format_still_restores(tmp_path):
+    """Checkpoints written before the RNG states were stored as tensors hold numpy's state as an
+    array: numpy's array constructors are all the loader allows beyond tensors."""
+    state = {"python": __import__("random").getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    expected = np.random.rand()
+    torch.save(
+        {"optimizer": {}, "scheduler": {}, "scaler": {}, "loop": {"global_step": 4}, "rng": [state]},
+        tmp_path / checkpointing.STATE_FILE,
+    )
+    (tmp_path / position.POSITION_FILE).write_bytes(
+        position.DataPosition(0, np.zeros((0, 2), np.int64), "d", 1).to_bytes()
+    )
+    saved = checkpointing.load_state(str(tmp_path))
+    checkpointing.set_rng_state(saved.rng[0])
+    assert saved.loop.global_step == 4 and np.random.rand() == expected
+
+
+class _RunsCode:
+    """What a tampered training-state file could hold: an object whose unpickling runs a call."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_tampered_training_state_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"optimizer": _RunsCode(marker), "loop": {}}, tmp_path / checkpointing.STATE_FILE)
+    with pytest.raises(errors.CheckpointError, match=r"checkpoint checkpoint-0000008: training_state.pt holds objects"):
+        checkpointing.load_state(str(tmp_path), "checkpoint-0000008")
+    assert not marker.exists()
+    # Not retried, and shown as the message alone (exit 2), like bad input.
+    assert isinstance(errors.clear_error(RuntimeError("worker failed")), type(None))
+    wrapped = RuntimeError("restore failed")
+    wrapped.__cause__ = errors.CheckpointError("checkpoint x: ...")
+    assert isinstance(errors.clear_error(wrapped), errors.CheckpointError)
+
+
 def test_incomplete_checkpoints_are_never_restored(tmp_path):
     run = tmp_path / "runs" / "r"
     for step in (4, 8, 12, 16):

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -51,7 +52,7 @@ from rerank_ray import storage
 from rerank_ray.data.checks import REASONS
 from rerank_ray.data.position import POSITION_FILE, DataPosition
 from rerank_ray.data.stream import PairStream
-from rerank_ray.errors import DataError
+from rerank_ray.errors import CheckpointError, DataError
 from rerank_ray.training import faults
 
 if TYPE_CHECKING:
@@ -190,11 +191,34 @@ def model_dir(folder: str) -> str:
     return os.path.join(folder, MODEL_DIR)
 
 
-def load_state(folder: str) -> TrainingState:
-    """The training state of a checkpoint folder downloaded by :func:`download`."""
+def _numpy_array_globals() -> list[Any]:
+    """What a pickled numpy array names: checkpoints written before the RNG states were stored
+    as tensors hold numpy's Mersenne Twister state as an array."""
+    from numpy._core import multiarray
+
+    return [multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def load_state(folder: str, name: str = "") -> TrainingState:
+    """The training state of a checkpoint folder downloaded by :func:`download` (``name``: the
+    checkpoint's, for messages).
+
+    Read with ``weights_only=True``: tensors, plain values and numpy arrays, nothing that runs
+    code. A checkpoint lives in shared storage, where anyone who can write to it could otherwise
+    make every worker that restores it run what they like; such a file is refused instead."""
     import torch
 
-    saved = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
+    path = os.path.join(folder, STATE_FILE)
+    try:
+        with torch.serialization.safe_globals(_numpy_array_globals()):
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"checkpoint {name or folder}: {STATE_FILE} holds objects other than tensors and plain values "
+            f"({reason[:200]}); it is not loaded, since loading it would run code. A checkpoint rerank-ray "
+            "wrote never does: restore the file, delete that checkpoint folder, or start a new run"
+        ) from err
     return TrainingState(
         optimizer=saved["optimizer"],
         scheduler=saved["scheduler"],
@@ -370,7 +394,13 @@ def prune(storage_path: str, run_name: str, keep_last: int, headline: str | None
 def rng_state() -> dict[str, Any]:
     import torch
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        # As a tensor and plain values, which torch.load(weights_only=True) reads back.
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -380,7 +410,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     import torch
 
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    keys = keys.numpy() if torch.is_tensor(keys) else np.asarray(keys)  # an array in older checkpoints
+    np.random.set_state((kind, keys.astype(np.uint32), position, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -188,11 +188,11 @@ class Worker:
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         _seed_everything(train.seed * 1000 + self.rank + self.state.global_step)
         if restored_dir:
-            self._restore(restored_dir)
+            self._restore(restored_dir, point.name)
             shutil.rmtree(restored_dir, ignore_errors=True)  # everything is loaded in memory now
 
-    def _restore(self, folder: str) -> None:
-        saved = checkpointing.load_state(folder)
+    def _restore(self, folder: str, name: str) -> None:
+        saved = checkpointing.load_state(folder, name)
         self.optimizer.load_state_dict(saved.optimizer)
         self.scheduler.load_state_dict(saved.scheduler)
         self.scaler.load_state_dict(saved.scaler)

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -184,3 +187,47 @@ def test_bad_jobs_fail_with_exit_code_2_and_the_cause_in_their_logs(cluster, tmp
     assert "error: run.storage_path 'runs' is a relative path: in a Ray job" in logs
     assert "run.storage_path=s3://bucket/prefix" in logs
     assert secrets_in(logs + cli.stdout + cli.stderr, cluster) == []
+
+
+def _embedded_ray_with_address_file(address: str) -> dict:
+    """Start rerank-ray's embedded Ray (no run.ray_address, no RAY_ADDRESS) on a machine whose
+    Ray temp dir holds ``ray_current_cluster`` naming ``address``, as ``ray start --head`` leaves it
+    (and leaves it behind when it is stopped uncleanly). Returns what the started Ray is."""
+    root = tempfile.mkdtemp(prefix="rr-", dir="/tmp")  # short: Ray's socket paths live under it
+    try:
+        Path(root, "ray").mkdir()
+        Path(root, "ray", "ray_current_cluster").write_text(address)
+        code = (
+            "import json, ray\n"
+            "from rerank_ray.config import Config\n"
+            "from rerank_ray.run.cluster import ensure_ray\n"
+            "config = Config.from_dict({'model': {'name_or_path': 'm'}, 'data': {'train': 't.jsonl'},"
+            " 'scaling': {'num_workers': 1}})\n"
+            "ensure_ray(config)\n"
+            "print(json.dumps({'gcs': ray.get_runtime_context().gcs_address,"
+            " 'cpus': ray.cluster_resources().get('CPU')}))\n"
+            "ray.shutdown()\n"
+        )
+        env = {**os.environ, "RAY_TMPDIR": root}
+        env.pop("RAY_ADDRESS", None)
+        result = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_stale_ray_address_file_does_not_stop_a_local_run():
+    """A `ray start --head` stopped uncleanly leaves its address file: rerank-ray still starts
+    its own Ray (it used to end in Ray's "num_cpus and num_gpus must not be provided")."""
+    started = _embedded_ray_with_address_file("127.0.0.1:1")
+    assert started["gcs"] != "127.0.0.1:1" and started["cpus"] >= 3  # 1 worker + the data CPUs
+
+
+def test_a_running_local_cluster_is_not_joined_by_accident(cluster):
+    """With a live head on the machine named by the address file, a run without an address still
+    gets a Ray of its own: joining a cluster is said with run.ray_address or RAY_ADDRESS."""
+    started = _embedded_ray_with_address_file(cluster.gcs_address)
+    assert started["gcs"] != cluster.gcs_address

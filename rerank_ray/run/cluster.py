@@ -48,6 +48,10 @@ def ensure_ray(config: Config, num_cpus: int | None = None) -> None:
     needed = max(num_cpus or 0, math.ceil(scaling.num_workers * scaling.cpus_per_worker) + DATA_CPUS)
     dashboard_port, api_env = pinned_state_api()
     ray.init(
+        # "local": a Ray of our own even where another runs on this machine or left its address
+        # file behind (ray.init would otherwise join that one, and refuse num_cpus when it does).
+        # Joining a cluster is said with run.ray_address or RAY_ADDRESS.
+        address="local",
         num_cpus=max(os.cpu_count() or 1, needed),
         # The dashboard also serves the state API that Ray Train polls; without it every
         # worker logs "Failed to query Ray Train Controller actor state" in a loop.

@@ -334,6 +334,12 @@ class RunConfig:
     ``rerank-ray train --resume``). Without it, a run name that already has checkpoints is an
     error rather than a silent restart or overwrite."""
 
+    lock_timeout_s: float = 300.0
+    """A run holds a lock in its folder while it trains, so a second ``rerank-ray train`` of the
+    same run stops with exit code 2. The holder refreshes it every fifth of this; a lock not
+    refreshed for this many seconds (its driver died) is taken over, as is at once one whose
+    process on this host has ended."""
+
     ray_address: str | None = None
     """Ray cluster to join. None: ``RAY_ADDRESS`` if set, else an embedded local Ray."""
 
@@ -471,6 +477,7 @@ class Config:
             "data.shuffle_buffer_rows": self.data.shuffle_buffer_rows,
             "eval.early_stopping_patience": self.eval.early_stopping_patience,
             "eval.early_stopping_min_delta": self.eval.early_stopping_min_delta,
+            "run.lock_timeout_s": self.run.lock_timeout_s,
         }
         for key, amount in non_negative.items():
             if amount < 0:

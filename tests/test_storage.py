@@ -18,6 +18,7 @@ from rerank_ray.config import Config, ConfigError
 from rerank_ray.redaction import redact
 from rerank_ray.run.cluster import check_cluster_address, check_storage_outlives_job
 from rerank_ray.run.driver import train
+from rerank_ray.run.lock import RunLock
 from rerank_ray.run.paths import run_dir
 from rerank_ray.tune.report import SearchPaths, report_search
 from rerank_ray.tune.search import search_exists
@@ -241,3 +242,14 @@ def test_a_search_on_s3_keeps_the_uris_options_after_every_path(s3, capsys):
         "bucket/searches/grid/search.png",
         "bucket/searches/grid/search_summary.json",
     }
+
+
+def test_a_run_lock_on_s3_refuses_a_second_driver(s3):
+    """Object storage has no create-if-absent through pyarrow: the lock is written and read back
+    (see rerank_ray.run.lock); a second driver finds it and stops, and release removes it."""
+    run_dir = s3.uri("bucket", "runs/locked")
+    with RunLock(run_dir, "locked", 300):
+        assert "bucket/runs/locked/run.lock" in s3.files("bucket")
+        with pytest.raises(ConfigError, match="run 'locked' is being trained by another rerank-ray process"):
+            RunLock(run_dir, "locked", 300).acquire()
+    assert "bucket/runs/locked/run.lock" not in s3.files("bucket")

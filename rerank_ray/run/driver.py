@@ -28,6 +28,7 @@ from rerank_ray.errors import clear_error
 from rerank_ray.evaluation.ranking import QUERY_ID
 from rerank_ray.run.cluster import check_storage_outlives_job, ensure_ray, quiet_ray_data, worker_resources
 from rerank_ray.run.export import TrainOutcome, export_run
+from rerank_ray.run.lock import RunLock
 from rerank_ray.run.paths import check_run_name, run_dir, run_name, storage_root
 from rerank_ray.training import checkpointing, faults
 from rerank_ray.training.checkpointing import RestOfEpoch
@@ -160,6 +161,12 @@ def train(config: Config) -> TrainOutcome:
     check_storage_outlives_job(config)
     # Workers and Ray Train's controller find checkpoints here: no path relative to our cwd.
     config.run.storage_path = storage_root(config)
+    # One driver per run: a second one started at the same time stops here (exit 2).
+    with RunLock(run_dir(config, name), name, config.run.lock_timeout_s):
+        return _train_locked(config, name)
+
+
+def _train_locked(config: Config, name: str) -> TrainOutcome:
     check_run_name(config, name)
     splits = inspect_data(config)
     check_base_model(config.model)

@@ -270,6 +270,12 @@ class EvalConfig:
     beir_split: str = "test"
     """The qrels file of ``eval.beir`` to use: ``qrels/<beir_split>.tsv``."""
 
+    drop_unrankable: bool = False
+    """Reranking: leave out of the evaluation the queries with a single candidate and those
+    without any positive, counted in the log, the card and ``metrics.json``. Off: a
+    single-candidate query stops the run before Ray starts, naming it, and a query without a
+    positive counts 0 in the mean (as in sentence-transformers' evaluator)."""
+
     early_stopping_patience: int = 0
     """Stop training after this many evaluations in a row without the headline metric gaining
     more than ``early_stopping_min_delta`` over the best so far (as transformers'
@@ -529,6 +535,10 @@ class Config:
                 raise ConfigError(f"{key} is only used by eval.kind reranking (eval.kind is {evaluation.kind!r})")
         if evaluation.beir is not None and self.data.eval:
             raise ConfigError("set either data.eval (pair files) or eval.beir (a BEIR folder), not both")
+        if evaluation.drop_unrankable and evaluation.kind != "reranking":
+            raise ConfigError(
+                f"eval.drop_unrankable is only used by eval.kind reranking (eval.kind is {evaluation.kind!r})"
+            )
         if evaluation.early_stopping_patience and not (self.data.eval or evaluation.beir):
             raise ConfigError(
                 "eval.early_stopping_patience watches the eval set's headline metric: set data.eval (or eval.beir)"

@@ -21,6 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from rerank_ray.data.queries import EvalQueries
 from rerank_ray.data.stream import PairSource
 from rerank_ray.errors import ConfigError, DataError
 
@@ -42,6 +43,8 @@ class BeirFiles:
     judgements: pa.Table
     """query_id, corpus_id, label, sentence_0 (the query text): one row per judged pair."""
     what: str = "eval.beir"
+    eval_queries: EvalQueries | None = None
+    """Its queries counted (:mod:`rerank_ray.data.queries`)."""
 
     @property
     def name(self) -> str:
@@ -121,7 +124,14 @@ def inspect_beir(folder: str, split: str) -> BeirFiles:
             f"{paths['qrels']} judges no document non-relevant (score 0): a query's candidates are its "
             "judged documents, so there is nothing to rerank; use pair files with negatives (data.eval)"
         )
-    return BeirFiles(folder=folder, split=split, judgements=judgements, **paths)
+    return BeirFiles(
+        folder=folder,
+        split=split,
+        corpus=paths["corpus"],
+        queries=paths["queries"],
+        qrels=paths["qrels"],
+        judgements=judgements,
+    )
 
 
 def judged_pairs(documents: pa.Table, judgements: pa.Table) -> pa.Table:

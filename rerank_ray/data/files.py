@@ -21,6 +21,7 @@ import pyarrow as pa
 from rerank_ray.config import PAIR_COLUMNS, Config, DataConfig
 from rerank_ray.data import reading
 from rerank_ray.data.checks import RowChecker, label_rule, tally, tally_dict
+from rerank_ray.data.queries import EvalQueries
 from rerank_ray.errors import ConfigError
 from rerank_ray.redaction import redact
 
@@ -187,6 +188,8 @@ class SplitFiles:
     checker: RowChecker
     sample_skipped: dict[str, int] | None = None
     """With ``on_bad_row: skip``: bad rows found in the sample, by reason."""
+    eval_queries: EvalQueries | None = None
+    """A reranking eval split's queries counted (:mod:`rerank_ray.data.queries`)."""
 
 
 def inspect_split(specs: list[str], config: Config, split: str) -> SplitFiles:

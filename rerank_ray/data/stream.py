@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,6 +40,7 @@ from rerank_ray.config import DataConfig
 from rerank_ray.data.checks import RowChecker
 from rerank_ray.data.files import SplitFiles
 from rerank_ray.data.position import count_in_ranges, drop_trained, files_digest
+from rerank_ray.data.queries import EvalQueries
 from rerank_ray.data.reading import open_with, read_file, shuffle_rows
 from rerank_ray.errors import DataError
 from rerank_ray.evaluation.ranking import QUERY_ID, query_hashes
@@ -60,6 +61,8 @@ class PairSource:
     """Rows in the files (with ``on_bad_row: skip``, bad rows included: they stay as placeholders)."""
     name: str | None = None
     """Name for the model card. None: the folder of the first file."""
+    dropped_queries: dict[str, int] = field(default_factory=dict)
+    """Reranking queries left out by ``eval.drop_unrankable``, by reason."""
 
 
 def open_pairs(split: SplitFiles, data: DataConfig, seed: int | None) -> PairSource:
@@ -268,6 +271,26 @@ def with_group_ids(source: PairSource, key: str) -> PairSource:
         fn_kwargs={"key": key},
     )
     return replace(source, dataset=dataset)
+
+
+def drop_groups(batch: pa.Table, groups: np.ndarray) -> pa.Table:
+    """Ray Data map: the rows whose ``group_id`` is not in ``groups``."""
+    return batch.filter(pa.array(~np.isin(batch.column("group_id").to_numpy(), groups)))
+
+
+def without_queries(source: PairSource, queries: EvalQueries) -> PairSource:
+    """The eval source less the queries ``eval.drop_unrankable`` leaves out (after
+    :func:`with_group_ids`); its row count is the rows kept."""
+    if not len(queries.dropped_hashes):
+        return source
+    dataset = source.dataset.map_batches(
+        drop_groups,  # type: ignore[arg-type]  # Ray's stub wants a one-argument function
+        batch_format="pyarrow",
+        fn_kwargs={"groups": queries.dropped_hashes},
+    )
+    return replace(
+        source, dataset=dataset, num_rows=source.num_rows - queries.dropped_rows, dropped_queries=queries.dropped()
+    )
 
 
 # ---------------------------------------------------------------------------------------------

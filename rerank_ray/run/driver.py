@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from rerank_ray import storage
 from rerank_ray.config import Config, integer_labels
 from rerank_ray.data.beir import BeirFiles, inspect_beir, open_beir
 from rerank_ray.data.checks import describe_tally
 from rerank_ray.data.files import SplitFiles, inspect_split
+from rerank_ray.data.queries import count_queries, describe, read_queries
 from rerank_ray.data.stream import (
     PairSource,
     PairStream,
@@ -23,8 +26,9 @@ from rerank_ray.data.stream import (
     filler_rows,
     open_pairs,
     with_group_ids,
+    without_queries,
 )
-from rerank_ray.errors import clear_error
+from rerank_ray.errors import DataError, clear_error
 from rerank_ray.evaluation.ranking import QUERY_ID
 from rerank_ray.run.cluster import check_storage_outlives_job, ensure_ray, quiet_ray_data, worker_resources
 from rerank_ray.run.export import TrainOutcome, export_run
@@ -45,6 +49,8 @@ def inspect_data(config: Config) -> dict[str, SplitFiles | BeirFiles]:
         splits["eval"] = inspect_beir(config.eval.beir, config.eval.beir_split)
     elif config.data.eval:
         splits["eval"] = inspect_split(config.data.eval, config, "eval")
+    if config.eval.kind == "reranking" and "eval" in splits:
+        check_eval_queries(config, splits["eval"])
     for split in splits.values():
         if isinstance(split, SplitFiles) and split.sample_skipped:
             print(
@@ -55,13 +61,47 @@ def inspect_data(config: Config) -> dict[str, SplitFiles | BeirFiles]:
     return splits
 
 
+def check_eval_queries(config: Config, split: SplitFiles | BeirFiles) -> None:
+    """Count a reranking eval set's queries before Ray starts (:mod:`rerank_ray.data.queries`):
+    refuse single-candidate queries, or note the queries ``eval.drop_unrankable`` leaves out."""
+    drop = config.eval.drop_unrankable
+    if isinstance(split, BeirFiles):
+        judged = split.judgements
+        labels = judged.column("label").to_numpy()
+        keys = [str(k) for k in judged.column("query_id").to_pylist()]
+        split.eval_queries = count_queries(keys, labels, np.ones(len(keys), dtype=bool), drop)
+    else:
+        key = QUERY_ID if config.eval.query_id_column is not None else "sentence_0"
+        split.eval_queries = read_queries(split.files, split.format, split.checker, key, drop)
+    queries = split.eval_queries
+    if queries.single_candidate and not drop:
+        raise DataError(
+            f"{split.what}: {len(queries.single_candidate)} of {queries.total} eval queries have a single "
+            f"candidate ({describe(queries.single_candidate)}): reranking needs at least 2 per query (nDCG is "
+            "undefined for one). Fix: give them more candidates, check eval.query_id_column, or set "
+            "eval.drop_unrankable=true to evaluate without such queries (and those without a positive)"
+        )
+    dropped = queries.dropped()
+    if dropped:
+        kept = queries.total - sum(dropped.values())
+        if kept == 0:
+            raise DataError(f"{split.what}: no eval query has 2 candidates and a positive: nothing to rerank")
+        print(
+            f"[rerank-ray] {split.what}: eval.drop_unrankable leaves out {sum(dropped.values())} of {queries.total} "
+            f"queries ({dropped['single_candidate']} with a single candidate, {dropped['without_positive']} "
+            f"without a positive; {queries.dropped_rows} pairs): {kept} queries evaluated",
+            flush=True,
+        )
+
+
 def open_eval_pairs(config: Config, split: SplitFiles | BeirFiles) -> PairSource:
     """The eval split as a PairSource; for reranking, each pair carries the id of its query."""
     source = open_beir(split) if isinstance(split, BeirFiles) else open_pairs(split, config.data, seed=None)
     if config.eval.kind != "reranking":
         return source
     named = isinstance(split, BeirFiles) or config.eval.query_id_column is not None
-    return with_group_ids(source, key=QUERY_ID if named else "sentence_0")
+    source = with_group_ids(source, key=QUERY_ID if named else "sentence_0")
+    return without_queries(source, split.eval_queries) if split.eval_queries else source
 
 
 def prepare_datasets(

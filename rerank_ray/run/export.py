@@ -206,6 +206,7 @@ def export_run(
             eval_rows=_sample_rows(eval_source, CARD_SAMPLE_ROWS, class_ids) if eval_source and evaluating else [],
             eval_name=dataset_name(config, eval_source, "eval") if eval_source and evaluating else None,
             stopped_at=stopped_at,
+            dropped_queries=eval_source.dropped_queries if eval_source else {},
         )
         # Written whole in a scratch folder, then published in one step (storage.publish_dir):
         # the driver is the only process that writes the export.
@@ -222,6 +223,7 @@ def export_run(
             "final": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not _is_resource_key(k)},
             "before_training": {k: v for k, v in (before or {}).items() if k not in ("step", "epoch")} or None,
             "skipped_rows": skipped,
+            "eval_queries_left_out": dict(eval_source.dropped_queries) if eval_source else {},
             "early_stopping": (
                 {
                     "stopped_at_step": stopped_at[0],

@@ -55,6 +55,8 @@ class RunRecord:
     eval_name: str | None = None
     stopped_at: tuple[int, float] | None = None
     """(step, epoch) where early stopping ended the run; None: it trained every planned step."""
+    dropped_queries: dict[str, int] = field(default_factory=dict)
+    """Reranking eval queries left out by ``eval.drop_unrankable``, by reason."""
 
 
 def hyperparameters(config: Config, plan: TrainPlan) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -185,6 +187,13 @@ def distributed_section(record: RunRecord, search: str | None = None) -> str:
     evaluation = (
         f"- Evaluation: `{config.eval.kind}` on {plan.eval_rows:,} pairs, every {plan.eval_every:,} steps, "
         "each worker scoring its shard"
+        + (
+            f"; {sum(record.dropped_queries.values()):,} unrankable queries left out "
+            f"({record.dropped_queries['single_candidate']:,} with a single candidate, "
+            f"{record.dropped_queries['without_positive']:,} without a positive; eval.drop_unrankable)"
+            if record.dropped_queries
+            else ""
+        )
         if plan.eval_rows
         else "- Evaluation: none"
     )

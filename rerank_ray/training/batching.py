@@ -232,5 +232,33 @@ def prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
     return consume()
 
 
+def optimizer_steps(batches: Iterator[Batch], expected: int, accumulation: int, where: str) -> Iterator[list[Batch]]:
+    """One epoch's batches on one rank, ``accumulation`` to an optimizer step (the last step of
+    the epoch may hold fewer). ``expected``: the batches the plan gives this rank; ``where``
+    names the rank and epoch in errors.
+
+    Every rank must run the same steps: each step's collectives pair up across ranks. A batch
+    beyond the plan raises before it is trained, so before a collective the other ranks (already
+    in the next epoch's) would never join, which would hold them until the backend's timeout (30
+    minutes for NCCL); too few raise when the stream ends."""
+    pending: list[Batch] = []
+    seen = 0
+    for batch in batches:
+        seen += 1
+        if seen > expected:
+            raise RuntimeError(
+                f"{where}: a batch beyond the {expected} planned, stopped before it was trained (its "
+                "collectives would wait for ranks that have finished the epoch): the shard duplicated rows"
+            )
+        pending.append(batch)
+        if len(pending) == accumulation:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
+    if seen != expected:
+        raise RuntimeError(f"{where}: {seen} batches, {expected} were planned: the shard lost rows")
+
+
 def batches_per_epoch(rows_per_worker: int, batch_size: int) -> int:
     return -(-rows_per_worker // batch_size)

@@ -27,6 +27,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,8 +40,9 @@ from rerank_ray.data.position import DataPosition, TrainedRows, merge_ranges, pa
 from rerank_ray.evaluation.metrics import compute_metrics
 from rerank_ray.resources import peak_rss_mib, process_start_unix, rss_parts_mib
 from rerank_ray.training import checkpointing, faults
-from rerank_ray.training.batching import Batch, Collator, iter_batches, prefetch
+from rerank_ray.training.batching import Batch, Collator, iter_batches, optimizer_steps, prefetch
 from rerank_ray.training.checkpointing import CheckpointInfo, LoopState
+from rerank_ray.training.collectives import Collectives
 from rerank_ray.training.losses import PointwiseLoss, build_library_loss
 from rerank_ray.training.models import load_cross_encoder, load_tokenizer
 from rerank_ray.training.plan import TrainPlan
@@ -68,7 +70,6 @@ class Worker:
     def __init__(self, config: Config, plan: TrainPlan):
         import ray.train
         import torch
-        import torch.distributed as dist
 
         self.config = config
         self.plan = plan
@@ -76,6 +77,7 @@ class Worker:
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
         self.device = ray.train.torch.get_device()
+        self.collectives = Collectives(self.device, self.world_size)
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, int(config.scaling.cpus_per_worker)))
         self.state = LoopState()
@@ -101,10 +103,8 @@ class Worker:
         # tokenizing (and the prefetch thread padding) while the model loads, rather than after.
         self._first_epoch = self._open_epoch(0) if point is None else None
         self._build(point)
-        if self.world_size > 1:  # one id per worker-group attempt, shared by its ranks (audit files)
-            shared = [self.session]
-            dist.broadcast_object_list(shared, src=0)
-            self.session = shared[0]
+        # One id per worker-group attempt, shared by its ranks (audit files).
+        self.session = self.collectives.broadcast_object(self.session)
 
     # ------------------------------------------------------------------ setup
     def _autocast_dtype(self) -> torch.dtype | None:
@@ -292,36 +292,35 @@ class Worker:
             config.data.prefetch_batches,
         )
 
-    def _epoch_steps(self, epoch: int, batches):
-        """Lists of micro-batches, one list per optimizer step, for one epoch on this worker."""
-        expected = self.plan.batches_per_epoch - self.state.batches_done_in_epoch
-        accumulation = self.config.train.gradient_accumulation_steps
-        pending: list[Batch] = []
-        seen = 0
+    def _epoch_steps(self, epoch: int, batches: Iterator[Batch]) -> Iterator[list[Batch]]:
+        """Lists of micro-batches, one list per optimizer step, for one epoch on this worker
+        (checked against the plan as they come: :func:`~rerank_ray.training.batching.optimizer_steps`)."""
+        where = (
+            f"rank {self.rank}, epoch {epoch + 1} ({self.plan.rows_per_worker} rows per worker per epoch, "
+            f"{self.state.batches_done_in_epoch} batches done before)"
+        )
+        yield from optimizer_steps(
+            self._timed(batches),
+            self.plan.batches_per_epoch - self.state.batches_done_in_epoch,
+            self.config.train.gradient_accumulation_steps,
+            where,
+        )
+
+    def _timed(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        """``batches``, adding the time the step thread waits for each to ``data_wait_seconds``."""
         while True:
             waiting = time.perf_counter()
             batch = next(batches, None)
             self.data_wait_seconds += time.perf_counter() - waiting
             if batch is None:
-                break
-            seen += 1
-            pending.append(batch)
-            if len(pending) == accumulation:
-                yield pending
-                pending = []
-        if pending:
-            yield pending
-        if seen != expected:
-            raise RuntimeError(
-                f"rank {self.rank} got {seen} batches in epoch {epoch + 1}, expected {expected} "
-                f"({self.plan.rows_per_worker} rows per worker per epoch): the shard lost or duplicated rows"
-            )
+                return
+            yield batch
 
     def _finish_epoch(self) -> None:
         """Count the epoch's skipped rows over all ranks, log them, and start the next epoch."""
         import torch
 
-        counts = self._all_reduce_sum(torch.tensor(self.epoch_skips + self.restored_skips, dtype=torch.float64))
+        counts = self.collectives.sum(self.epoch_skips + self.restored_skips, dtype=torch.float64)
         skipped = tally_dict(counts.long().tolist())
         self.state.skipped_train = skipped
         if skipped:
@@ -388,15 +387,10 @@ class Worker:
         (``torch.tensor(x, device="cuda")`` copies from pageable memory, which makes the host
         wait for every kernel queued so far, once per step)."""
         import torch
-        import torch.distributed as dist
 
         if self.world_size == 1:
             return float(local_pairs)
-        count = torch.tensor(local_pairs, dtype=torch.float32)
-        if self.device.type == "cuda":
-            count = count.pin_memory().to(self.device, non_blocking=True)
-        dist.all_reduce(count)
-        return count
+        return self.collectives.sum(local_pairs, dtype=torch.float32)
 
     def _note_position(self, batch: Batch) -> None:
         """Remember which rows this step trained (the data position) and count skipped ones."""
@@ -412,13 +406,6 @@ class Worker:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def _all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
-        if self.world_size > 1:
-            dist.all_reduce(tensor)
-        return tensor
-
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
         """Score this worker's eval shard, gather the scores (with labels and query ids: a few
@@ -430,7 +417,6 @@ class Worker:
             return self._evaluate()
 
     def _evaluate(self) -> dict[str, float]:
-        import torch.distributed as dist
 
         self.ddp_model.eval()
         self.progress.pause()
@@ -460,10 +446,7 @@ class Worker:
                 groups.append(batch.group_ids)
             self._record_pair_ids(batch, kind="eval")
         local = (_concat(scores), _concat(labels), _concat(weights), _concat(skips), _concat(groups))
-        gathered = [local]
-        if self.world_size > 1:
-            gathered = [None] * self.world_size
-            dist.all_gather_object(gathered, local)
+        gathered = self.collectives.gather_objects(local)
         metrics: dict[str, float] = {}
         if self.rank == 0:
             all_scores = np.concatenate([g[0] for g in gathered])
@@ -496,10 +479,7 @@ class Worker:
                 at_k=self.config.eval.at_k,
             )
             metrics[f"{self.config.eval.name}_runtime"] = time.perf_counter() - started
-        if self.world_size > 1:
-            shared = [(metrics, self.state.skipped_eval)]
-            dist.broadcast_object_list(shared, src=0)
-            metrics, self.state.skipped_eval = shared[0]
+        metrics, self.state.skipped_eval = self.collectives.broadcast_object((metrics, self.state.skipped_eval))
         if self.rank == 0:
             headline = self.plan.headline_metric
             print(f"[rerank-ray] step {self.state.global_step}: {headline} = {metrics[headline]:.4f}", flush=True)
@@ -513,7 +493,7 @@ class Worker:
         )
 
     def _log_progress(self) -> None:
-        summary = self.progress.flush(self._all_reduce_sum, self.scheduler.get_last_lr()[0], self._epoch_float())
+        summary = self.progress.flush(self.collectives.sum, self.scheduler.get_last_lr()[0], self._epoch_float())
         if summary is not None:
             self._record({"step": self.state.global_step, **summary})
 
@@ -614,7 +594,7 @@ class Worker:
         ]
         values = torch.zeros(self.world_size, len(mine), dtype=torch.float64, device=self.device)
         values[self.rank] = torch.tensor(mine, dtype=torch.float64)
-        values = self._all_reduce_sum(values).tolist()
+        values = self.collectives.sum(values).tolist()
         metrics = {f"peak_rss_mib_rank{r}": row[0] for r, row in enumerate(values)}
         metrics.update({f"rss_anon_mib_rank{r}": row[3] for r, row in enumerate(values)})
         metrics.update({f"rss_shmem_mib_rank{r}": row[4] for r, row in enumerate(values)})
@@ -628,15 +608,9 @@ class Worker:
         """What only all ranks together know: the pairs trained this epoch, the skipped-row
         tally, and every rank's RNG states."""
         import torch
-        import torch.distributed as dist
 
-        ranges = self.trained.ranges()
-        rng = checkpointing.rng_state()
-        gathered = [(ranges, rng)]
-        if self.world_size > 1:
-            gathered = [None] * self.world_size
-            dist.all_gather_object(gathered, (ranges, rng))
-        skips = self._all_reduce_sum(torch.tensor(self.epoch_skips + self.restored_skips, dtype=torch.float64))
+        gathered = self.collectives.gather_objects((self.trained.ranges(), checkpointing.rng_state()))
+        skips = self.collectives.sum(self.epoch_skips + self.restored_skips, dtype=torch.float64)
         return {
             "trained": merge_ranges(self.restored_ranges, *[g[0] for g in gathered]),
             "rng": [g[1] for g in gathered],
@@ -690,7 +664,6 @@ class Worker:
         vectors are all-gathered and must match exactly. Cheap enough for every checkpoint.
         """
         import torch
-        import torch.distributed as dist
 
         with torch.no_grad():
             fingerprint = torch.stack(
@@ -700,8 +673,7 @@ class Worker:
         self._audit({"kind": "params", "step": self.state.global_step, "digest": digest})
         if self.world_size == 1:
             return
-        digests: list[str | None] = [None] * self.world_size
-        dist.all_gather_object(digests, digest)
+        digests = self.collectives.gather_objects(digest)
         if len(set(digests)) != 1:
             raise RuntimeError(
                 f"parameters differ across ranks at step {self.state.global_step} ({digests}): "

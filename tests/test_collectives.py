@@ -5,14 +5,15 @@ the plan reaches a collective."""
 from __future__ import annotations
 
 import ast
-import os
+import json
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from rerank_ray.training.batching import optimizer_steps
 from rerank_ray.training.collectives import Collectives
@@ -50,31 +51,51 @@ def test_place_puts_values_on_the_device_as_tensors():
     assert collectives.gather_objects("x") == ["x"] and collectives.broadcast_object({"a": 1}) == {"a": 1}
 
 
-def _two_ranks(rank: int, port: int, results: dict) -> None:
+TWO_RANKS = """
+import json, os, sys
+
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+
+from rerank_ray.training.collectives import Collectives
+
+
+def rank_main(rank, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
     try:
         collectives = Collectives(torch.device("cpu"), world_size=2)
         tally = collectives.sum(np.array([rank, 10 + rank], dtype=np.int64), dtype=torch.float64)
-        results[rank] = {
+        result = {
             "sum": tally.tolist(),
             "gathered": collectives.gather_objects({"rank": rank}),
             "broadcast": collectives.broadcast_object(f"from rank {rank}"),
         }
+        with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+            json.dump(result, f)
     finally:
         torch.distributed.destroy_process_group()
 
 
-def test_collectives_across_two_real_gloo_ranks():
+if __name__ == "__main__":
+    mp.spawn(rank_main, args=(int(sys.argv[1]), sys.argv[2]), nprocs=2, join=True)
+"""
+
+
+def test_collectives_across_two_real_gloo_ranks(tmp_path):
+    """Two processes of their own (never forked from this one, which may be a Ray driver)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(_two_ranks, args=(port, results), nprocs=2, join=True)
-        results = dict(results)
+    script = tmp_path / "two_ranks.py"
+    script.write_text(TWO_RANKS)
+    result = subprocess.run(
+        [sys.executable, str(script), str(port), str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
     for rank in (0, 1):
-        assert results[rank] == {
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {
             "sum": [1.0, 21.0],
             "gathered": [{"rank": 0}, {"rank": 1}],
             "broadcast": "from rank 0",

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from rerank_ray import console
 from rerank_ray.commands import EvalRequest, parse_columns, rank_documents, read_documents, run_eval
 from rerank_ray.config import HEADLINE, field_docs, load_config
 from rerank_ray.errors import clear_error
@@ -36,6 +37,12 @@ EXIT_USAGE = 2
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", required=True, help="YAML config file")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides, applied in order")
+    parser.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help=f"print everything Ray and the libraries write too (as {console.VERBOSE_ENV}=1)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,6 +183,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    console.set_verbose(getattr(args, "verbose", False))
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

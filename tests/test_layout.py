@@ -2,7 +2,7 @@
 top of each file, and a command line that starts without the heavy libraries.
 
 Layers, top to bottom (README, Layout): cli/commands -> tune -> run -> training -> data ->
-config -> redaction -> errors, storage, resources, evaluation. A module may import its own layer
+config -> redaction -> errors, storage, resources, evaluation, console. A module may import its own layer
 (without a circle) or any layer below it, never one above.
 """
 
@@ -31,6 +31,7 @@ LAYERS = {
     "storage": 7,
     "resources": 7,
     "evaluation": 7,
+    "console": 7,
 }
 #: Heavy libraries the command line must not import before a command needs them.
 HEAVY = ("torch", "ray", "transformers", "sentence_transformers", "matplotlib", "datasets")

@@ -92,11 +92,14 @@ def test_two_trains_of_one_run_started_together_one_trains(tiny_bert, tmp_path):
     )
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     command = [sys.executable, "-m", "rerank_ray.cli", "train", "--config", str(config)]
-    first = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(  # --verbose, seen here: Ray's own lines reach the console too
+        [*command, "--verbose"], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     time.sleep(0.3)
     second = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     out, _ = first.communicate(timeout=600)
     assert first.returncode == 0, out[-3000:]
+    assert "(RayTrainWorker pid=" in out and "[rerank-ray] step 5/5 | epoch 1.00" in out, out[-3000:]
     assert second.returncode == 2, second.stderr[-3000:]
     assert "error: run 'twice' is being trained by another rerank-ray process" in second.stderr
     assert "Traceback" not in second.stderr

@@ -33,6 +33,8 @@ def test_quickstart_improves_spearman(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "dev_spearman:" in result.stdout and "before training ->" in result.stdout
+    lines = (result.stdout + result.stderr).splitlines()
+    assert len(lines) <= 25 and all(line.startswith("[rerank-ray] ") for line in lines), "\n".join(lines)
     metrics = json.loads((tmp_path / "qs" / "model" / "metrics.json").read_text())
     before = metrics["before_training"]["dev_spearman"]
     after = metrics["final"]["dev_spearman"]

@@ -13,7 +13,7 @@ import os
 import socket
 from typing import Any
 
-from rerank_ray import storage
+from rerank_ray import console, storage
 from rerank_ray.config import Config
 from rerank_ray.errors import ConfigError
 
@@ -21,12 +21,15 @@ from rerank_ray.errors import ConfigError
 DATA_CPUS = 2
 
 
-def ensure_ray(config: Config, num_cpus: int | None = None) -> None:
+def ensure_ray(config: Config, num_cpus: int | None = None, forward_logs: bool = True) -> str | None:
     """Join the cluster named by ``run.ray_address`` or ``RAY_ADDRESS``; else start a local Ray.
 
     A local Ray gets at least enough logical CPUs for the workers plus Ray Data's tasks: on a
     2-core laptop two 1-CPU workers would otherwise leave the data pipeline no CPU to run on.
-    ``num_cpus`` raises that floor (a search runs several trials at once).
+    ``num_cpus`` raises that floor (a search runs several trials at once). ``forward_logs``: print
+    what Ray's processes write here (always when verbose); a run that relays its workers' own
+    lines (:class:`rerank_ray.console.Relay`) leaves the rest in Ray's session logs.
+    Returns the dashboard's address of a Ray it started (None when it joined one).
     """
     import ray
 
@@ -34,32 +37,43 @@ def ensure_ray(config: Config, num_cpus: int | None = None) -> None:
     # progress line would show twice.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if ray.is_initialized():
-        return
+        return None
     address = config.run.ray_address or os.environ.get("RAY_ADDRESS")
     env_vars = {"TOKENIZERS_PARALLELISM": "false"}
+    if console.verbose():
+        env_vars[console.VERBOSE_ENV] = "1"
+    forward_logs = forward_logs or console.verbose()
+    console.quiet_ray_logs()
     if address:
         check_cluster_address(address)
         # Inside a Ray job the job's runtime env (jobs/runtime_env.yaml) is merged with this one,
         # and Ray refuses a variable set in both: set only what the job leaves unset.
         env_vars = {k: v for k, v in env_vars.items() if k not in job_runtime_env().get("env_vars", {})}
-        ray.init(address=address, runtime_env={"env_vars": env_vars} if env_vars else None, log_to_driver=True)
-        return
+        ray.init(address=address, runtime_env={"env_vars": env_vars} if env_vars else None, log_to_driver=forward_logs)
+        return None
     scaling = config.scaling
     needed = max(num_cpus or 0, math.ceil(scaling.num_workers * scaling.cpus_per_worker) + DATA_CPUS)
     dashboard_port, api_env = pinned_state_api()
-    ray.init(
+    logical_cpus = max(os.cpu_count() or 1, needed)
+    context = ray.init(
         # "local": a Ray of our own even where another runs on this machine or left its address
         # file behind (ray.init would otherwise join that one, and refuse num_cpus when it does).
         # Joining a cluster is said with run.ray_address or RAY_ADDRESS.
         address="local",
-        num_cpus=max(os.cpu_count() or 1, needed),
+        num_cpus=logical_cpus,
+        # Ray lets min(cores, num_cpus) worker processes start at once and warns ("N PYTHON worker
+        # processes have been started ... 4x the maximum expected startup concurrency") at 4x that:
+        # on a 2-core laptop a run's own processes (controller, 2 workers, data coordinators, the
+        # console relay, read tasks) reach 8. The logical CPUs given above are the concurrency meant.
+        _system_config={"worker_maximum_startup_concurrency": logical_cpus},
         # The dashboard also serves the state API that Ray Train polls; without it every
         # worker logs "Failed to query Ray Train Controller actor state" in a loop.
         include_dashboard=True,
         dashboard_port=dashboard_port,
         runtime_env={"env_vars": {**env_vars, **api_env}},
-        log_to_driver=True,
+        log_to_driver=forward_logs,
     )
+    return context.dashboard_url or None
 
 
 def check_cluster_address(address: str) -> None:
@@ -126,3 +140,14 @@ def quiet_ray_data() -> None:
     context = DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+
+
+def logs_dir() -> str | None:
+    """Where this Ray writes its processes' logs (this node's session folder), if known."""
+    try:
+        import ray._private.worker as ray_worker
+
+        node = ray_worker._global_node
+        return node.get_logs_dir_path() if node is not None else None
+    except (ImportError, AttributeError):
+        return None

@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from rerank_ray import storage
+from rerank_ray import console, storage
 from rerank_ray.config import Config, integer_labels
+from rerank_ray.console import Relay
 from rerank_ray.data.beir import BeirFiles, inspect_beir, open_beir
 from rerank_ray.data.checks import describe_tally
 from rerank_ray.data.files import SplitFiles, inspect_split
@@ -30,7 +31,7 @@ from rerank_ray.data.stream import (
 )
 from rerank_ray.errors import DataError, clear_error
 from rerank_ray.evaluation.ranking import QUERY_ID
-from rerank_ray.run.cluster import check_storage_outlives_job, ensure_ray, quiet_ray_data, worker_resources
+from rerank_ray.run.cluster import check_storage_outlives_job, ensure_ray, logs_dir, quiet_ray_data, worker_resources
 from rerank_ray.run.export import TrainOutcome, export_run
 from rerank_ray.run.lock import RunLock
 from rerank_ray.run.paths import check_run_name, run_dir, run_name, storage_root
@@ -158,10 +159,16 @@ def prepare_datasets(
 
 
 def build_trainer(
-    config: Config, plan: TrainPlan, datasets: dict[str, Any], name: str, callbacks: list | None = None
+    config: Config,
+    plan: TrainPlan,
+    datasets: dict[str, Any],
+    name: str,
+    callbacks: list | None = None,
+    console_queue: Any = None,
 ) -> Any:
     """The TorchTrainer of one run. ``callbacks``: Ray Train user callbacks (a Tune trial passes
-    the one that forwards its reports to Tune)."""
+    the one that forwards its reports to Tune); ``console_queue``: where the workers send their
+    lines (a :class:`rerank_ray.console.Relay`'s queue; None: they print them)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -169,7 +176,12 @@ def build_trainer(
     resources = worker_resources(config)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config.to_dict(), "plan": plan.to_dict(), "faults": faults.from_environment()},
+        train_loop_config={
+            "config": config.to_dict(),
+            "plan": plan.to_dict(),
+            "faults": faults.from_environment(),
+            "console": console_queue,
+        },
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
             use_gpu=scaling.use_gpu,
@@ -211,8 +223,18 @@ def _train_locked(config: Config, name: str) -> TrainOutcome:
     splits = inspect_data(config)
     check_base_model(config.model)
     tokenizer = load_tokenizer(config.model)
-    ensure_ray(config)
+    dashboard = ensure_ray(config, forward_logs=False)
     quiet_ray_data()
+    if dashboard:
+        print(f"[rerank-ray] started an embedded local Ray (dashboard http://{dashboard})", flush=True)
+    if not console.verbose():
+        where = logs_dir()
+        print(
+            "[rerank-ray] the output of Ray's processes goes to Ray's logs"
+            + (f" ({where}, on the driver's node)" if where else "")
+            + f"; --verbose or {console.VERBOSE_ENV}=1 prints it here",
+            flush=True,
+        )
     datasets, plan, sources = prepare_datasets(config, tokenizer, splits)
     print(
         f"[rerank-ray] {plan.train_rows} training pairs on {config.scaling.num_workers} worker(s): "
@@ -220,14 +242,15 @@ def _train_locked(config: Config, name: str) -> TrainOutcome:
         + (f"; {plan.eval_rows} eval pairs, headline {plan.headline_metric}" if plan.eval_rows else ""),
         flush=True,
     )
-    trainer = build_trainer(config, plan, datasets, name)
-    try:
-        result = trainer.fit()  # raises ray.train.TrainingFailedError when the run failed
-    except Exception as err:
-        cause = clear_error(err)
-        if cause is None:
-            raise
-        raise cause from err  # bad input / config / out of memory: the message names the fix
+    with Relay() as relay:
+        trainer = build_trainer(config, plan, datasets, name, console_queue=relay.queue)
+        try:
+            result = trainer.fit()  # raises ray.train.TrainingFailedError when the run failed
+        except Exception as err:
+            cause = clear_error(err)
+            if cause is None:
+                raise
+            raise cause from err  # bad input / config / out of memory: the message names the fix
     checkpointing.prune(
         storage_root(config), name, config.run.num_checkpoints_to_keep, plan.headline_metric if plan.eval_rows else None
     )

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from rerank_ray import console
+
 if TYPE_CHECKING:
     import torch
 
@@ -96,11 +98,13 @@ class ProgressLine:
         }
         if self.enabled:
             eta = seconds_per_step * (self.total_steps - self.step)
-            print(
+            console.progress(
                 f"[rerank-ray] step {self.step}/{self.total_steps} | epoch {epoch:.2f} | "
                 f"loss {summary['loss']:.4f} | lr {lr:.2e} | {summary['pairs_per_second']:.1f} pairs/s | "
                 f"elapsed {_clock(self.seconds_before + self._train_seconds)} | ETA {_clock(eta)}",
-                flush=True,
+                self.step,
+                self.total_steps,
+                summary,
             )
         self._loss_sum, self._local_pairs, self._global_pairs = 0.0, 0.0, 0.0
         self._interval_steps = 0

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rerank_ray import console
 from rerank_ray.config import Config
 from rerank_ray.data.checks import REASONS, describe_tally, tally, tally_dict
 from rerank_ray.data.position import DataPosition, TrainedRows, merge_ranges, partial_epoch_batches
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entrypoint: rebuild the config and run the loop."""
     quiet_libraries()
+    console.attach(loop_config.get("console"))
     config = Config.from_dict(loop_config["config"])
     plan = TrainPlan(**loop_config["plan"])
     import ray.train
@@ -115,7 +117,7 @@ class Worker:
             return None
         if self.device.type == "cpu" and precision == "fp16":
             if self.rank == 0:
-                print("[rerank-ray] train.precision fp16 has no CPU autocast here: training in fp32", flush=True)
+                console.say("[rerank-ray] train.precision fp16 has no CPU autocast here: training in fp32")
             return None
         return torch.float16 if precision == "fp16" else torch.bfloat16
 
@@ -135,10 +137,9 @@ class Worker:
             checkpointing.download(point, restored_dir)
             ray_latest = ray.train.get_checkpoint()
             if self.rank == 0 and ray_latest is not None and ray_latest.path.rstrip("/") != point.path.rstrip("/"):
-                print(
+                console.say(
                     f"[rerank-ray] restoring {point.name}, the newest complete checkpoint "
-                    f"(Ray Train's latest registered one is {ray_latest.path.rstrip('/').rsplit('/', 1)[-1]})",
-                    flush=True,
+                    f"(Ray Train's latest registered one is {ray_latest.path.rstrip('/').rsplit('/', 1)[-1]})"
                 )
         restored_model = checkpointing.model_dir(restored_dir) if restored_dir else None
         self.model = load_cross_encoder(self.config.model, self.plan.max_length, path=restored_model)
@@ -216,10 +217,9 @@ class Worker:
                 )
         self.restored_from = self.state.global_step
         if self.rank == 0:
-            print(
+            console.say(
                 f"[rerank-ray] resumed from step {self.state.global_step} (epoch {self.state.epoch + 1}, "
-                f"{position.trained_rows} pairs of it already trained)",
-                flush=True,
+                f"{position.trained_rows} pairs of it already trained)"
             )
 
     # ------------------------------------------------------------------ loop
@@ -326,10 +326,9 @@ class Worker:
         if skipped:
             total = sum(skipped.values())
             if self.rank == 0:
-                print(
+                console.say(
                     f"[rerank-ray] epoch {self.state.epoch + 1}: skipped {total} bad training row(s) of "
-                    f"{self.plan.train_rows} (data.on_bad_row=skip): {describe_tally(skipped)}",
-                    flush=True,
+                    f"{self.plan.train_rows} (data.on_bad_row=skip): {describe_tally(skipped)}"
                 )
             self._record({"step": self.state.global_step, "skipped_train_rows": skipped})
         self.state.epoch += 1
@@ -459,10 +458,9 @@ class Worker:
                     f"the eval set has {self.plan.eval_rows}"
                 )
             if skipped and skipped != self.state.skipped_eval:
-                print(
+                console.say(
                     f"[rerank-ray] skipped {sum(skipped.values())} bad eval row(s) of {self.plan.eval_rows} "
-                    f"(data.on_bad_row=skip): {describe_tally(skipped)}",
-                    flush=True,
+                    f"(data.on_bad_row=skip): {describe_tally(skipped)}"
                 )
             self.state.skipped_eval = skipped
             all_scores = all_scores[real]
@@ -482,7 +480,7 @@ class Worker:
         metrics, self.state.skipped_eval = self.collectives.broadcast_object((metrics, self.state.skipped_eval))
         if self.rank == 0:
             headline = self.plan.headline_metric
-            print(f"[rerank-ray] step {self.state.global_step}: {headline} = {metrics[headline]:.4f}", flush=True)
+            console.say(f"[rerank-ray] step {self.state.global_step}: {headline} = {metrics[headline]:.4f}")
         self.progress.resume()
         return metrics
 
@@ -525,11 +523,10 @@ class Worker:
         if self.state.evaluations_without_gain >= patience and self.state.global_step < self.plan.total_steps:
             self.state.stopped_early = True
             if self.rank == 0:
-                print(
+                console.say(
                     f"[rerank-ray] early stopping at step {self.state.global_step} of {self.plan.total_steps}: "
                     f"{self.plan.headline_metric} gained no more than {self.config.eval.early_stopping_min_delta:g} "
-                    f"in {patience} evaluation(s) (best {self.state.best_headline:.4f})",
-                    flush=True,
+                    f"in {patience} evaluation(s) (best {self.state.best_headline:.4f})"
                 )
 
     def _epoch_float(self) -> float:

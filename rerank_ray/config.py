@@ -305,6 +305,11 @@ class ScalingConfig:
     """How workers are placed on nodes (Ray placement group strategy)."""
 
 
+#: The experiment trackers ``run.report_to`` takes (transformers' names), with the package each needs
+#: and the extra that installs it.
+TRACKERS = {"tensorboard": ("tensorboard", None), "mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb")}
+
+
 @dataclass
 class RunConfig:
     name: str | None = None
@@ -348,6 +353,18 @@ class RunConfig:
 
     ray_address: str | None = None
     """Ray cluster to join. None: ``RAY_ADDRESS`` if set, else an embedded local Ray."""
+
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Where rank 0 reports the run while it trains (the values of transformers' ``report_to``):
+    any of ``tensorboard`` (event files in ``<run folder>/tensorboard``), ``mlflow`` (the tracking
+    server of ``MLFLOW_TRACKING_URI``; needs ``pip install 'rerank-ray[mlflow]'``), ``wandb``
+    (``WANDB_*`` settings, offline with ``WANDB_MODE=offline``; needs ``'rerank-ray[wandb]'``);
+    ``all`` for the three, ``[]`` or ``none`` for none. Loss, learning rate, pairs/s and every
+    evaluation per step; the resolved config (redacted) as parameters; the model card and
+    metrics.json as artifacts when the run ends. ``rerank-ray tune`` logs each trial."""
+
+    tracking_project: str = "rerank-ray"
+    """The MLflow experiment and the W&B project the runs are logged under."""
 
     audit: bool = False
     """Write ``audit/rank<N>.jsonl`` in the run folder (local storage): per step, the ids
@@ -491,6 +508,7 @@ class Config:
         if self.data.label_scale == 0:
             raise ConfigError("data.label_scale must not be 0")
         self._check_eval()
+        self._check_report_to()
         if self.run.resume and not self.run.name:
             raise ConfigError("run.resume needs run.name: the name of the run to continue")
         storage_scheme = self.run.storage_path.partition("://")[0] if "://" in self.run.storage_path else "file"
@@ -513,6 +531,20 @@ class Config:
             )
         # The loss and the evaluator kind must fit the head; fail here rather than in a worker.
         check_loss_fits(self.train.loss, self.model.num_labels, self.eval.kind, self.train.loss_kwargs)
+
+    def _check_report_to(self) -> None:
+        unknown = [name for name in self.run.report_to if name not in (*TRACKERS, "all", "none")]
+        if unknown:
+            raise ConfigError(
+                f"run.report_to has unknown tracker(s) {unknown}: choose from {[*TRACKERS, 'all', 'none']}"
+            )
+
+    def trackers(self) -> list[str]:
+        """``run.report_to`` with ``all`` and ``none`` expanded, in a fixed order."""
+        names = set(self.run.report_to)
+        if "all" in names:
+            return list(TRACKERS)
+        return [name for name in TRACKERS if name in names]
 
     def paths(self) -> dict[str, list[str]]:
         """Every path or URI of the config, by key (the ones a credential must never be written into)."""

@@ -36,10 +36,13 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_four_trial_search_records_failures_and_exports_the_best(ray_local, tiny_bert, pair_files, tmp_path):
+def test_four_trial_search_records_failures_and_exports_the_best(
+    ray_local, tiny_bert, pair_files, tmp_path, monkeypatch
+):
     """A grid of 4 trials, 2 at a time, each on 2 workers; the 2 trials whose label scale puts the
     labels outside [0, 1] fail (the trial's data checks refuse the rows), are recorded with their
-    error, and the search goes on."""
+    error, and the search goes on. Each trial is logged to MLflow (run.report_to)."""
+    from mlflow.tracking import MlflowClient
     from sentence_transformers import CrossEncoder
 
     from rerank_ray.tune.search import run_search
@@ -61,7 +64,12 @@ def test_four_trial_search_records_failures_and_exports_the_best(ray_local, tiny
             },
         },
         scaling={"num_workers": 2, "cpus_per_worker": 0.5},
+        run={"report_to": ["mlflow"], "tracking_project": "grid4-search"},
     )
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    client = MlflowClient(tracking_uri)
+    client.create_experiment("grid4-search", artifact_location=str(tmp_path / "artifacts"))
     outcome = run_search(Config.from_dict(raw))
     headline = "eval_average_precision"
 
@@ -83,6 +91,12 @@ def test_four_trial_search_records_failures_and_exports_the_best(ray_local, tiny
         assert [step for step, _ in row["history"]] == [0, 10, 20, 26]  # every evaluation reached Tune
     best = max(by_status[COMPLETED], key=lambda r: r["metric"])
     assert outcome.best["trial_id"] == best["trial_id"]
+    # Ray Tune's MLflow callback: a run per trial, its values as parameters, its reports as metrics.
+    logged = client.search_runs([client.get_experiment_by_name("grid4-search").experiment_id])
+    assert len(logged) == 4 and {r.data.tags["rerank_ray.search"] for r in logged} == {"grid4"}
+    finished = [r for r in logged if r.info.status == "FINISHED"]
+    assert len(finished) == 2 and all(headline in r.data.metrics for r in finished)
+    assert {r.data.params["data.label_scale"] for r in finished} == {"1.0"}
 
     root = Path(outcome.paths.root)
     table = read_csv(root / "trials.csv")

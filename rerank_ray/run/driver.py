@@ -35,11 +35,12 @@ from rerank_ray.run.cluster import check_storage_outlives_job, ensure_ray, logs_
 from rerank_ray.run.export import TrainOutcome, export_run
 from rerank_ray.run.lock import RunLock
 from rerank_ray.run.paths import check_run_name, run_dir, run_name, storage_root
-from rerank_ray.training import checkpointing, faults
+from rerank_ray.training import checkpointing, faults, tracking
 from rerank_ray.training.checkpointing import RestOfEpoch
 from rerank_ray.training.models import check_base_model, load_tokenizer
 from rerank_ray.training.plan import TrainPlan
 from rerank_ray.training.progress import quiet_libraries
+from rerank_ray.training.tracking import TrackingRun
 from rerank_ray.training.worker import train_loop_per_worker
 
 
@@ -165,10 +166,12 @@ def build_trainer(
     name: str,
     callbacks: list | None = None,
     console_queue: Any = None,
+    tracking: TrackingRun | None = None,
 ) -> Any:
     """The TorchTrainer of one run. ``callbacks``: Ray Train user callbacks (a Tune trial passes
     the one that forwards its reports to Tune); ``console_queue``: where the workers send their
-    lines (a :class:`rerank_ray.console.Relay`'s queue; None: they print them)."""
+    lines (a :class:`rerank_ray.console.Relay`'s queue; None: they print them); ``tracking``: the
+    trackers' runs rank 0 logs into."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -181,6 +184,7 @@ def build_trainer(
             "plan": plan.to_dict(),
             "faults": faults.from_environment(),
             "console": console_queue,
+            "tracking": tracking.to_dict() if tracking else None,
         },
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
@@ -221,6 +225,7 @@ def train(config: Config) -> TrainOutcome:
 def _train_locked(config: Config, name: str) -> TrainOutcome:
     check_run_name(config, name)
     splits = inspect_data(config)
+    tracking.check_installed(config)
     check_base_model(config.model)
     tokenizer = load_tokenizer(config.model)
     dashboard = ensure_ray(config, forward_logs=False)
@@ -242,11 +247,13 @@ def _train_locked(config: Config, name: str) -> TrainOutcome:
         + (f"; {plan.eval_rows} eval pairs, headline {plan.headline_metric}" if plan.eval_rows else ""),
         flush=True,
     )
+    tracked = tracking.start(config, run_dir(config, name))
     with Relay() as relay:
-        trainer = build_trainer(config, plan, datasets, name, console_queue=relay.queue)
+        trainer = build_trainer(config, plan, datasets, name, console_queue=relay.queue, tracking=tracked)
         try:
             result = trainer.fit()  # raises ray.train.TrainingFailedError when the run failed
         except Exception as err:
+            tracking.finish(tracked, "", {}, ok=False)
             cause = clear_error(err)
             if cause is None:
                 raise
@@ -254,4 +261,4 @@ def _train_locked(config: Config, name: str) -> TrainOutcome:
     checkpointing.prune(
         storage_root(config), name, config.run.num_checkpoints_to_keep, plan.headline_metric if plan.eval_rows else None
     )
-    return export_run(config, plan, result, sources)
+    return export_run(config, plan, result, sources, tracking=tracked)

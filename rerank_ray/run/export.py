@@ -36,6 +36,7 @@ from rerank_ray.run.paths import run_dir, run_name, storage_root
 from rerank_ray.training import checkpointing
 from rerank_ray.training.checkpointing import CheckpointInfo
 from rerank_ray.training.plan import TrainPlan
+from rerank_ray.training.tracking import TrackingRun, finish, metric_tag
 
 CARD_SAMPLE_ROWS = 1000
 
@@ -116,10 +117,7 @@ def write_tensorboard(history: list[dict], folder: Path) -> None:
             for key, value in entry.items():
                 if key in ("step", "epoch") or not isinstance(value, (int, float)):
                     continue
-                tag = (
-                    f"train/{key}" if key in ("loss", "learning_rate", "pairs_per_second") else key.replace("_", "/", 1)
-                )
-                writer.add_scalar(tag, value, entry["step"])
+                writer.add_scalar(metric_tag(key), value, entry["step"])
     finally:
         writer.close()
 
@@ -162,9 +160,11 @@ def export_run(
     result: Any,
     sources: dict[str, PairSource | None],
     search_summary: str | None = None,
+    tracking: TrackingRun | None = None,
 ) -> TrainOutcome:
     """``search_summary``: a markdown section appended to the model card (``rerank-ray tune``
-    passes the summary of the search that picked this run)."""
+    passes the summary of the search that picked this run); ``tracking``: the trackers' runs, which
+    get the card and metrics.json as artifacts and are closed."""
     from sentence_transformers import CrossEncoder
 
     name = run_name(config)
@@ -253,4 +253,5 @@ def export_run(
         # metrics.json is the marker of a complete export: publish_dir writes it last.
         Path(local_out, storage.COMPLETE_MARKER).write_text(json.dumps(summary, indent=2))
         storage.publish_dir(local_out, output_dir)
+        finish(tracking, local_out, summary["final"])
     return TrainOutcome(run_dir=run_folder, output_dir=output_dir, metrics=summary)

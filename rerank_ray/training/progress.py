@@ -7,6 +7,9 @@ excluded from pairs/s and from the ETA's step time.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -132,3 +135,8 @@ def quiet_libraries() -> None:
         pass
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_warning()
+    if os.environ.get("WANDB_MODE") == "offline" and not console.verbose():
+        # transformers' integrations module prints "[INFO] Running in WANDB offline mode" when it
+        # is first imported (the model card imports it); imported here with that print discarded.
+        with contextlib.redirect_stdout(io.StringIO()):
+            import transformers.integrations.integration_utils  # noqa: F401

@@ -48,6 +48,7 @@ from rerank_ray.training.losses import PointwiseLoss, build_library_loss
 from rerank_ray.training.models import load_cross_encoder, load_tokenizer
 from rerank_ray.training.plan import TrainPlan
 from rerank_ray.training.progress import ProgressLine, quiet_libraries
+from rerank_ray.training.tracking import Tracker
 
 if TYPE_CHECKING:
     import torch
@@ -65,11 +66,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
 
     faults.install(loop_config.get("faults"), ray.train.get_context().get_world_rank())
-    Worker(config, plan).run()
+    Worker(config, plan, tracking=loop_config.get("tracking")).run()
 
 
 class Worker:
-    def __init__(self, config: Config, plan: TrainPlan):
+    def __init__(self, config: Config, plan: TrainPlan, tracking: dict[str, Any] | None = None):
         import ray.train
         import torch
 
@@ -80,6 +81,7 @@ class Worker:
         self.world_size = context.get_world_size()
         self.device = ray.train.torch.get_device()
         self.collectives = Collectives(self.device, self.world_size)
+        self.tracker = Tracker.from_dict(tracking, self.rank)  # rank 0 logs; a no-op elsewhere
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, int(config.scaling.cpus_per_worker)))
         self.state = LoopState()
@@ -224,6 +226,13 @@ class Worker:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
+        self.tracker.open()
+        try:
+            self._run()
+        finally:
+            self.tracker.close()
+
+    def _run(self) -> None:
         plan, config = self.plan, self.config
         self.progress = ProgressLine(
             plan.total_steps,
@@ -486,9 +495,10 @@ class Worker:
 
     # ------------------------------------------------------------------ reporting
     def _record(self, entry: dict[str, Any]) -> None:
-        self.state.history.append(
-            {k: (float(v) if isinstance(v, (np.floating, np.integer)) else v) for k, v in entry.items()}
-        )
+        """An entry of the run's history (checkpointed, plotted, in metrics.json), logged live too."""
+        entry = {k: (float(v) if isinstance(v, (np.floating, np.integer)) else v) for k, v in entry.items()}
+        self.state.history.append(entry)
+        self.tracker.log(entry, step=entry["step"])
 
     def _log_progress(self) -> None:
         summary = self.progress.flush(self.collectives.sum, self.scheduler.get_last_lr()[0], self._epoch_float())

@@ -30,6 +30,7 @@ from rerank_ray.errors import ConfigError
 from rerank_ray.run.cluster import DATA_CPUS, ensure_ray, quiet_ray_data, worker_resources
 from rerank_ray.run.driver import build_trainer, inspect_data, prepare_datasets
 from rerank_ray.run.paths import check_resume
+from rerank_ray.training import tracking
 from rerank_ray.training.models import load_tokenizer
 from rerank_ray.training.progress import quiet_libraries
 from rerank_ray.tune.report import TUNE_DIR, SearchOutcome, SearchPaths, collect_trials, report_search
@@ -190,6 +191,7 @@ def build_tuner(config: Config, dims: list[Dimension], paths: SearchPaths, concu
             storage_path=paths.root,
             # A failed trial is recorded with its error and not retried; the search goes on.
             failure_config=tune.FailureConfig(max_failures=0),
+            callbacks=tracking.tune_callbacks(config),
         ),
     )
 
@@ -250,6 +252,7 @@ def run_search(config: Config) -> SearchOutcome:
     paths = SearchPaths.of(config)
     restoring = check_search_name(config, paths)
     inspect_data(config)
+    tracking.check_installed(config)
     load_tokenizer(config.model)
     ensure_ray(config, num_cpus=local_cpus_needed(config))
     quiet_ray_data()  # the export reads samples of the data for the model card

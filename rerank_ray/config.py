@@ -28,7 +28,10 @@ from rerank_ray.redaction import check_no_inline_credentials
 
 EvalKind = Literal["binary", "correlation", "classification", "reranking"]
 Precision = Literal["fp32", "fp16", "bf16"]
-DataFormat = Literal["auto", "parquet", "jsonl", "csv", "tsv"]
+DataFormat = Literal["auto", "parquet", "jsonl", "csv", "tsv", "arrow"]
+#: A data source: a path, folder, glob or URI, or a Hugging Face dataset mapping
+#: (``{dataset: org/name, split: train, subset: ..., revision: ...}``, see rerank_ray/data/hub.py).
+DataSource = str | dict[str, str]
 
 #: The canonical column names every pair file is mapped onto.
 PAIR_COLUMNS = ("sentence_0", "sentence_1", "label")
@@ -114,13 +117,16 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: list[str] = field(default_factory=list)
-    """Training pairs: files, folders or globs, local or any URI pyarrow reads (``s3://``, ``gs://``).
-    A single string is accepted too."""
+    train: list[DataSource] = field(default_factory=list)
+    """Training pairs: files, folders or globs, local or any URI pyarrow reads (``s3://``, ``gs://``);
+    Hugging Face datasets: ``hf://datasets/org/name[@revision]``, a mapping ``{dataset: org/name,
+    split: train, subset: ..., revision: ...}``, a local folder in the hub's layout (its ``train``
+    split) or a ``save_to_disk`` folder. A single string or mapping is accepted too."""
 
-    eval: list[str] = field(default_factory=list)
-    """Evaluation pairs, same forms as ``train``. Empty (and no ``eval.beir``): no evaluation; the last
-    checkpoint is exported."""
+    eval: list[DataSource] = field(default_factory=list)
+    """Evaluation pairs, same forms as ``train`` (a dataset's ``validation`` split, else ``test``,
+    unless the mapping names one). Empty (and no ``eval.beir``): no evaluation; the last checkpoint
+    is exported."""
 
     name: str | None = None
     """Name of the training set in the model card. None: the folder of its first file."""
@@ -550,8 +556,8 @@ class Config:
         """Every path or URI of the config, by key (the ones a credential must never be written into)."""
         return {
             "model.name_or_path": [self.model.name_or_path],
-            "data.train": list(self.data.train),
-            "data.eval": list(self.data.eval),
+            "data.train": [_source_path(spec) for spec in self.data.train],
+            "data.eval": [_source_path(spec) for spec in self.data.eval],
             "run.storage_path": [self.run.storage_path],
             "run.output_dir": [self.run.output_dir] if self.run.output_dir else [],
         }
@@ -669,6 +675,10 @@ def type_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
+def _source_path(spec: DataSource) -> str:
+    return spec if isinstance(spec, str) else spec.get("dataset", "")
+
+
 def coerce_value(value: Any, hint: Any, key: str) -> Any:
     """Check ``value`` against the field's type; accept the few lossless conversions YAML needs."""
     origin = typing.get_origin(hint)
@@ -715,6 +725,8 @@ def coerce_value(value: Any, hint: Any, key: str) -> Any:
         (item_type,) = args
         if item_type is str and isinstance(value, str):
             return [value]  # a single path is a list of one
+        if item_type is DataSource and isinstance(value, (str, dict)):
+            return [coerce_value(value, item_type, key)]  # a single source, path or mapping
         if not isinstance(value, list):
             raise wrong
         return [coerce_value(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]

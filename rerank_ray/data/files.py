@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from rerank_ray.config import PAIR_COLUMNS, Config, DataConfig
-from rerank_ray.data import reading
+from rerank_ray.config import PAIR_COLUMNS, Config, DataConfig, DataSource
+from rerank_ray.data import hub, reading
 from rerank_ray.data.checks import RowChecker, label_rule, tally, tally_dict
 from rerank_ray.data.queries import EvalQueries
 from rerank_ray.errors import ConfigError
@@ -30,6 +30,7 @@ FORMAT_EXTENSIONS = {
     "jsonl": (".jsonl", ".json", ".ndjson"),
     "csv": (".csv",),
     "tsv": (".tsv", ".tab"),
+    "arrow": (".arrow",),  # Arrow IPC streams, as Dataset.save_to_disk writes them
 }
 
 
@@ -94,13 +95,26 @@ def _reject_uri_options(spec: str, what: str) -> None:
         )
 
 
-def resolve_paths(specs: list[str], fmt: str, what: str) -> tuple[list[str], str]:
-    """Expand files, folders and globs into a sorted file list, and settle the format.
+def resolve_paths(specs: list[DataSource], fmt: str, what: str) -> tuple[list[str], str]:
+    """Expand files, folders, globs and Hugging Face datasets (:mod:`rerank_ray.data.hub`) into a
+    sorted file list, and settle the format.
 
     Raises ConfigError naming the spec that matched nothing or the files whose format differs.
     """
+    role = "train" if what.endswith("train") else "eval"  # data.train, data.eval, --data
     files: list[str] = []
     for spec in specs:
+        source = hub.parse(spec, what)
+        if source is not None and os.path.isdir(source.dataset) and hub.is_saved_dataset(source.dataset):
+            files.extend(hub.saved_dataset_files(source.dataset, role, what, source.split))
+            fmt = _same_format(fmt, "arrow", what, source.describe())
+            continue
+        if source is not None:
+            found, found_fmt = hub.resolve_source(source, role, what)
+            files.extend(found)
+            fmt = _same_format(fmt, found_fmt, what, source.describe())
+            continue
+        assert isinstance(spec, str)
         if _is_uri(spec) and not spec.startswith("file://"):
             _reject_uri_options(spec, what)
             found = _list_uri(spec)
@@ -109,8 +123,12 @@ def resolve_paths(specs: list[str], fmt: str, what: str) -> tuple[list[str], str
             local = os.path.expanduser(local)
             if _has_glob(local):
                 found = sorted(p for p in glob.glob(local, recursive=True) if os.path.isfile(p))
+            elif os.path.isdir(local) and hub.is_saved_dataset(local):
+                found = hub.saved_dataset_files(local, role, what)
             elif os.path.isdir(local):
-                found = sorted(str(p) for p in Path(local).rglob("*") if p.is_file())
+                found = hub.hub_layout_files(local, role, what) or sorted(
+                    str(p) for p in Path(local).rglob("*") if p.is_file()
+                )
             elif os.path.isfile(local):
                 found = [local]
             else:
@@ -135,6 +153,12 @@ def resolve_paths(specs: list[str], fmt: str, what: str) -> tuple[list[str], str
             raise ConfigError(f"{what}: files of several formats ({', '.join(sorted(formats))}); keep one per set")
         fmt = formats.pop()
     return files, fmt
+
+
+def _same_format(fmt: str, found: str, what: str, source: str) -> str:
+    if fmt not in ("auto", found):
+        raise ConfigError(f"{what}: {source} holds {found} files, but data.format is {fmt}: set data.format=auto")
+    return found
 
 
 def _all_exts() -> list[str]:
@@ -192,7 +216,7 @@ class SplitFiles:
     """A reranking eval split's queries counted (:mod:`rerank_ray.data.queries`)."""
 
 
-def inspect_split(specs: list[str], config: Config, split: str) -> SplitFiles:
+def inspect_split(specs: list[DataSource], config: Config, split: str) -> SplitFiles:
     """Find one split's files and check a sample of each on the files themselves (columns, column
     types across files, and the first rows' values), so bad input fails in seconds, naming the
     file and row, before Ray starts."""

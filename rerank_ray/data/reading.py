@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from rerank_ray.data.checks import RowChecker
+from rerank_ray.data.hub import hub_filesystem
 
 #: Rows per chunk that leaves the reader (and per chunk of the line-by-line fallback).
 CHUNK_ROWS = 8192
@@ -49,6 +50,8 @@ def read_file(
     """Checked chunks of one file, from its first row (at most ``limit`` rows)."""
     if fmt == "parquet":
         yield from _read_parquet(open_file, file_index, checker, limit)
+    elif fmt == "arrow":
+        yield from _read_arrow(open_file, file_index, checker, limit)
     else:
         yield from _read_text(open_file, fmt, file_index, checker, limit)
 
@@ -110,6 +113,43 @@ def _read_parquet(open_file: Opener, file_index: int, checker: RowChecker, limit
                     f"row group {group} (rows {row + 1}..{row + group_rows}) cannot be read ({_one_line(err)})",
                     "the file is corrupt or truncated: re-export it",
                 ) from err
+
+
+def _read_arrow(open_file: Opener, file_index: int, checker: RowChecker, limit: int | None) -> Iterator[pa.Table]:
+    """An Arrow IPC stream (``Dataset.save_to_disk`` writes its data so), batch by batch."""
+    with open_file() as handle:
+        try:
+            reader = pa.ipc.open_stream(handle)
+        except (OSError, pa.ArrowException) as err:
+            raise checker.file_error(
+                file_index,
+                f"cannot be read as an Arrow stream ({_one_line(err)})",
+                "the file is truncated or not an Arrow IPC stream (Dataset.save_to_disk writes one): save it again",
+            ) from err
+        for canonical, column in checker.file_columns.items():
+            if column not in reader.schema.names:
+                raise checker.missing_column(file_index, canonical, list(reader.schema.names))
+        checker.check_types(file_index, reader.schema)
+        row = 0
+        try:
+            for batch in reader:
+                table = pa.Table.from_batches([batch]).select(_source_columns(checker))
+                if limit is not None:
+                    table = table.slice(0, max(0, limit - row))
+                for start in range(0, table.num_rows, CHUNK_ROWS):
+                    chunk = table.slice(start, CHUNK_ROWS)
+                    yield checker.check(_canonical(chunk, checker), file_index, row)
+                    row += chunk.num_rows
+                if limit is not None and row >= limit:
+                    return
+        except (OSError, pa.ArrowException) as err:
+            raise checker.file_error(
+                file_index,
+                f"rows after {row} cannot be read ({_one_line(err)})",
+                "the file is corrupt or truncated: save the dataset again",
+            ) from err
+        if row == 0:
+            raise checker.file_error(file_index, "the file holds no rows", "remove it from the data, or save it again")
 
 
 def _one_line(err: BaseException) -> str:
@@ -437,7 +477,9 @@ def open_local_or_uri(path: str, fmt: str) -> Opener:
     """An opener for one file on the driver (local path or any URI pyarrow reads)."""
     import pyarrow.fs as pafs
 
-    if "://" in path and not path.startswith("file://"):
+    if path.startswith("hf://"):  # a file of a dataset on the Hugging Face hub
+        filesystem, inner = hub_filesystem(), path.removeprefix("hf://")
+    elif "://" in path and not path.startswith("file://"):
         filesystem, inner = pafs.FileSystem.from_uri(path)
     else:
         filesystem, inner = pafs.LocalFileSystem(), path.removeprefix("file://")

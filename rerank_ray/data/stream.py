@@ -39,6 +39,7 @@ import pyarrow as pa
 from rerank_ray.config import DataConfig
 from rerank_ray.data.checks import RowChecker
 from rerank_ray.data.files import SplitFiles
+from rerank_ray.data.hub import hub_filesystem
 from rerank_ray.data.position import count_in_ranges, drop_trained, files_digest
 from rerank_ray.data.queries import EvalQueries
 from rerank_ray.data.reading import open_with, read_file, shuffle_rows
@@ -315,7 +316,11 @@ def _make_datasource_class():
         ):
             import ray
 
-            super().__init__(files, shuffle=shuffle, file_extensions=None)
+            filesystem = None
+            if files and files[0].startswith("hf://"):  # a dataset on the Hugging Face hub
+                filesystem = hub_filesystem()
+                files = [path.removeprefix("hf://") for path in files]
+            super().__init__(files, shuffle=shuffle, file_extensions=None, filesystem=filesystem)
             # (seed, buffer rows) of the shuffle of each file's rows; the read tasks of one
             # execution (epoch) get the seed with that execution's index, as the file order does.
             self._row_shuffle = row_shuffle

@@ -17,6 +17,7 @@ hyperparameter search selected, what that search tried (the section ``rerank-ray
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rerank_ray.config import Config
+from rerank_ray.data import hub
 from rerank_ray.data.stream import PairSource
 from rerank_ray.evaluation.metrics import build_evaluator
 from rerank_ray.redaction import redact
@@ -117,6 +119,14 @@ def dataset_name(config: Config, source: PairSource, split: str = "train") -> st
         return config.data.name if split == "train" else f"{config.data.name} ({split})"
     if source.name:
         return source.name
+    specs = config.data.train if split == "train" else config.data.eval
+    hub_source = hub.parse(specs[0], f"data.{split}") if specs else None
+    if hub_source is not None:  # a Hugging Face dataset goes by its id
+        return (
+            hub_source.dataset.rstrip("/").rsplit("/", 1)[-1]
+            if os.path.isdir(hub_source.dataset)
+            else hub_source.dataset
+        )
     first = source.files[0].rstrip("/")
     return first.rsplit("/", 2)[-2] if "/" in first else first
 

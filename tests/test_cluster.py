@@ -120,7 +120,7 @@ def test_training_job_on_two_nodes_with_token_auth_exports_to_s3(cluster, s3, ti
     assert info.status == JobStatus.SUCCEEDED, f"{info.message}\n{logs[-5000:]}"
     assert info.driver_exit_code == 0
     # The entrypoint joined this cluster (RAY_ADDRESS from the job supervisor), not a Ray of its own.
-    assert "Connected to Ray cluster" in logs and "Started a local Ray instance" not in logs
+    assert "[rerank-ray] joined the Ray cluster at " in logs and "started an embedded local Ray" not in logs
 
     # Two training workers, on two different nodes.
     workers = [a for a in cluster.actors("RayTrainWorker") if a.job_id == info.job_id]

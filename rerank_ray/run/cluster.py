@@ -29,7 +29,7 @@ def ensure_ray(config: Config, num_cpus: int | None = None, forward_logs: bool =
     ``num_cpus`` raises that floor (a search runs several trials at once). ``forward_logs``: print
     what Ray's processes write here (always when verbose); a run that relays its workers' own
     lines (:class:`rerank_ray.console.Relay`) leaves the rest in Ray's session logs.
-    Returns the dashboard's address of a Ray it started (None when it joined one).
+    Returns what it did, for the run's first line (None when Ray was running in this process).
     """
     import ray
 
@@ -73,7 +73,8 @@ def ensure_ray(config: Config, num_cpus: int | None = None, forward_logs: bool =
         runtime_env={"env_vars": {**env_vars, **api_env}},
         log_to_driver=forward_logs,
     )
-    return context.dashboard_url or None
+    dashboard = f" (dashboard http://{context.dashboard_url})" if context.dashboard_url else ""
+    return f"started an embedded local Ray of {logical_cpus} logical CPUs{dashboard}"
 
 
 def check_cluster_address(address: str) -> None:

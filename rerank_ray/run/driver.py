@@ -31,6 +31,7 @@ from rerank_ray.data.stream import (
 )
 from rerank_ray.errors import DataError, clear_error
 from rerank_ray.evaluation.ranking import QUERY_ID
+from rerank_ray.redaction import redact
 from rerank_ray.run.cluster import check_storage_outlives_job, ensure_ray, logs_dir, quiet_ray_data, worker_resources
 from rerank_ray.run.export import TrainOutcome, export_run
 from rerank_ray.run.lock import RunLock
@@ -228,10 +229,10 @@ def _train_locked(config: Config, name: str) -> TrainOutcome:
     tracking.check_installed(config)
     check_base_model(config.model)
     tokenizer = load_tokenizer(config.model)
-    dashboard = ensure_ray(config, forward_logs=False)
+    started = ensure_ray(config, forward_logs=False)
     quiet_ray_data()
-    if dashboard:
-        print(f"[rerank-ray] started an embedded local Ray (dashboard http://{dashboard})", flush=True)
+    if started:
+        print(f"[rerank-ray] {redact(started)}", flush=True)
     if not console.verbose():
         where = logs_dir()
         print(

@@ -113,14 +113,16 @@ def test_training_job_on_two_nodes_with_token_auth_exports_to_s3(cluster, s3, ti
         intruder.submit_job(entrypoint="echo hi")
 
     client = JobSubmissionClient(cluster.dashboard_url, headers=cluster.auth_headers)
+    # --verbose: Ray's own lines (the workers' too) reach the job's log, and still no secret does.
     submission_id = client.submit_job(
-        entrypoint=f"python jobs/train.py --config {config_file}", runtime_env=job_runtime_env()
+        entrypoint=f"python jobs/train.py --config {config_file} --verbose", runtime_env=job_runtime_env()
     )
     info, logs = wait_for(client, submission_id)
     assert info.status == JobStatus.SUCCEEDED, f"{info.message}\n{logs[-5000:]}"
     assert info.driver_exit_code == 0
     # The entrypoint joined this cluster (RAY_ADDRESS from the job supervisor), not a Ray of its own.
     assert "[rerank-ray] joined the Ray cluster at " in logs and "started an embedded local Ray" not in logs
+    assert "(RayTrainWorker pid=" in logs and "[rerank-ray] step 26/26 | epoch 2.00" in logs, logs[-3000:]
 
     # Two training workers, on two different nodes.
     workers = [a for a in cluster.actors("RayTrainWorker") if a.job_id == info.job_id]

@@ -1,5 +1,5 @@
 """One driver per run: the run's lock refuses a second driver, survives a crash, and is taken
-over once its holder is gone. Two real ``rerank-ray train`` started together: one trains."""
+over once its holder is gone. (Two real ``rerank-ray train`` started together: tests/test_tracking.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny import synthetic_pairs, write_jsonl
 
 from rerank_ray.errors import ConfigError
 from rerank_ray.run.lock import LOCK_FILE, RunLock
@@ -80,27 +79,5 @@ def test_the_holder_keeps_its_lock_fresh(tmp_path):
         assert json.loads(path.read_text())["pid"] == os.getpid()
 
 
-@pytest.mark.ray
-def test_two_trains_of_one_run_started_together_one_trains(tiny_bert, tmp_path):
-    """The issue's reproduction: started 0.3 s apart, both used to train into one folder."""
-    data = write_jsonl(synthetic_pairs(40), tmp_path / "train.jsonl")
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        f"model: {{name_or_path: {tiny_bert}}}\ndata: {{train: {data}}}\n"
-        f"train: {{epochs: 1, per_device_batch_size: 8}}\nscaling: {{num_workers: 1}}\n"
-        f"run: {{storage_path: {tmp_path / 'runs'}, name: twice}}\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    command = [sys.executable, "-m", "rerank_ray.cli", "train", "--config", str(config)]
-    first = subprocess.Popen(  # --verbose, seen here: Ray's own lines reach the console too
-        [*command, "--verbose"], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    time.sleep(0.3)
-    second = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    out, _ = first.communicate(timeout=600)
-    assert first.returncode == 0, out[-3000:]
-    assert "(RayTrainWorker pid=" in out and "[rerank-ray] step 5/5 | epoch 1.00" in out, out[-3000:]
-    assert second.returncode == 2, second.stderr[-3000:]
-    assert "error: run 'twice' is being trained by another rerank-ray process" in second.stderr
-    assert "Traceback" not in second.stderr
-    assert not (tmp_path / "runs" / "twice" / LOCK_FILE).exists()  # released when the run ended
+# Two real `rerank-ray train` of one run started 0.3 s apart (one trains, the other exits 2):
+# tests/test_tracking.py, whose CLI run serves that test too.

@@ -18,6 +18,7 @@ from test_console import ROOT, SCREEN_LINES
 
 from rerank_ray.config import Config
 from rerank_ray.errors import ConfigError
+from rerank_ray.run.lock import LOCK_FILE
 from rerank_ray.training.tracking import TRACKING_FILE, check_installed, tune_callbacks
 
 
@@ -56,15 +57,17 @@ def _scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
 def test_a_cli_run_reports_live_and_prints_only_its_own_lines(tiny_bert, pair_files, tmp_path):
     """One real ``rerank-ray train`` (its own embedded Ray) with all three trackers, offline:
     TensorBoard's events readable while it trains, MLflow's store and W&B's offline folder filled;
-    and its console (what tests/test_console.py is about) holds only rerank-ray's lines, W&B's
-    banners included in what is hidden."""
+    its console (what tests/test_console.py is about) holds only rerank-ray's lines, W&B's
+    banners included in what is hidden; and a second driver of the same run, started 0.3 s
+    later (issue 17's reproduction: both used to train into one folder), stops at the run's lock
+    (tests/test_lock.py). One run serves the three: each costs a Ray start and a training."""
     from mlflow.tracking import MlflowClient
 
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri)
     client.create_experiment("rr-test", artifact_location=str(tmp_path / "artifacts"))
     raw = base_config(tiny_bert, pair_files["train"], pair_files["eval"], tmp_path / "runs")
-    raw["run"].update(report_to=["all"], tracking_project="rr-test", name="live")
+    raw["run"].update(report_to=["all"], tracking_project="rr-test", name="live", lock_timeout_s=300)
     raw["train"]["epochs"] = 1
     config = tmp_path / "live.yaml"
     config.write_text(yaml.safe_dump(raw))
@@ -80,6 +83,19 @@ def test_a_cli_run_reports_live_and_prints_only_its_own_lines(tiny_bert, pair_fi
         stderr=subprocess.STDOUT,
         text=True,
     )
+    # Started together, as two people starting one run: one trains, the other stops at the lock.
+    time.sleep(0.3)
+    second = subprocess.run(
+        [sys.executable, "-m", "rerank_ray.cli", "train", "--config", str(config)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert "error: run 'live' is being trained by another rerank-ray process" in second.stderr
+    assert "Traceback" not in second.stderr
     seen_mid_run: list[tuple[int, float]] = []
     while process.poll() is None and not seen_mid_run:
         # Mid-run: some losses are in the event files while the last checkpoint is not written yet.
@@ -88,6 +104,7 @@ def test_a_cli_run_reports_live_and_prints_only_its_own_lines(tiny_bert, pair_fi
         time.sleep(0.2)
     out, _ = process.communicate(timeout=600)
     assert process.returncode == 0, out[-3000:]
+    assert not (run_dir / LOCK_FILE).exists()  # released when the run ended
     lines = out.splitlines()
     assert len(lines) <= SCREEN_LINES and all(line.startswith("[rerank-ray] ") for line in lines), out
     assert any(line.startswith("[rerank-ray] step 4/13 | epoch 0.31 | loss") for line in lines), out  # relayed

@@ -50,7 +50,7 @@ def ensure_ray(config: Config, num_cpus: int | None = None, forward_logs: bool =
         # and Ray refuses a variable set in both: set only what the job leaves unset.
         env_vars = {k: v for k, v in env_vars.items() if k not in job_runtime_env().get("env_vars", {})}
         ray.init(address=address, runtime_env={"env_vars": env_vars} if env_vars else None, log_to_driver=forward_logs)
-        return None
+        return f"joined the Ray cluster at {address}"
     scaling = config.scaling
     needed = max(num_cpus or 0, math.ceil(scaling.num_workers * scaling.cpus_per_worker) + DATA_CPUS)
     dashboard_port, api_env = pinned_state_api()

@@ -25,7 +25,7 @@ import yaml
 from rerank_ray import console
 from rerank_ray.commands import EvalRequest, parse_columns, rank_documents, read_documents, run_eval
 from rerank_ray.config import HEADLINE, field_docs, load_config
-from rerank_ray.errors import clear_error
+from rerank_ray.errors import clear_error, clear_message
 from rerank_ray.redaction import redact
 from rerank_ray.run.driver import train
 from rerank_ray.training.progress import quiet_libraries
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - the top level turns errors into exit codes
         cause = clear_error(err)
         if cause is not None:
-            print(redact(f"error: {cause}"), file=sys.stderr)
+            print(redact(f"error: {clear_message(cause)}"), file=sys.stderr)
             return EXIT_USAGE
         print(redact(traceback.format_exc()), file=sys.stderr, end="")
         print(redact(f"error: {err}"), file=sys.stderr)

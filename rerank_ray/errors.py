@@ -12,6 +12,7 @@ Ray Train keeps each worker's in ``worker_failures`` and a controller's in
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 
@@ -94,3 +95,15 @@ def root_cause(error: BaseException) -> BaseException:
             break
         current = inner
     return current
+
+
+#: What Ray Data appends to an error of a read or map task it gave up retrying
+#: (ray/data/_internal/util.py, _annotate_exception_with_retry_context, Ray 2.60): "Failed to
+#: read stream iteratively after 1/10 attempts ..." and a hint to configure retries. For an error
+#: of the data's own (a bad row), which no retry cures, the hint misleads.
+_RAY_DATA_RETRY_NOTE = re.compile(r"\nFailed to [^\n]* after \d+/\d+ attempts \(total backoff")
+
+
+def clear_message(error: BaseException) -> str:
+    """The message of a clear error as the user should read it: without Ray Data's retry notes."""
+    return _RAY_DATA_RETRY_NOTE.split(str(error), maxsplit=1)[0]

@@ -19,7 +19,7 @@ from tiny import synthetic_pairs, write_jsonl, write_parquet
 
 from rerank_ray.config import Config
 from rerank_ray.data import files, stream
-from rerank_ray.errors import DataError
+from rerank_ray.errors import DataError, clear_message
 from rerank_ray.run.driver import inspect_data
 
 SKIP_HINT = "data.on_bad_row=skip"
@@ -338,6 +338,10 @@ def test_a_bad_row_in_the_stream_ends_the_run_without_retries(ray_local, tiny_be
     with pytest.raises(DataError) as caught:
         train(Config.from_dict(raw))
     assert_names(str(caught.value), str(parquet), "row 1301", "holds 2.5", "[label_out_of_range]")
+    # What the command line prints: the message alone, without Ray Data's advice to retry.
+    shown = clear_message(caught.value)
+    assert shown.startswith(f"data.train: {parquet}, row 1301") and "[label_out_of_range]" in shown
+    assert "attempts" not in shown and "retried_map_errors" not in shown and "\n" not in shown, shown
     sessions = [
         json.loads(line)
         for line in (tmp_path / "runs" / "bad" / "audit" / "rank0.jsonl").read_text().splitlines()

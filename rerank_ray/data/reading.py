@@ -69,6 +69,15 @@ def _canonical(table: pa.Table, checker: RowChecker) -> pa.Table:
 # Parquet
 
 
+def _check_schema(schema: pa.Schema, file_index: int, checker: RowChecker) -> None:
+    """A binary file's columns, from its schema before any row: each one the run needs is there,
+    and of a type that holds it."""
+    for canonical, column in checker.file_columns.items():
+        if column not in schema.names:
+            raise checker.missing_column(file_index, canonical, list(schema.names))
+    checker.check_types(file_index, schema)
+
+
 def _read_parquet(open_file: Opener, file_index: int, checker: RowChecker, limit: int | None) -> Iterator[pa.Table]:
     import pyarrow.parquet as pq
 
@@ -85,11 +94,7 @@ def _read_parquet(open_file: Opener, file_index: int, checker: RowChecker, limit
                 f"cannot be read as Parquet ({_one_line(err)})",
                 "the file is truncated or not Parquet: re-export it",
             ) from err
-        schema = parquet.schema_arrow
-        for canonical, column in checker.file_columns.items():
-            if column not in schema.names:
-                raise checker.missing_column(file_index, canonical, list(schema.names))
-        checker.check_types(file_index, schema)
+        _check_schema(parquet.schema_arrow, file_index, checker)
         if parquet.metadata.num_rows == 0:
             raise checker.file_error(file_index, "the file holds no rows", "remove it from the data, or re-export it")
         row = 0
@@ -126,10 +131,7 @@ def _read_arrow(open_file: Opener, file_index: int, checker: RowChecker, limit: 
                 f"cannot be read as an Arrow stream ({_one_line(err)})",
                 "the file is truncated or not an Arrow IPC stream (Dataset.save_to_disk writes one): save it again",
             ) from err
-        for canonical, column in checker.file_columns.items():
-            if column not in reader.schema.names:
-                raise checker.missing_column(file_index, canonical, list(reader.schema.names))
-        checker.check_types(file_index, reader.schema)
+        _check_schema(reader.schema, file_index, checker)
         row = 0
         try:
             for batch in reader:

@@ -45,12 +45,69 @@ HEADLINE = {
     "reranking": "ndcg@{at_k}",
 }
 
-#: The sentence-transformers cross-encoder losses ``train.loss`` takes: the labels each expects,
-#: the head size it needs and the keyword arguments it takes here.
-POINTWISE_LOSSES = {
-    "BinaryCrossEntropyLoss": {"labels": "float in [0, 1]", "num_labels": "one", "kwargs": ("pos_weight",)},
-    "MSELoss": {"labels": "float", "num_labels": "one", "kwargs": ()},
-    "CrossEntropyLoss": {"labels": "integer class id", "num_labels": "several", "kwargs": ()},
+#: Data shapes a training set can have (rerank_ray/data/shapes.py finds it from the files' columns).
+SHAPES = ("pairs", "n-tuple", "list")
+#: Canonical columns of the grouped shapes, besides ``label``: a query with its positive and
+#: negatives (``negative_1``..``negative_k``, or one ``negative``), or a query with a list of
+#: documents and a list of labels.
+GROUP_COLUMNS = ("query", "positive", "negative", "documents", "labels")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """What a sentence-transformers cross-encoder loss takes: the data shape, its labels, the head
+    size and its keyword arguments (``train.loss_kwargs``; tests/test_losses.py checks these
+    names against the library's signatures)."""
+
+    shape: str
+    labels: str
+    num_labels: str
+    kwargs: tuple[str, ...]
+    needs_label: bool = True
+
+
+#: The 12 losses of ``sentence_transformers.cross_encoder.losses`` ``train.loss`` takes.
+LOSSES = {
+    "BinaryCrossEntropyLoss": LossSpec("pairs", "float in [0, 1]", "one", ("activation_fn", "pos_weight")),
+    "MSELoss": LossSpec("pairs", "float", "one", ("activation_fn",)),
+    "CrossEntropyLoss": LossSpec("pairs", "integer class id", "several", ("activation_fn",)),
+    "MultipleNegativesRankingLoss": LossSpec(
+        "n-tuple", "none", "one", ("num_negatives", "scale", "activation_fn"), needs_label=False
+    ),
+    "CachedMultipleNegativesRankingLoss": LossSpec(
+        "n-tuple",
+        "none",
+        "one",
+        ("num_negatives", "scale", "activation_fn", "mini_batch_size", "show_progress_bar"),
+        needs_label=False,
+    ),
+    "MarginMSELoss": LossSpec("n-tuple", "teacher scores (positive, negatives) or margins", "one", ("activation_fn",)),
+    "ListNetLoss": LossSpec("list", "float per document", "one", ("activation_fn", "mini_batch_size")),
+    "ListMLELoss": LossSpec(
+        "list", "float per document", "one", ("activation_fn", "mini_batch_size", "respect_input_order")
+    ),
+    "PListMLELoss": LossSpec(
+        "list",
+        "float per document",
+        "one",
+        ("lambda_weight", "activation_fn", "mini_batch_size", "respect_input_order"),
+    ),
+    "LambdaLoss": LossSpec(
+        "list",
+        "float per document",
+        "one",
+        ("weighting_scheme", "k", "sigma", "eps", "reduction_log", "activation_fn", "mini_batch_size"),
+    ),
+    "RankNetLoss": LossSpec(
+        "list", "float per document", "one", ("k", "sigma", "eps", "reduction_log", "activation_fn", "mini_batch_size")
+    ),
+    "ADRMSELoss": LossSpec("list", "float per document", "one", ("alpha", "activation_fn", "mini_batch_size")),
+}
+#: What each shape's columns are, for messages.
+SHAPE_COLUMNS = {
+    "pairs": "sentence_0, sentence_1, label",
+    "n-tuple": "query, positive[, negative_1 .. negative_k][, label (a list of teacher scores)]",
+    "list": "query, documents (a list of texts), labels (a list of numbers, one per document)",
 }
 
 
@@ -61,17 +118,18 @@ def headline_metric_key(kind: str, name: str, at_k: int = 10) -> str:
 
 def integer_labels(loss_name: str) -> bool:
     """Whether the loss takes class ids (kept as integers from the file to the loss)."""
-    return POINTWISE_LOSSES[loss_name]["labels"] == "integer class id"
+    return LOSSES[loss_name].labels == "integer class id"
 
 
 def check_loss_fits(loss_name: str, num_labels: int, eval_kind: str, loss_kwargs: dict[str, Any]) -> None:
     """Raise a ConfigError when the loss cannot train this head or feed this evaluator."""
-    if loss_name not in POINTWISE_LOSSES:
+    if loss_name not in LOSSES:
         raise ConfigError(
-            f"train.loss {loss_name!r} is not supported: choose one of {', '.join(POINTWISE_LOSSES)} "
-            "(pointwise sentence-transformers cross-encoder losses)"
+            f"train.loss {loss_name!r} is not supported: choose one of {', '.join(LOSSES)} "
+            "(the sentence-transformers cross-encoder losses)"
         )
-    wants_several = POINTWISE_LOSSES[loss_name]["num_labels"] == "several"
+    spec = LOSSES[loss_name]
+    wants_several = spec.num_labels == "several"
     if wants_several and num_labels < 2:
         raise ConfigError(f"train.loss {loss_name} needs model.num_labels >= 2 (one logit per class)")
     if not wants_several and num_labels != 1:
@@ -80,12 +138,31 @@ def check_loss_fits(loss_name: str, num_labels: int, eval_kind: str, loss_kwargs
         raise ConfigError("eval.kind classification needs model.num_labels >= 2 and train.loss CrossEntropyLoss")
     if eval_kind != "classification" and num_labels > 1:
         raise ConfigError(f"eval.kind {eval_kind} scores pairs with one logit; set eval.kind classification")
-    allowed = set(POINTWISE_LOSSES[loss_name]["kwargs"])
+    allowed = set(spec.kwargs)
     extra = set(loss_kwargs) - allowed
     if extra:
         raise ConfigError(
-            f"train.loss_kwargs has {sorted(extra)}, which {loss_name} does not take here"
+            f"train.loss_kwargs has {sorted(extra)}, which {loss_name} does not take"
             + (f"; it takes {sorted(allowed)}" if allowed else "")
+        )
+
+
+def check_loss_shape(loss_name: str, shape: str, has_label: bool, where: str) -> None:
+    """Raise a ConfigError when the training set's shape (found from its columns) is not one the
+    loss takes: named before Ray starts, with the columns the loss needs."""
+    spec = LOSSES[loss_name]
+    if spec.shape != shape:
+        raise ConfigError(
+            f"train.loss {loss_name} trains on the {spec.shape} shape ({SHAPE_COLUMNS[spec.shape]}), but {where} "
+            f"has the {shape} shape ({SHAPE_COLUMNS[shape]}): give it those columns (map yours with data.columns), "
+            f"or choose a loss of the {shape} shape: "
+            + ", ".join(name for name, other in LOSSES.items() if other.shape == shape)
+        )
+    if shape == "n-tuple" and spec.needs_label and not has_label:
+        raise ConfigError(
+            f"train.loss {loss_name} needs teacher scores in a label column (a list: the positive's score and each "
+            f"negative's, or the margins), and {where} has none: add one (rerank-ray score writes it) or map it "
+            "with data.columns.label"
         )
 
 
@@ -135,9 +212,11 @@ class DataConfig:
     """File format. ``auto`` picks it from the file extension (.parquet, .jsonl/.json, .csv, .tsv)."""
 
     columns: dict[str, str] = field(default_factory=dict)
-    """Maps ``sentence_0``, ``sentence_1`` and ``label`` (keys) onto the names used in your files
-    (values), e.g. ``{sentence_0: query, sentence_1: passage, label: score}``. Unmapped keys keep
-    their canonical name."""
+    """Maps canonical column names (keys) onto the names used in your files (values), e.g.
+    ``{sentence_0: query, sentence_1: passage, label: score}`` for pairs, ``{positive: pos,
+    negative_1: neg}`` for an n-tuple, ``{documents: passages, labels: scores}`` for a list.
+    Unmapped keys keep their canonical name. The columns present decide the training set's
+    shape (README, "Data shapes and losses")."""
 
     label_scale: float = 1.0
     """Every label is multiplied by this on read (0.2 turns 0-5 similarity scores into 0-1)."""
@@ -170,6 +249,10 @@ class DataConfig:
     """Optional column that identifies a pair; with ``run.audit`` on, the ids each worker trained
     in each step are written down."""
 
+    max_docs_per_query: int | None = None
+    """Grouped shapes: at most this many documents of a query per epoch, drawn afresh each epoch
+    (seeded); an n-tuple keeps its positive and draws among its negatives. None: all of them."""
+
     tokenize_batch_size: int = 1024
     """Rows per Ray Data tokenization task."""
 
@@ -183,18 +266,26 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     loss: str = "BinaryCrossEntropyLoss"
-    """A pointwise sentence-transformers cross-encoder loss, by class name:
-    ``BinaryCrossEntropyLoss``, ``MSELoss`` or ``CrossEntropyLoss``."""
+    """A sentence-transformers cross-encoder loss, by class name. On labelled pairs:
+    ``BinaryCrossEntropyLoss``, ``MSELoss``, ``CrossEntropyLoss``; on a query with its positive
+    (and hard negatives): ``MultipleNegativesRankingLoss``, ``CachedMultipleNegativesRankingLoss``,
+    ``MarginMSELoss`` (teacher scores); on a query's list of documents and labels: ``LambdaLoss``,
+    ``ListNetLoss``, ``ListMLELoss``, ``PListMLELoss``, ``RankNetLoss``, ``ADRMSELoss``. The
+    training set's columns must have the loss's shape (README, "Data shapes and losses")."""
 
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments for the loss, e.g. ``{pos_weight: 4.0}`` for BinaryCrossEntropyLoss."""
+    """Keyword arguments for the loss, as its class takes them, e.g. ``{pos_weight: 4.0}`` for
+    BinaryCrossEntropyLoss, ``{num_negatives: 8, scale: 20}`` for MultipleNegativesRankingLoss,
+    ``{weighting_scheme: NDCGLoss2PPScheme, k: 10}`` for LambdaLoss. Modules are named:
+    ``activation_fn`` by a torch.nn class (``Sigmoid``, ``Identity``, ``torch.nn.Tanh``) or null,
+    ``weighting_scheme`` and ``lambda_weight`` by a sentence-transformers class name."""
 
     epochs: int = 3
     """Passes over the training data (sentence-transformers' default: 3)."""
 
     per_device_batch_size: int = 8
-    """Pairs per batch on each worker, as ``per_device_train_batch_size`` in sentence-transformers
-    (default 8, as there).
+    """Rows per batch on each worker, as ``per_device_train_batch_size`` in sentence-transformers
+    (default 8, as there): pairs, or for the grouped shapes queries (each with its documents).
     The global batch is this times the number of workers times ``gradient_accumulation_steps``."""
 
     gradient_accumulation_steps: int = 1
@@ -529,12 +620,15 @@ class Config:
             raise ConfigError(f"run.max_failures must be -1 (no limit) or at least 0, got {self.run.max_failures}")
         # Credentials written into a path would reach Ray's logs, error messages and the model card.
         check_no_inline_credentials(self.paths())
-        unknown_columns = set(self.data.columns) - set(PAIR_COLUMNS)
+        unknown_columns = [key for key in self.data.columns if not is_canonical_column(key)]
         if unknown_columns:
             raise ConfigError(
                 f"data.columns has unknown key(s) {sorted(unknown_columns)}: its keys are the canonical "
-                f"names {list(PAIR_COLUMNS)} and its values the column names in your files"
+                f"names ({', '.join(PAIR_COLUMNS)}; {', '.join(GROUP_COLUMNS)}, negative_1..negative_k) "
+                "and its values the column names in your files"
             )
+        if self.data.max_docs_per_query is not None and self.data.max_docs_per_query < 1:
+            raise ConfigError(f"data.max_docs_per_query must be at least 1, got {self.data.max_docs_per_query}")
         # The loss and the evaluator kind must fit the head; fail here rather than in a worker.
         check_loss_fits(self.train.loss, self.model.num_labels, self.eval.kind, self.train.loss_kwargs)
 
@@ -583,6 +677,14 @@ class Config:
             )
         if self.train.loss == "CrossEntropyLoss" and self.data.label_scale != 1.0:
             raise ConfigError("data.label_scale must stay 1 with CrossEntropyLoss: its labels are class ids")
+
+
+def is_canonical_column(name: str) -> bool:
+    """A key ``data.columns`` takes: a canonical column of some shape."""
+    if name in PAIR_COLUMNS or name in GROUP_COLUMNS:
+        return True
+    prefix, _, number = name.partition("_")
+    return prefix == "negative" and number.isdigit() and int(number) >= 1
 
 
 def check_torch_compile() -> None:

@@ -317,3 +317,48 @@ def write_beir(rows: list[dict], folder: Path, split: str = "test") -> Path:
     lines = ["query-id\tcorpus-id\tscore"] + [f"{r['query_id']}\t{r['pair_id']}\t{r['label']}" for r in rows]
     (folder / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
     return folder
+
+
+def judged_lists(num_queries: int, seed: int = 0, start: int = 0) -> list[dict]:
+    """Queries with a list of 3-6 judged documents (grade 2 or 1 from the first half of the
+    vocabulary, 0 from the second): the list shape (query, documents, labels)."""
+    rng = random.Random(seed)
+    half = len(WORDS) // 2
+    rows = []
+    for q in range(start, start + num_queries):
+        docs, labels = [], []
+        for d in range(rng.randint(3, 6)):
+            grade = 2 if d == 0 else rng.choice([0, 0, 1])
+            pool = WORDS[:half] if grade else WORDS[half:]
+            docs.append(" ".join(rng.sample(pool, rng.randint(2, 6))))
+            labels.append(grade)
+        order = rng.sample(range(len(docs)), len(docs))
+        rows.append(
+            {
+                "query": f"{WORDS[q % len(WORDS)]} {WORDS[(q * 7 + 3) % len(WORDS)]} {q}",
+                "documents": [docs[i] for i in order],
+                "labels": [labels[i] for i in order],
+                "pair_id": f"q{q}",
+            }
+        )
+    return rows
+
+
+def tuples(num_queries: int, negatives: int = 3, seed: int = 0, scores: bool = False) -> list[dict]:
+    """(query, positive, negative_1..negative_k) rows, the positive from the first half of the
+    vocabulary; with ``scores`` a teacher's scores (positive high) in ``label``."""
+    rng = random.Random(seed)
+    half = len(WORDS) // 2
+    rows = []
+    for q in range(num_queries):
+        row = {
+            "query": f"{WORDS[q % len(WORDS)]} {WORDS[(q * 7 + 3) % len(WORDS)]} {q}",
+            "positive": " ".join(rng.sample(WORDS[:half], rng.randint(2, 6))),
+        }
+        for n in range(negatives):
+            row[f"negative_{n + 1}"] = " ".join(rng.sample(WORDS[half:], rng.randint(2, 6)))
+        if scores:
+            row["label"] = [rng.uniform(2, 4)] + [rng.uniform(-4, 0) for _ in range(negatives)]
+        row["pair_id"] = f"q{q}"
+        rows.append(row)
+    return rows

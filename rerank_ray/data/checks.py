@@ -15,6 +15,7 @@ placeholders by reason for the log and ``metrics.json``.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ import pyarrow.compute as pc
 
 from rerank_ray.config import Config
 from rerank_ray.data.position import row_keys
+from rerank_ray.data.shapes import PAIRS, Shape
 from rerank_ray.errors import DataError
 
 #: Why a row was skipped; its code in the ``skip`` column is the index + 1 (0: a good row).
@@ -37,6 +39,11 @@ REASONS = (
     "non_numeric_label",
     "label_out_of_range",
     "malformed_row",
+    # Grouped shapes (rerank_ray/data/shapes.py): appended, so older checkpoints' tallies keep their codes.
+    "not_a_list",
+    "empty_list",
+    "list_lengths_differ",
+    "no_order",
 )
 CODES = {name: i + 1 for i, name in enumerate(REASONS)}
 TEXT_COLUMNS = ("sentence_0", "sentence_1")
@@ -50,6 +57,10 @@ _WHAT = {
     "non_numeric_label": "is not a finite number",
     "label_out_of_range": "is out of range",
     "malformed_row": "cannot be parsed",
+    "not_a_list": "is not a list",
+    "empty_list": "is an empty list",
+    "list_lengths_differ": "has a different number of entries than the row's documents",
+    "no_order": "holds labels that are all equal: a list needs two different labels to rank",
 }
 _FIX = {
     "null_text": "fill in or remove the row (if the whole column is missing from this file, map it with data.columns)",
@@ -59,6 +70,10 @@ _FIX = {
     "missing_label": "fill in the label or remove the row",
     "non_numeric_label": "write labels as numbers (1 / 0, or a score such as 0.8)",
     "malformed_row": "repair the line (an unbalanced quote, a missing or extra delimiter, broken JSON)",
+    "not_a_list": "write a list (a JSON array, or a Parquet list column)",
+    "empty_list": "give the query at least two documents, or remove the row",
+    "list_lengths_differ": "give one label per document (for an n-tuple's scores: the positive's and each negative's)",
+    "no_order": "judge at least one document differently (a positive among negatives), or remove the row",
 }
 SKIP_HINT = "or set data.on_bad_row=skip to train without such rows (they are counted in metrics.json)"
 
@@ -172,6 +187,8 @@ class RowChecker:
     column_fixes: dict[str, str] = field(default_factory=dict)
     """Canonical column -> how to name its file column, where that is not a config key (the
     flags of ``rerank-ray eval``)."""
+    shape: Shape = PAIRS
+    """The split's shape: which columns hold texts, lists and labels."""
 
     # -------------------------------------------------------------- file-level problems
     def file_error(self, file_index: int, problem: str, fix: str) -> DataError:
@@ -181,7 +198,7 @@ class RowChecker:
         column = self.file_columns[canonical]
         hint = self.column_fixes.get(canonical) or (
             f"map it with data.columns.{canonical}=<your column>"
-            if canonical in ("sentence_0", "sentence_1", "label")
+            if canonical in ("sentence_0", "sentence_1", "label", *self.shape.columns)
             else ("check eval.query_id_column" if canonical == "query_id" else "check data.id_column")
         )
         others = f"; the file has columns {present}" if present is not None else ""
@@ -195,10 +212,9 @@ class RowChecker:
             if canonical in ("pair_id", "query_id") or column not in schema.names:
                 continue
             arrow_type = schema.field(column).type
-            ok = is_text_type(arrow_type) if canonical in TEXT_COLUMNS else is_label_type(arrow_type)
-            if ok:
+            want = self._wanted_type(canonical)
+            if _holds(want, arrow_type):
                 continue
-            want = "text" if canonical in TEXT_COLUMNS else "numbers"
             reference = self.reference.get(canonical)
             other = (
                 f" while {reference[1]} holds {reference[0]}"
@@ -208,8 +224,17 @@ class RowChecker:
             raise self.file_error(
                 file_index,
                 f"column {column!r} (for {canonical}) holds {arrow_type}, not {want}{other}: the files' schemas disagree",
-                f"write {column!r} as {'strings' if want == 'text' else 'numbers'} in every file",
+                f"write {column!r} as {_WRITE_AS[want]} in every file",
             )
+
+    def _wanted_type(self, canonical: str) -> str:
+        if canonical in self.shape.text_columns:
+            return "text"
+        if canonical == "documents":
+            return "a list of texts"
+        if canonical == "labels" or (canonical == "label" and self.shape.grouped):
+            return "a list of numbers"
+        return "numbers"
 
     # -------------------------------------------------------------- row-level problems
     def check(
@@ -240,6 +265,11 @@ class RowChecker:
             codes[index] = CODES[reason]
             first.setdefault(index, BadRow(first_row + index, reason, column, value))
 
+        if self.shape.grouped:
+            grouped = self._check_group(raw, codes, mark)
+            if self.on_bad_row == "error" and first:
+                raise self.row_error(file_index, first[min(first)])
+            return self._finish(grouped, raw, codes, file_index, first_row)
         texts = {name: self._check_text(raw.column(name), name, mark) for name in TEXT_COLUMNS}
         labels = self._check_label(raw.column("label"), mark)
 
@@ -250,12 +280,118 @@ class RowChecker:
             name: pc.if_else(bad, pa.scalar("", pa.string()), text) for name, text in texts.items()
         }
         columns["label"] = pa.array(np.where(codes > 0, 0.0, labels).astype(np.float32))
+        return self._finish(columns, raw, codes, file_index, first_row)
+
+    def _finish(
+        self, columns: dict[str, pa.Array], raw: pa.Table, codes: np.ndarray, file_index: int, first_row: int
+    ) -> pa.Table:
+        n = raw.num_rows
         columns["skip"] = pa.array(codes)
         columns["row_key"] = pa.array(row_keys(file_index, first_row, n))
         for canonical in self.file_columns:  # pair_id, and any other column a run reads, as text
-            if canonical not in (*TEXT_COLUMNS, "label"):
+            if canonical not in (*TEXT_COLUMNS, "label", *self.shape.columns):
                 columns[canonical] = _as_string(raw.column(canonical))
         return pa.table(columns)
+
+    # -------------------------------------------------------------- grouped shapes
+    def _check_group(self, raw: pa.Table, codes: np.ndarray, mark) -> dict[str, pa.Array]:
+        """``query``, ``documents`` (list<string>) and ``labels`` (list<float32>) of grouped rows
+        (:mod:`rerank_ray.data.shapes`); a bad row's lists are empty."""
+        n = raw.num_rows
+        texts = {name: self._check_text(raw.column(name), name, mark) for name in self.shape.text_columns}
+        if self.shape.name == "list":
+            documents, doc_lengths = self._text_lists(raw.column("documents"), "documents", mark)
+            labels, label_lengths = self._number_lists(raw.column("labels"), "labels", mark)
+            mark(doc_lengths == 0, "empty_list", "documents", _lists_shown(raw, "documents"))
+            mark(label_lengths != doc_lengths, "list_lengths_differ", "labels", _lists_shown(raw, "labels"))
+            mark(_all_equal(labels, label_lengths), "no_order", "labels", _lists_shown(raw, "labels"))
+        else:
+            columns = [texts[name] for name in self.shape.text_columns[1:]]  # positive, negatives
+            k = len(columns)
+            # Row-major: row i's documents are columns 0..k-1 at row i.
+            order = (np.arange(k)[None, :] * n + np.arange(n)[:, None]).ravel()
+            documents = pa.concat_arrays(columns).take(pa.array(order))
+            doc_lengths = np.full(n, k, dtype=np.int64)
+            if self.shape.has_label:
+                # Teacher scores, one per document, or margins (the positive's minus each negative's).
+                labels, label_lengths = self._number_lists(raw.column("label"), "label", mark)
+                fits = (label_lengths == k) | ((label_lengths == k - 1) & (k > 1))
+                mark(~fits, "list_lengths_differ", "label", _lists_shown(raw, "label"))
+            else:  # the positive is the first document
+                labels = np.tile(np.array([1.0] + [0.0] * (k - 1)), n)
+                label_lengths = doc_lengths
+        bad = codes > 0
+        return {
+            "query": pc.if_else(pa.array(bad), pa.scalar("", pa.string()), texts["query"]),
+            "documents": _drop_rows(documents, doc_lengths, bad, pa.string()),
+            "labels": _drop_rows(pa.array(labels * self.label_scale, pa.float32()), label_lengths, bad, pa.float32()),
+        }
+
+    def _text_lists(self, column: pa.ChunkedArray, name: str, mark) -> tuple[pa.Array, np.ndarray]:
+        """(flat checked texts, texts per row) of a list-of-texts column."""
+        values, lengths, parents = self._flatten(column, name, mark, text=True)
+        row_mark = _row_marker(mark, parents, len(lengths))
+        return self._check_text(values, name, row_mark), lengths
+
+    def _number_lists(self, column: pa.ChunkedArray, name: str, mark) -> tuple[np.ndarray, np.ndarray]:
+        """(flat numbers as float64, numbers per row) of a list-of-numbers column; a non-finite
+        number marks its row."""
+        values, lengths, parents = self._flatten(column, name, mark, text=False)
+        row_mark = _row_marker(mark, parents, len(lengths))
+        if pa.types.is_null(values.type) or len(values) == 0:
+            numbers = np.zeros(len(values), dtype=np.float64)
+            row_mark(np.asarray(values.is_null()) if len(values) else np.zeros(0, bool), "missing_label", name, values)
+            return numbers, lengths
+        if is_text_type(values.type):
+            numbers, missing, non_numeric = _parse_labels(values)
+            row_mark(missing, "missing_label", name, values)
+            row_mark(non_numeric, "non_numeric_label", name, values)
+        elif pa.types.is_integer(values.type) or pa.types.is_floating(values.type) or pa.types.is_decimal(values.type):
+            row_mark(np.asarray(values.is_null()), "missing_label", name, values)
+            numbers = values.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
+        else:
+            row_mark(np.ones(len(values), dtype=bool), "non_numeric_label", name, values)
+            numbers = np.zeros(len(values), dtype=np.float64)
+        row_mark(~np.isfinite(numbers), "non_numeric_label", name, values)
+        return np.nan_to_num(numbers, nan=0.0, posinf=0.0, neginf=0.0), lengths
+
+    def _flatten(self, column: pa.ChunkedArray, name: str, mark, text: bool) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+        """(flat values, entries per row, row of each value) of a list column, or of a text column
+        holding JSON arrays (a CSV cell, or a JSON line the Python path read)."""
+        array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        n = len(array)
+        if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+            nulls = np.asarray(array.is_null())
+            mark(nulls, "not_a_list", name, array)
+            lengths = np.asarray(pc.list_value_length(array).fill_null(0), dtype=np.int64)
+            values = pc.list_flatten(array)
+            parents = np.asarray(pc.list_parent_indices(array), dtype=np.int64)
+            return values, lengths, parents
+        if is_text_type(array.type):
+            parsed: list[list | None] = []
+            for item in array.cast(pa.string()).to_pylist():
+                try:
+                    value = json.loads(item) if item is not None else None
+                except ValueError:
+                    value = None
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and not text:
+                    value = [value]  # one score: a list of one
+                parsed.append(value if isinstance(value, list) else None)
+            mark(np.array([p is None for p in parsed], dtype=bool), "not_a_list", name, array)
+            rows = [p or [] for p in parsed]
+            lengths = np.array([len(r) for r in rows], dtype=np.int64)
+            flat = [v for r in rows for v in r]
+            if text:
+                values = pa.array([v if isinstance(v, str) else None for v in flat], pa.string())
+                not_text = np.array([v is not None and not isinstance(v, str) for v in flat], dtype=bool)
+                _row_marker(mark, np.repeat(np.arange(n), lengths), n)(not_text, "not_text", name, flat)
+            else:
+                values = pa.array([None if v is None else str(v) for v in flat], pa.string())
+            return values, lengths, np.repeat(np.arange(n), lengths)
+        if not text and is_label_type(array.type):  # one score per row: a list of one
+            return array, np.ones(n, dtype=np.int64), np.arange(n)
+        mark(np.ones(n, dtype=bool), "not_a_list", name, array)
+        return pa.array([], pa.string()), np.zeros(n, dtype=np.int64), np.zeros(0, dtype=np.int64)
 
     def _check_text(self, column: pa.ChunkedArray, name: str, mark) -> pa.Array:
         array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
@@ -327,6 +463,78 @@ class RowChecker:
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
+
+
+_WRITE_AS = {
+    "text": "strings",
+    "numbers": "numbers",
+    "a list of texts": "a list of strings",
+    "a list of numbers": "a list of numbers",
+}
+
+
+def _holds(want: str, arrow_type: pa.DataType) -> bool:
+    """Whether a column of ``arrow_type`` can hold what ``want`` names (text holding JSON arrays
+    is read as lists)."""
+    if want == "text":
+        return is_text_type(arrow_type)
+    if want == "numbers":
+        return is_label_type(arrow_type)
+    if is_text_type(arrow_type) or pa.types.is_null(arrow_type):
+        return True
+    if want == "a list of numbers" and is_label_type(arrow_type):  # one score per row
+        return True
+    if not (pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type)):
+        return False
+    inner = arrow_type.value_type
+    return is_text_type(inner) or pa.types.is_null(inner) if want == "a list of texts" else is_label_type(inner)
+
+
+def _row_marker(mark, parents: np.ndarray, n: int):
+    """A ``mark`` for flat list values: marks the rows the flagged values belong to, showing the
+    first flagged value of each."""
+
+    def row_mark(mask: np.ndarray, reason: str, column: str, values: Any) -> None:
+        flagged = np.flatnonzero(mask)
+        if not len(flagged):
+            return
+        rows, first = np.unique(parents[flagged], return_index=True)
+        shown: list[Any] = [None] * n
+        for row, index in zip(rows.tolist(), flagged[first].tolist()):
+            shown[row] = values[index] if isinstance(values, list) else _value_at(values, index)
+        row_mask = np.zeros(n, dtype=bool)
+        row_mask[rows] = True
+        mark(row_mask, reason, column, shown)
+
+    return row_mark
+
+
+def _lists_shown(raw: pa.Table, column: str) -> list[Any] | None:
+    return raw.column(column).to_pylist() if column in raw.column_names else None
+
+
+def _all_equal(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Rows (of ``lengths`` entries each in ``values``) whose entries are all equal (a row of one included)."""
+    if not len(lengths):
+        return np.zeros(0, dtype=bool)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    nonempty = lengths > 0
+    high = np.full(len(lengths), -np.inf)
+    low = np.full(len(lengths), np.inf)
+    if len(values):
+        high[nonempty] = np.maximum.reduceat(values, starts[nonempty])
+        low[nonempty] = np.minimum.reduceat(values, starts[nonempty])
+    return nonempty & (high == low)
+
+
+def _drop_rows(values: pa.Array, lengths: np.ndarray, bad: np.ndarray, value_type: pa.DataType) -> pa.Array:
+    """A list array of ``values`` cut by ``lengths``, with the bad rows' lists emptied."""
+    parents = np.repeat(np.arange(len(lengths)), lengths)
+    keep = ~bad[parents] if len(parents) else np.zeros(0, dtype=bool)
+    kept = values.filter(pa.array(keep)) if len(values) else pa.array([], value_type)
+    kept_lengths = np.where(bad, 0, lengths)
+    offsets = np.concatenate([[0], np.cumsum(kept_lengths)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), kept.cast(value_type))
 
 
 def is_text_type(arrow_type: pa.DataType) -> bool:

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from rerank_ray.config import PAIR_COLUMNS, Config, DataConfig, DataSource
+from rerank_ray.config import Config, DataConfig, DataSource, check_loss_shape
 from rerank_ray.data import hub, reading
 from rerank_ray.data.checks import RowChecker, label_rule, tally, tally_dict
 from rerank_ray.data.queries import EvalQueries
+from rerank_ray.data.shapes import PAIRS, Shape, find_shape, shape_columns
 from rerank_ray.errors import ConfigError
 from rerank_ray.redaction import redact
 
@@ -169,10 +170,10 @@ def _all_exts() -> list[str]:
 # Reading
 
 
-def column_mapping(data: DataConfig, query_id_column: str | None = None) -> dict[str, str]:
+def column_mapping(data: DataConfig, query_id_column: str | None = None, shape: Shape = PAIRS) -> dict[str, str]:
     """file column -> canonical column, for the columns a run needs (``query_id``: the query of a
     reranking eval pair, when a column names it)."""
-    mapping = {data.columns.get(name, name): name for name in PAIR_COLUMNS}
+    mapping = {column: canonical for canonical, column in shape_columns(shape, data).items()}
     if data.id_column:
         mapping[data.id_column] = "pair_id"
     if query_id_column:
@@ -180,9 +181,9 @@ def column_mapping(data: DataConfig, query_id_column: str | None = None) -> dict
     return mapping
 
 
-def make_checker(config: Config, split: str, files: list[str]) -> RowChecker:
+def make_checker(config: Config, split: str, files: list[str], shape: Shape = PAIRS) -> RowChecker:
     """The row checks of one split (``train`` or ``eval``)."""
-    mapping = column_mapping(config.data, config.eval.query_id_column if split == "eval" else None)
+    mapping = column_mapping(config.data, config.eval.query_id_column if split == "eval" else None, shape)
     return RowChecker(
         what=f"data.{split}",
         files=files,
@@ -190,7 +191,17 @@ def make_checker(config: Config, split: str, files: list[str]) -> RowChecker:
         rule=label_rule(config, split),
         label_scale=config.data.label_scale,
         on_bad_row=config.data.on_bad_row,
+        shape=shape,
     )
+
+
+def training_shape(config: Config, files: list[str], fmt: str) -> Shape:
+    """The training set's shape, from its first file's columns, checked against the loss
+    (a :class:`ConfigError` before Ray starts when the loss cannot take it)."""
+    present = reading.peek_columns(reading.open_local_or_uri(files[0], fmt), fmt)
+    shape = find_shape(present or [], config.data)
+    check_loss_shape(config.train.loss, shape.name, shape.has_label, f"data.train ({files[0]})")
+    return shape
 
 
 #: Files checked before training (their first :data:`SAMPLE_ROWS` rows; Parquet footers give the
@@ -222,7 +233,9 @@ def inspect_split(specs: list[DataSource], config: Config, split: str) -> SplitF
     file and row, before Ray starts."""
     what = f"data.{split}"
     files, fmt = resolve_paths(specs, config.data.format, what)
-    checker = make_checker(config, split, files)
+    # Training sets come in several shapes; eval sets are labelled pairs (reranking: with a query id).
+    shape = training_shape(config, files, fmt) if split == "train" else PAIRS
+    checker = make_checker(config, split, files, shape)
     if fmt == "parquet":
         import pyarrow.parquet as pq
 

@@ -260,9 +260,7 @@ def _arrow_text_chunks(stream: Any, fmt: str, checker: RowChecker, file_index: i
     if fmt == "jsonl":
         # Texts and ids as strings, labels as numbers: a value of another type (or broken JSON)
         # raises, and the Python path below names the line.
-        fields = []
-        for canonical, column in checker.file_columns.items():
-            fields.append((column, pa.float64() if canonical == "label" else pa.string()))
+        fields = [(column, _json_type(canonical, checker)) for canonical, column in checker.file_columns.items()]
         reader = pajson.open_json(
             stream,
             read_options=pajson.ReadOptions(block_size=TEXT_BLOCK_BYTES, use_threads=False),
@@ -294,6 +292,16 @@ def _arrow_text_chunks(stream: Any, fmt: str, checker: RowChecker, file_index: i
     for batch in reader:
         if batch.num_rows:
             yield pa.Table.from_batches([batch])
+
+
+def _json_type(canonical: str, checker: RowChecker) -> pa.DataType:
+    """The type pyarrow's JSON reader must find for a column: anything else falls back to the
+    Python path, which names the line."""
+    if canonical == "documents":
+        return pa.list_(pa.string())
+    if canonical == "labels" or (canonical == "label" and checker.shape.grouped):
+        return pa.list_(pa.float64())
+    return pa.float64() if canonical == "label" else pa.string()
 
 
 def _python_text_chunks(
@@ -383,7 +391,7 @@ def _parse_json_line(line: bytes, checker: RowChecker) -> tuple[dict[str, Any], 
                 values[canonical] = None
             else:
                 values[canonical] = value
-        elif canonical in ("sentence_0", "sentence_1"):
+        elif canonical in checker.shape.text_columns:
             problem = problem or ("not_text", canonical, value)
             values[canonical] = None
         elif isinstance(value, bool):
@@ -461,6 +469,33 @@ def _permuted(chunks: list[pa.Table], rng: np.random.Generator) -> Iterator[pa.T
     table = table.take(pa.array(rng.permutation(table.num_rows)))
     for start in range(0, table.num_rows, CHUNK_ROWS):
         yield table.slice(start, CHUNK_ROWS)
+
+
+def peek_columns(open_file: Opener, fmt: str) -> list[str] | None:
+    """The column names of a file, from its schema, header or first record (None: unreadable; the
+    reader names the problem when it reads the file)."""
+    try:
+        with open_file() as handle:
+            if fmt == "parquet":
+                import pyarrow.parquet as pq
+
+                return list(pq.ParquetFile(handle).schema_arrow.names)
+            if fmt == "arrow":
+                return list(pa.ipc.open_stream(handle).schema.names)
+            buffered = io.BufferedReader(_RawAdapter(handle), buffer_size=1 << 20)
+            first = _read_head(buffered).removeprefix(BOM).strip().splitlines()
+    except (OSError, pa.ArrowException):
+        return None
+    if not first:
+        return None
+    if fmt == "jsonl":
+        try:
+            record = json.loads(first[-1])
+        except ValueError:
+            return None
+        return list(record) if isinstance(record, dict) else None
+    text = first[-1].decode("utf-8", "replace")
+    return next(csv.reader([text], delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else csv.reader([text]))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from rerank_ray.data.hub import hub_filesystem
 from rerank_ray.data.position import count_in_ranges, drop_trained, files_digest
 from rerank_ray.data.queries import EvalQueries
 from rerank_ray.data.reading import open_with, read_file, shuffle_rows
+from rerank_ray.data.shapes import PAIRS, Shape
 from rerank_ray.errors import DataError
 from rerank_ray.evaluation.ranking import QUERY_ID, query_hashes
 
@@ -64,6 +65,8 @@ class PairSource:
     """Name for the model card. None: the folder of the first file."""
     dropped_queries: dict[str, int] = field(default_factory=dict)
     """Reranking queries left out by ``eval.drop_unrankable``, by reason."""
+    shape: Shape = PAIRS
+    """The rows' shape (:mod:`rerank_ray.data.shapes`)."""
 
 
 def open_pairs(split: SplitFiles, data: DataConfig, seed: int | None) -> PairSource:
@@ -80,7 +83,14 @@ def open_pairs(split: SplitFiles, data: DataConfig, seed: int | None) -> PairSou
             if len(split.files) == 1
             else f"{split.what}: no rows in {len(split.files)} files"
         )
-    return PairSource(what=split.what, files=split.files, format=split.format, dataset=dataset, num_rows=num_rows)
+    return PairSource(
+        what=split.what,
+        files=split.files,
+        format=split.format,
+        dataset=dataset,
+        num_rows=num_rows,
+        shape=split.checker.shape,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,6 +153,29 @@ def tokenize_batch(batch: pa.Table, handle: TokenizerHandle, max_length: int, cl
     for name in batch.column_names:  # pair_id, and any other column the reader passed through
         if name not in ("sentence_0", "sentence_1", "label", "skip", "row_key"):
             columns[name] = batch.column(name)
+    return pa.table(columns)
+
+
+def weigh_groups(batch: pa.Table) -> pa.Table:
+    """Ray Data map for the grouped shapes: append ``weight`` (1 for a good row, 0 for a skipped
+    one). Their texts stay texts: the worker tokenizes the pairs of each batch in its prefetch
+    thread (:class:`rerank_ray.training.batching.GroupCollator`), where the pairs are formed."""
+    skip = batch.column("skip").to_numpy()
+    return batch.append_column("weight", pa.array((skip == 0).astype("float32")))
+
+
+def group_filler_rows(count: int, id_column: bool) -> pa.Table:
+    """``count`` grouped rows of weight 0 with no documents (the grouped form of :func:`filler_rows`)."""
+    columns: dict[str, pa.Array] = {
+        "query": pa.array([""] * count, pa.string()),
+        "documents": pa.array([[]] * count, pa.list_(pa.string())),
+        "labels": pa.array([[]] * count, pa.list_(pa.float32())),
+        "skip": pa.array([0] * count, type=pa.int8()),
+        "row_key": pa.array([-1] * count, type=pa.int64()),
+    }
+    if id_column:
+        columns["pair_id"] = pa.array([None] * count, type=pa.string())
+    columns["weight"] = pa.array([0.0] * count, type=pa.float32())
     return pa.table(columns)
 
 
@@ -215,6 +248,8 @@ class PairStream:
     filler: pa.Table
     class_ids: bool = False
     """Labels are class ids (CrossEntropyLoss): int64 from the file to the loss and the evaluator."""
+    grouped: bool = False
+    """Rows are queries with their documents (:mod:`rerank_ray.data.shapes`), tokenized on the workers."""
 
     @property
     def files(self) -> list[str]:
@@ -238,6 +273,9 @@ class PairStream:
                 fn_kwargs={"ranges": exclude},
             )
             rows -= count_in_ranges(exclude)
+        if self.grouped:
+            weighed = dataset.map_batches(weigh_groups, batch_format="pyarrow")
+            return pad_to_multiple(weighed, rows, self.world_size, self.filler)
         tokenized = tokenize(dataset, self.handle, self.max_length, self.data, self.class_ids)
         return pad_to_multiple(tokenized, rows, self.world_size, self.filler)
 

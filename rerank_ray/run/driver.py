@@ -25,6 +25,7 @@ from rerank_ray.data.stream import (
     TokenizerHandle,
     default_max_length,
     filler_rows,
+    group_filler_rows,
     open_pairs,
     with_group_ids,
     without_queries,
@@ -38,6 +39,7 @@ from rerank_ray.run.lock import RunLock
 from rerank_ray.run.paths import check_run_name, run_dir, run_name, storage_root
 from rerank_ray.training import checkpointing, faults, tracking
 from rerank_ray.training.checkpointing import RestOfEpoch
+from rerank_ray.training.losses import loss_arguments
 from rerank_ray.training.models import check_base_model, load_tokenizer
 from rerank_ray.training.plan import TrainPlan
 from rerank_ray.training.progress import quiet_libraries
@@ -120,12 +122,18 @@ def prepare_datasets(
     handle = TokenizerHandle(tokenizer, key=f"{config.model.name_or_path}@{config.model.revision}")
     class_ids = integer_labels(config.train.loss)
     has_ids = bool(config.data.id_column)
-    filler = filler_rows(tokenizer, world - 1, max_length, has_ids, class_ids=class_ids)
     train_split = splits["train"]
     assert isinstance(train_split, SplitFiles)  # BEIR folders are eval sets only
+    shape = train_split.checker.shape
+    if shape.grouped:
+        filler = group_filler_rows(world - 1, has_ids)
+    else:
+        filler = filler_rows(tokenizer, world - 1, max_length, has_ids, class_ids=class_ids)
     train_src = open_pairs(train_split, config.data, seed=seed)
     eval_src = open_eval_pairs(config, splits["eval"]) if "eval" in splits else None
-    train_stream = PairStream(train_src, handle, max_length, config.data, world, filler, class_ids)
+    train_stream = PairStream(
+        train_src, handle, max_length, config.data, world, filler, class_ids, grouped=shape.grouped
+    )
     train_ds, train_padded = train_stream.build()
     datasets = {
         "train": train_ds,
@@ -155,6 +163,7 @@ def prepare_datasets(
         max_length,
         audit_dir,
         train_files_digest=train_stream.files_digest,
+        train_shape=shape.name,
     )
     sources = {"train": train_src, "eval": eval_src}
     return datasets, plan, sources
@@ -228,6 +237,7 @@ def _train_locked(config: Config, name: str) -> TrainOutcome:
     splits = inspect_data(config)
     tracking.check_installed(config)
     check_base_model(config.model)
+    loss_arguments(config.train.loss_kwargs)  # a module named in train.loss_kwargs that is none: exit 2 here
     tokenizer = load_tokenizer(config.model)
     started = ensure_ray(config, forward_logs=False)
     quiet_ray_data()
@@ -242,8 +252,10 @@ def _train_locked(config: Config, name: str) -> TrainOutcome:
             flush=True,
         )
     datasets, plan, sources = prepare_datasets(config, tokenizer, splits)
+    shape = splits["train"].checker.shape if isinstance(splits["train"], SplitFiles) else None
+    unit = "training pairs" if shape is None or not shape.grouped else f"training queries ({shape.describe()})"
     print(
-        f"[rerank-ray] {plan.train_rows} training pairs on {config.scaling.num_workers} worker(s): "
+        f"[rerank-ray] {plan.train_rows} {unit} on {config.scaling.num_workers} worker(s): "
         f"{plan.steps_per_epoch} steps per epoch, {plan.total_steps} steps in all"
         + (f"; {plan.eval_rows} eval pairs, headline {plan.headline_metric}" if plan.eval_rows else ""),
         flush=True,

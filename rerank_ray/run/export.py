@@ -72,8 +72,20 @@ def card_label(label: float, class_ids: bool) -> int | float:
 
 
 def _sample_rows(source: PairSource, limit: int, class_ids: bool) -> list[dict[str, Any]]:
-    """The first rows, as the card shows them (labels: :func:`card_label`)."""
-    rows = source.dataset.limit(limit).take(limit)
+    """The first rows, as the card shows them, in their shape's canonical columns (labels:
+    :func:`card_label`)."""
+    rows = [r for r in source.dataset.limit(limit).take(limit) if not r.get("skip")]  # skip: placeholders
+    if source.shape.name == "list":
+        return [
+            {
+                "query": r["query"],
+                "documents": list(r["documents"]),
+                "labels": [card_label(x, False) for x in r["labels"]],
+            }
+            for r in rows
+        ]
+    if source.shape.name == "n-tuple":
+        return [_tuple_row(r, source.shape.text_columns, source.shape.has_label) for r in rows]
     return [
         {
             "sentence_0": r["sentence_0"],
@@ -81,8 +93,16 @@ def _sample_rows(source: PairSource, limit: int, class_ids: bool) -> list[dict[s
             "label": card_label(r["label"], class_ids),
         }
         for r in rows
-        if not r.get("skip")  # bad rows kept as placeholders with data.on_bad_row=skip
     ]
+
+
+def _tuple_row(row: dict[str, Any], columns: tuple[str, ...], has_label: bool) -> dict[str, Any]:
+    """An n-tuple as its file held it: the query, its positive and negatives (and teacher scores)."""
+    out: dict[str, Any] = {"query": row["query"]}
+    out.update({name: doc for name, doc in zip(columns[1:], row["documents"])})
+    if has_label:
+        out["label"] = [card_label(x, False) for x in row["labels"]]
+    return out
 
 
 def plot_curve(history: list[dict], headline: str, path: Path) -> None:
@@ -207,6 +227,7 @@ def export_run(
             eval_name=dataset_name(config, eval_source, "eval") if eval_source and evaluating else None,
             stopped_at=stopped_at,
             dropped_queries=eval_source.dropped_queries if eval_source else {},
+            train_shape=train_source.shape.describe(),
         )
         # Written whole in a scratch folder, then published in one step (storage.publish_dir):
         # the driver is the only process that writes the export.

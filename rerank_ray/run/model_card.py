@@ -59,6 +59,8 @@ class RunRecord:
     """(step, epoch) where early stopping ended the run; None: it trained every planned step."""
     dropped_queries: dict[str, int] = field(default_factory=dict)
     """Reranking eval queries left out by ``eval.drop_unrankable``, by reason."""
+    train_shape: str = "labelled pairs"
+    """The training set's shape, in words (:meth:`rerank_ray.data.shapes.Shape.describe`)."""
 
 
 def hyperparameters(config: Config, plan: TrainPlan) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -212,7 +214,20 @@ def distributed_section(record: RunRecord, search: str | None = None) -> str:
         "",
         f"- Workers: {scaling.num_workers} x {kind} (DDP, {'NCCL' if scaling.use_gpu else 'gloo'}), "
         f"{scaling.cpus_per_worker:g} CPU each" + (", 1 GPU each" if scaling.use_gpu else ""),
-        f"- Training pairs: {plan.train_rows:,}; steps: {plan.total_steps:,} ({plan.steps_per_epoch:,} per epoch)",
+        (
+            f"- Training pairs: {plan.train_rows:,}"
+            if plan.train_shape == "pairs"
+            else f"- Training data: {plan.train_rows:,} {record.train_shape}, batched by query "
+            f"({config.train.per_device_batch_size} queries per batch per worker"
+            + (
+                f", at most {config.data.max_docs_per_query} documents each, drawn per epoch"
+                if config.data.max_docs_per_query
+                else ""
+            )
+            + ")"
+        )
+        + f"; steps: {plan.total_steps:,} ({plan.steps_per_epoch:,} per epoch)",
+        f"- Loss: `{config.train.loss}`" + (f" with `{config.train.loss_kwargs}`" if config.train.loss_kwargs else ""),
         *(
             [
                 f"- Early stopping: stopped at step {record.stopped_at[0]:,} (epoch {record.stopped_at[1]:.2f}), "

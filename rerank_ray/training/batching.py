@@ -13,10 +13,12 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
+
+from rerank_ray.data.stream import encode_pairs
 
 if TYPE_CHECKING:
     import torch
@@ -127,6 +129,185 @@ class Collator:
         )
 
 
+@dataclass
+class GroupBatch:
+    """One batch of grouped rows (queries with their documents, :mod:`rerank_ray.data.shapes`),
+    as padded pairs on the host and where each pair belongs.
+
+    Only the real rows' pairs are scored (a batch without one scores one empty pair, so that every
+    rank still runs its forward and backward). For the in-batch losses the pairs come column by
+    column (every query's positive, then each in-batch negative, then each hard negative), as
+    MultipleNegativesRankingLoss scores them; otherwise query by query."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray | None
+    weights: np.ndarray  # (rows,) float32: 1 for a real query, 0 for filler and skipped rows
+    doc_counts: np.ndarray  # (real queries,) pairs of each real query, in pair order
+    labels: np.ndarray  # (pairs,) float32: each pair's label (teacher score, judgement)
+    label_counts: np.ndarray  # (real queries,) labels of each (an n-tuple's margins: one fewer)
+    columns: int = 0  # in-batch losses: score columns per query (1 + in-batch + hard negatives)
+    pair_ids: list | None = None
+    row_keys: np.ndarray | None = None
+    skip: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    @property
+    def num_pairs(self) -> float:
+        """Real queries: the unit of the loss's mean (``per_device_batch_size`` counts them)."""
+        return float(self.weights.sum())
+
+    @property
+    def queries(self) -> int:
+        return len(self.doc_counts)
+
+    def features(self, device: torch.device) -> dict[str, torch.Tensor]:
+        return Batch.features(self, device)  # type: ignore[arg-type]  # the same three arrays
+
+
+def in_batch_negatives(batch_size: int, num_columns: int, num_negatives: int | None, generator) -> np.ndarray:
+    """(negatives, batch_size) indices into a batch's candidates (column-major: every query's
+    positive, then each hard-negative column), drawn the way sentence-transformers'
+    ``MultipleNegativesRankingLoss.get_in_batch_negatives`` draws them: for each query, without
+    replacement among the other queries' candidates, ``num_negatives`` of them (all when None or
+    when fewer are there). By hand because the library draws them inside its ``forward``, on the
+    training thread, from texts; here they are drawn in the prefetch thread, before tokenization,
+    with the run's seeded ``generator`` (a torch.Generator: the same draw as the library's for the
+    same seed, which tests/test_losses.py checks)."""
+    import torch
+
+    mask = ~torch.eye(batch_size, dtype=torch.bool).repeat(1, num_columns)
+    valid = batch_size * num_columns - num_columns
+    if num_negatives is not None and num_negatives < valid:
+        chosen = torch.multinomial(mask.float(), num_negatives, generator=generator)
+    else:
+        chosen = torch.arange(batch_size * num_columns).repeat(batch_size, 1)[mask].reshape(batch_size, -1)
+    return chosen.T.numpy()
+
+
+@dataclass
+class GroupCollator:
+    """Grouped rows -> a :class:`GroupBatch`: draws each query's documents (``max_docs``), the
+    in-batch negatives (``in_batch``), then tokenizes and pads the pairs.
+
+    Runs in the prefetch thread (:func:`prefetch`), which is why it tokenizes: the in-batch
+    negatives pair a query with other queries' documents, so those pairs exist only once the
+    batch does, and a capped list is tokenized for the documents drawn this epoch only. The
+    tokenizer call and the padding are the pointwise path's (:func:`rerank_ray.data.stream.encode_pairs`,
+    :class:`Collator`), which are the CrossEncoder's."""
+
+    tokenizer: Any
+    max_length: int
+    pad: Collator
+    in_batch: bool = False
+    """Score every query against the batch's other candidates (MultipleNegativesRankingLoss)."""
+    num_negatives: int | None = None
+    """In-batch negatives per query (None: all)."""
+    max_docs: int | None = None
+    keep_first: bool = False
+    """An n-tuple: the first document is the positive, kept when ``max_docs`` draws."""
+    rng: np.random.Generator | None = None
+    generator: Any = None  # torch.Generator of the in-batch draw
+
+    def lengths(self, rows: pa.Table) -> np.ndarray:
+        """Characters of each row's query plus its longest document: what length grouping sorts by."""
+        import pyarrow.compute as pc
+
+        longest = pc.list_value_length(rows.column("documents")).fill_null(0)
+        docs = pc.utf8_length(pc.list_flatten(rows.column("documents")))
+        query = np.asarray(pc.utf8_length(rows.column("query")).fill_null(0), dtype=np.int64)
+        counts = np.asarray(longest, dtype=np.int64)
+        if not len(docs):
+            return query
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        flat = np.asarray(docs.fill_null(0), dtype=np.int64)
+        most = np.zeros(len(counts), dtype=np.int64)
+        nonempty = counts > 0
+        most[nonempty] = np.maximum.reduceat(flat, starts[nonempty])
+        return query + most
+
+    def __call__(self, rows: pa.Table) -> GroupBatch:
+        weights = rows.column("weight").to_numpy().astype(np.float32)
+        real = np.flatnonzero(weights > 0)
+        queries = rows.column("query").to_pylist()
+        documents = rows.column("documents").to_pylist()
+        labels = rows.column("labels").to_pylist()
+        picked = [self._draw(documents[i], labels[i]) for i in real]
+        if self.in_batch:
+            firsts, seconds, counts, flat_labels, label_counts, columns = self._columns(
+                [queries[i] for i in real], [p[0] for p in picked]
+            )
+        else:
+            firsts = [queries[i] for i, (docs, _) in zip(real, picked) for _ in docs]
+            seconds = [doc for docs, _ in picked for doc in docs]
+            counts = np.array([len(docs) for docs, _ in picked], dtype=np.int64)
+            flat_labels = np.array([x for _, lab in picked for x in lab], dtype=np.float32)
+            label_counts = np.array([len(lab) for _, lab in picked], dtype=np.int64)
+            columns = 0
+        if not firsts:  # no real query here: one empty pair keeps this rank's forward and backward
+            firsts, seconds = [""], [""]
+        input_ids, attention_mask, token_type_ids = self._encode(firsts, seconds)
+        return GroupBatch(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            weights=weights,
+            doc_counts=counts,
+            labels=flat_labels,
+            label_counts=label_counts,
+            columns=columns,
+            pair_ids=rows.column("pair_id").to_pylist() if "pair_id" in rows.column_names else None,
+            row_keys=_column_numpy(rows, "row_key", np.int64),
+            skip=_column_numpy(rows, "skip", np.int8),
+        )
+
+    def _draw(self, docs: list[str], labels: list[float]) -> tuple[list[str], list[float]]:
+        """A query's documents for this epoch: all, or ``max_docs`` of them drawn without
+        replacement, in their order (an n-tuple keeps its positive, first, and draws among its
+        negatives; margins, one per negative, follow their negatives)."""
+        if self.max_docs is None or len(docs) <= self.max_docs or self.rng is None:
+            return docs, labels
+        if not self.keep_first:
+            chosen = np.sort(self.rng.choice(len(docs), self.max_docs, replace=False))
+            return [docs[i] for i in chosen], [labels[i] for i in chosen]
+        negatives = np.sort(self.rng.choice(len(docs) - 1, self.max_docs - 1, replace=False)) + 1
+        kept = [docs[0]] + [docs[i] for i in negatives]
+        if len(labels) == len(docs):
+            return kept, [labels[0]] + [labels[i] for i in negatives]
+        return kept, [labels[i - 1] for i in negatives]
+
+    def _columns(self, queries: list[str], docs: list[list[str]]):
+        """The pairs of an in-batch batch, column by column: positives, in-batch negatives, hard negatives."""
+        n = len(queries)
+        if n == 0:
+            return [], [], np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64), 0
+        k = min(len(d) for d in docs)  # an n-tuple: the same count in every row
+        candidates = [docs[row][col] for col in range(k) for row in range(n)]  # column-major
+        drawn = in_batch_negatives(n, k, self.num_negatives, self.generator)
+        seconds = candidates[:n]
+        for column in drawn:
+            seconds += [candidates[index] for index in column]
+        seconds += candidates[n:]
+        columns = 1 + len(drawn) + (k - 1)
+        firsts = queries * columns
+        return firsts, seconds, np.full(n, columns, np.int64), np.zeros(0, np.float32), np.zeros(n, np.int64), columns
+
+    def _encode(self, firsts: list[str], seconds: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        encoded = encode_pairs(self.tokenizer, firsts, seconds, self.max_length)
+        lengths = np.fromiter((len(x) for x in encoded["input_ids"]), dtype=np.int64, count=len(firsts))
+        flat = np.fromiter((t for x in encoded["input_ids"] for t in x), dtype=np.int64, count=int(lengths.sum()))
+        pad_ = self.pad
+        input_ids = pad(flat, lengths, pad_.pad_token_id, pad_.left_padding, pad_.pad_to_multiple_of)
+        attention_mask = pad(np.ones(len(flat), np.int64), lengths, 0, pad_.left_padding, pad_.pad_to_multiple_of)
+        token_type_ids = None
+        if "token_type_ids" in encoded:
+            types = np.fromiter((t for x in encoded["token_type_ids"] for t in x), dtype=np.int64, count=len(flat))
+            token_type_ids = pad(types, lengths, pad_.pad_token_type_id, pad_.left_padding, pad_.pad_to_multiple_of)
+        return input_ids, attention_mask, token_type_ids
+
+
 def _column_numpy(rows: pa.Table, name: str, dtype) -> np.ndarray | None:
     if name not in rows.column_names:
         return None
@@ -161,17 +342,18 @@ def window_order(
 def iter_batches(
     shard,
     batch_size: int,
-    collate: Collator,
+    collate: Collator | GroupCollator,
     *,
     window_batches: int,
     group_by_length: bool,
     rng: np.random.Generator | None,
     prefetch_windows: int = 2,
-) -> Iterator[Batch]:
+) -> Iterator[Batch | GroupBatch]:
     """Batches of one epoch from a Ray Data shard iterator (``DataIterator``)."""
     window_rows = batch_size * window_batches
+    measure = getattr(collate, "lengths", row_lengths)
     for window in shard.iter_batches(batch_size=window_rows, batch_format="pyarrow", prefetch_batches=prefetch_windows):
-        lengths = row_lengths(window)
+        lengths = measure(window)
         for index in window_order(lengths, batch_size, rng, group_by_length):
             yield collate(window.take(pa.array(index)))
 
@@ -232,7 +414,9 @@ def prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
     return consume()
 
 
-def optimizer_steps(batches: Iterator[Batch], expected: int, accumulation: int, where: str) -> Iterator[list[Batch]]:
+def optimizer_steps(
+    batches: Iterator[Batch | GroupBatch], expected: int, accumulation: int, where: str
+) -> Iterator[list[Batch | GroupBatch]]:
     """One epoch's batches on one rank, ``accumulation`` to an optimizer step (the last step of
     the epoch may hold fewer). ``expected``: the batches the plan gives this rank; ``where``
     names the rank and epoch in errors.
@@ -241,7 +425,7 @@ def optimizer_steps(batches: Iterator[Batch], expected: int, accumulation: int, 
     beyond the plan raises before it is trained, so before a collective the other ranks (already
     in the next epoch's) would never join, which would hold them until the backend's timeout (30
     minutes for NCCL); too few raise when the stream ends."""
-    pending: list[Batch] = []
+    pending: list[Batch | GroupBatch] = []
     seen = 0
     for batch in batches:
         seen += 1

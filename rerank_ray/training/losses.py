@@ -1,12 +1,16 @@
 """Losses: sentence-transformers' cross-encoder losses, applied to logits we computed.
 
+Two forms, both the library's math on our logits (one forward of the DDP model per micro-batch):
+:class:`PointwiseLoss` for labelled pairs, :class:`GroupLoss` for queries with their documents.
+
 The loss is chosen by class name from ``sentence_transformers.cross_encoder.losses`` and built
 with the user's keyword arguments, so its parameters (activation, ``pos_weight``...) and its
-model-card entry are the library's. We do not call its ``forward``: it tokenizes the raw texts on
-the training thread and reduces to a batch mean. Our batches arrive tokenized from Ray Data and
-carry a weight per pair (0 for the rows that even out the shards), so the loop needs the
-per-pair loss. :class:`PointwiseLoss` rebuilds exactly the criterion the library's loss wraps,
-with ``reduction="none"``; a test checks that it equals the library's loss on the same pairs.
+model-card entry are the library's. Its ``forward`` tokenizes raw texts on the training thread;
+our batches arrive tokenized (pairs: from Ray Data; groups: from the prefetch thread) and carry a
+weight per row (0 for the rows that even out the shards). So for pairs :class:`PointwiseLoss`
+rebuilds exactly the criterion the library's loss wraps, with ``reduction="none"``; for groups
+:class:`GroupLoss` runs the library's own code on our logits. Tests (tests/test_losses_eval.py,
+tests/test_group_losses.py) check both against the library's loss on the same texts.
 """
 
 from __future__ import annotations
@@ -14,21 +18,58 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from rerank_ray.errors import ConfigError
+from rerank_ray.training.batching import Batch, GroupBatch
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
 
 def build_library_loss(model: Any, loss_name: str, loss_kwargs: dict[str, Any]) -> nn.Module:
-    """The sentence-transformers loss object, for its parameters and the model card. The names
-    and keyword arguments it takes are checked on load (:data:`rerank_ray.config.POINTWISE_LOSSES`)."""
+    """The sentence-transformers loss object, for its parameters, its math and the model card.
+    The names and keyword arguments it takes are checked on load (:data:`rerank_ray.config.LOSSES`),
+    the values naming modules by :func:`loss_arguments`."""
+    from sentence_transformers.cross_encoder import losses
+
+    return getattr(losses, loss_name)(model, **loss_arguments(loss_kwargs))
+
+
+def loss_arguments(loss_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``train.loss_kwargs`` as the loss class takes them: ``pos_weight`` a tensor, an
+    ``activation_fn`` named by a torch.nn class (``Sigmoid``, ``torch.nn.Identity``; null: none),
+    ``weighting_scheme`` / ``lambda_weight`` by a sentence-transformers class name. A name that
+    is no such class is a :class:`ConfigError` (the driver builds these before Ray starts)."""
     import torch
     from sentence_transformers.cross_encoder import losses
 
     kwargs = dict(loss_kwargs)
-    if "pos_weight" in kwargs and kwargs["pos_weight"] is not None:
+    if kwargs.get("pos_weight") is not None:
         kwargs["pos_weight"] = torch.tensor(float(kwargs["pos_weight"]))
-    return getattr(losses, loss_name)(model, **kwargs)
+    if isinstance(kwargs.get("activation_fn"), str):
+        kwargs["activation_fn"] = _module(
+            "train.loss_kwargs.activation_fn", kwargs["activation_fn"], torch.nn, "torch.nn."
+        )
+    for key in ("weighting_scheme", "lambda_weight"):
+        if isinstance(kwargs.get(key), str):
+            kwargs[key] = _module(
+                f"train.loss_kwargs.{key}", kwargs[key], losses, "sentence_transformers.cross_encoder.losses."
+            )
+    return kwargs
+
+
+def _module(key: str, name: str, namespace: Any, prefix: str) -> nn.Module:
+    from torch import nn
+
+    wanted = name.removeprefix(prefix)
+    found = getattr(namespace, wanted, None)
+    if found is None:  # "sigmoid" for Sigmoid
+        found = next((getattr(namespace, n) for n in dir(namespace) if n.lower() == wanted.lower()), None)
+    if not (isinstance(found, type) and issubclass(found, nn.Module)):
+        raise ConfigError(f"{key} {name!r} names no module class of {prefix.rstrip('.')}")
+    return found()
 
 
 @dataclass
@@ -66,3 +107,103 @@ class PointwiseLoss:
         if self.multiclass:
             return self.criterion(self.activation(logits), labels.long())
         return self.criterion(self.activation(logits.view(-1)), labels.float().view(-1))
+
+
+# ---------------------------------------------------------------------------------------------
+# The objective of a micro-batch: what the step scales and back-propagates
+
+
+@dataclass
+class PointwiseObjective:
+    """Sum over the batch's pairs of each pair's loss times its weight."""
+
+    loss: PointwiseLoss
+
+    def __call__(self, logits: torch.Tensor, batch: Batch, device: torch.device) -> torch.Tensor:
+        labels, weights = batch.targets(device)
+        return (self.loss.per_pair(logits, labels) * weights).sum()
+
+
+class _Replay:
+    """Stands in for the CrossEncoder inside a library loss's ``forward``: ``preprocess`` gets the
+    loss's (query, document) pairs, which are our pair indices, and the call returns the logits we
+    computed for them. So the loss's own code (its matrices, masks, sorting, reduction) runs on
+    our logits, and its value and gradients are the library's by construction."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits
+        self.device = logits.device
+
+    def preprocess(self, pairs: list, prompt: Any = None, task: Any = None, **_: Any) -> dict[str, torch.Tensor]:
+        import torch
+
+        return {"index": torch.tensor([int(doc) for _, doc in pairs], dtype=torch.long)}
+
+    def __call__(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"scores": self.logits[features["index"].to(self.device)].unsqueeze(1)}
+
+
+@dataclass
+class GroupLoss:
+    """A grouped sentence-transformers loss on a :class:`GroupBatch`'s logits: the library
+    loss's value over the batch's real queries, times their number (so that summed over the
+    micro-batches and ranks of a step and divided by the step's queries it is the mean over
+    queries, as for pairs).
+
+    The in-batch losses get the library's ``calculate_loss`` on the score columns (the draw of
+    the in-batch negatives is :func:`rerank_ray.training.batching.in_batch_negatives`); the
+    others their own ``forward`` with :class:`_Replay` in place of the model. A loss that
+    normalises over documents rather than queries (LambdaLoss, RankNetLoss, ADRMSELoss) is so
+    normalised within each micro-batch, as the library's trainer does on each device."""
+
+    library: nn.Module
+
+    @property
+    def name(self) -> str:
+        return type(self.library).__name__
+
+    @property
+    def in_batch(self) -> bool:
+        return self.name in ("MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss")
+
+    def __call__(self, logits: torch.Tensor, batch: GroupBatch, device: torch.device) -> torch.Tensor:
+        flat = logits.float().view(-1)
+        n = batch.queries
+        if n == 0:  # no real query in this batch: a zero that still reaches every parameter
+            return flat.sum() * 0.0
+        return self.value(flat, batch, device) * n
+
+    def value(self, flat: torch.Tensor, batch: GroupBatch, device: torch.device) -> torch.Tensor:
+        """The library loss's value for the batch's real queries (its mean over them)."""
+        import torch
+
+        n = batch.queries
+        if self.in_batch:
+            scores = list(flat[: n * batch.columns].view(batch.columns, n).unbind(0))
+            return self.library.calculate_loss(scores, n)
+        starts = np.concatenate([[0], np.cumsum(batch.doc_counts)[:-1]])
+        label_starts = np.concatenate([[0], np.cumsum(batch.label_counts)[:-1]])
+        labels = torch.from_numpy(batch.labels).to(device)
+        per_query = [labels[s : s + c] for s, c in zip(label_starts.tolist(), batch.label_counts.tolist())]
+        if self.name == "MarginMSELoss":
+            k = int(batch.doc_counts[0])
+            inputs = [list(range(n))] + [(starts + c).tolist() for c in range(k)]
+            targets: Any = torch.stack([_margins(t, k) for t in per_query])
+        else:
+            inputs = [
+                list(range(n)),
+                [list(range(s, s + c)) for s, c in zip(starts.tolist(), batch.doc_counts.tolist())],
+            ]
+            targets = per_query
+        model = self.library._modules["model"]
+        self.library._modules["model"] = _Replay(flat)  # type: ignore[assignment]
+        try:
+            return self.library(inputs, targets)
+        finally:
+            self.library._modules["model"] = model
+
+
+def _margins(scores: torch.Tensor, documents: int) -> torch.Tensor:
+    """An n-tuple's targets as margins: teacher scores (one per document) become the positive's
+    minus each negative's, as MarginMSELoss does for a whole batch; margins stay."""
+    return scores[0] - scores[1:] if len(scores) == documents else scores

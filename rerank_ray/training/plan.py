@@ -36,6 +36,8 @@ class TrainPlan:
     """Folder for the per-rank audit files (``run.audit``)."""
     train_files_digest: str = ""
     """Identifies the training file list (row keys index into it; see :mod:`rerank_ray.data.position`)."""
+    train_shape: str = "pairs"
+    """The training set's shape (:mod:`rerank_ray.data.shapes`): its rows are pairs, or queries."""
 
     @classmethod
     def build(
@@ -48,6 +50,7 @@ class TrainPlan:
         max_length: int,
         audit_dir: str | None = None,
         train_files_digest: str = "",
+        train_shape: str = "pairs",
     ) -> TrainPlan:
         workers = config.scaling.num_workers
         rows_per_worker = train_rows_padded // workers
@@ -70,6 +73,7 @@ class TrainPlan:
             eval_every=eval_every,
             audit_dir=audit_dir,
             train_files_digest=train_files_digest,
+            train_shape=train_shape,
         )
 
     def to_dict(self) -> dict:

@@ -41,10 +41,18 @@ from rerank_ray.data.position import DataPosition, TrainedRows, merge_ranges, pa
 from rerank_ray.evaluation.metrics import compute_metrics
 from rerank_ray.resources import peak_rss_mib, process_start_unix, rss_parts_mib
 from rerank_ray.training import checkpointing, faults
-from rerank_ray.training.batching import Batch, Collator, iter_batches, optimizer_steps, prefetch
+from rerank_ray.training.batching import (
+    Batch,
+    Collator,
+    GroupBatch,
+    GroupCollator,
+    iter_batches,
+    optimizer_steps,
+    prefetch,
+)
 from rerank_ray.training.checkpointing import CheckpointInfo, LoopState
 from rerank_ray.training.collectives import Collectives
-from rerank_ray.training.losses import PointwiseLoss, build_library_loss
+from rerank_ray.training.losses import GroupLoss, PointwiseLoss, PointwiseObjective, build_library_loss
 from rerank_ray.training.models import load_cross_encoder, load_tokenizer
 from rerank_ray.training.plan import TrainPlan
 from rerank_ray.training.progress import ProgressLine, quiet_libraries
@@ -102,7 +110,13 @@ class Worker:
         # RestOfEpoch makes for the train_rest dataset too, so both pick the same one. A fresh run
         # never finds one (the driver refuses an existing run name without --resume).
         point = checkpointing.latest_complete(self.config.run.storage_path, self.config.run.name or "")
-        self.collate = Collator.for_tokenizer(load_tokenizer(config.model))
+        tokenizer = load_tokenizer(config.model)
+        self.collate = Collator.for_tokenizer(tokenizer)
+        # Grouped shapes: the pairs are formed and tokenized per batch, in the prefetch thread
+        # (the only user of this tokenizer: eval batches and pairs arrive tokenized).
+        self.group_collate = (
+            group_collator(config, plan, tokenizer, self.collate) if plan.train_shape != "pairs" else None
+        )
         # A fresh run opens its first epoch's stream now, so that Ray Data starts reading and
         # tokenizing (and the prefetch thread padding) while the model loads, rather than after.
         self._first_epoch = self._open_epoch(0) if point is None else None
@@ -146,7 +160,11 @@ class Worker:
         restored_model = checkpointing.model_dir(restored_dir) if restored_dir else None
         self.model = load_cross_encoder(self.config.model, self.plan.max_length, path=restored_model)
         self.library_loss = build_library_loss(self.model, train.loss, train.loss_kwargs)
-        self.loss = PointwiseLoss.from_library(self.library_loss).to(self.device)
+        self.objective: PointwiseObjective | GroupLoss = (
+            GroupLoss(self.library_loss)
+            if self.group_collate is not None
+            else PointwiseObjective(PointwiseLoss.from_library(self.library_loss).to(self.device))
+        )
 
         # transformers' own rule for which parameters get weight decay (not biases, not norms).
         decay = set(Trainer.get_decay_parameter_names(None, self.model))
@@ -289,11 +307,19 @@ class Worker:
         resuming = self.state.batches_done_in_epoch > 0
         shard = ray.train.get_dataset_shard("train_rest") if resuming else self.train_shard
         seed = [config.train.seed, epoch, self.rank] + ([self.state.global_step] if resuming else [])
+        collate: Collator | GroupCollator = self.collate
+        if self.group_collate is not None:
+            # This epoch's draws (documents kept, in-batch negatives): seeded per rank and epoch.
+            import torch
+
+            draws = np.random.default_rng([*seed, 1])
+            generator = torch.Generator().manual_seed(int(draws.integers(2**62)))
+            collate = replace(self.group_collate, rng=draws, generator=generator)
         return prefetch(
             iter_batches(
                 shard,
                 config.train.per_device_batch_size,
-                self.collate,
+                collate,
                 window_batches=config.data.window_batches,
                 group_by_length=config.data.group_by_length,
                 rng=np.random.default_rng(seed) if config.data.shuffle else None,
@@ -301,7 +327,7 @@ class Worker:
             config.data.prefetch_batches,
         )
 
-    def _epoch_steps(self, epoch: int, batches: Iterator[Batch]) -> Iterator[list[Batch]]:
+    def _epoch_steps(self, epoch: int, batches: Iterator[Batch | GroupBatch]) -> Iterator[list[Batch | GroupBatch]]:
         """Lists of micro-batches, one list per optimizer step, for one epoch on this worker
         (checked against the plan as they come: :func:`~rerank_ray.training.batching.optimizer_steps`)."""
         where = (
@@ -315,7 +341,7 @@ class Worker:
             where,
         )
 
-    def _timed(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+    def _timed(self, batches: Iterator[Batch | GroupBatch]) -> Iterator[Batch | GroupBatch]:
         """``batches``, adding the time the step thread waits for each to ``data_wait_seconds``."""
         while True:
             waiting = time.perf_counter()
@@ -347,7 +373,7 @@ class Worker:
         self.epoch_skips[:] = 0
         self.restored_skips[:] = 0
 
-    def train_step(self, micro_batches: list[Batch]) -> None:
+    def train_step(self, micro_batches: list[Batch | GroupBatch]) -> None:
         """One optimizer step over this worker's micro-batches, gradients averaged over all pairs."""
         import torch
 
@@ -365,13 +391,13 @@ class Worker:
             last = i == len(micro_batches) - 1
             sync = contextlib.nullcontext() if last or self.world_size == 1 else self.ddp_model.no_sync()
             features = batch.features(self.device)
-            labels, weights = batch.targets(self.device)
             with sync:
                 with self._autocast():
                     logits = self.ddp_model(features)["scores"]
-                per_pair = self.loss.per_pair(logits, labels) * weights
-                self.scaler.scale(per_pair.sum() * scale).backward()
-            loss_sum += per_pair.detach().sum()
+                # The loss summed over the batch's real rows (pairs, or queries): scaled to the mean over the step's.
+                total = self.objective(logits, batch, self.device)
+                self.scaler.scale(total * scale).backward()
+            loss_sum += total.detach()
             self._record_pair_ids(batch)
             self._note_position(batch)
         if self.config.train.max_grad_norm > 0:
@@ -400,7 +426,7 @@ class Worker:
             return float(local_pairs)
         return self.collectives.sum(local_pairs, dtype=torch.float32)
 
-    def _note_position(self, batch: Batch) -> None:
+    def _note_position(self, batch: Batch | GroupBatch) -> None:
         """Remember which rows this step trained (the data position) and count skipped ones."""
         if batch.row_keys is not None:
             self.trained.add(batch.row_keys)
@@ -649,7 +675,7 @@ class Worker:
         with path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def _record_pair_ids(self, batch: Batch, kind: str = "pairs") -> None:
+    def _record_pair_ids(self, batch: Batch | GroupBatch, kind: str = "pairs") -> None:
         """Audit: the ids of the real pairs this rank trains in the coming step (``pairs``) or
         scores in the evaluation at this step (``eval``)."""
         if self.plan.audit_dir and batch.pair_ids is not None:
@@ -686,6 +712,26 @@ class Worker:
                 f"parameters differ across ranks at step {self.state.global_step} ({digests}): "
                 "gradients are not being synchronised"
             )
+
+
+def group_collator(config: Config, plan: TrainPlan, tokenizer: Any, pad: Collator) -> GroupCollator:
+    """The collator of a grouped training set; the epoch's draws are set per epoch (``_open_epoch``)."""
+    import inspect
+
+    from sentence_transformers.cross_encoder import losses
+
+    loss = config.train.loss
+    in_batch = loss in ("MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss")
+    default = inspect.signature(getattr(losses, loss)).parameters.get("num_negatives")
+    return GroupCollator(
+        tokenizer=tokenizer,
+        max_length=plan.max_length,
+        pad=pad,
+        in_batch=in_batch,
+        num_negatives=config.train.loss_kwargs.get("num_negatives", default.default if default else None),
+        max_docs=config.data.max_docs_per_query,
+        keep_first=plan.train_shape == "n-tuple",
+    )
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:

@@ -75,7 +75,7 @@ def say(text: str) -> None:
     _send({"text": text})
 
 
-def progress(text: str, step: int, total: int, fields: dict[str, float]) -> None:
+def progress(text: str, step: int, total: int, fields: dict[str, Any]) -> None:
     """The progress line, with the figures a progress bar shows."""
     _send({"text": text, "step": step, "total": total, **fields})
 
@@ -149,7 +149,7 @@ class View:
         bar = self._progress_bar(item["total"], item["step"])
         bar.n = item["step"]
         bar.set_postfix_str(
-            f"epoch {item['epoch']:.2f} | loss {item['loss']:.4f} | {item['pairs_per_second']:.1f} pairs/s",
+            f"epoch {item['epoch']:.2f} | loss {item['loss']:.4f} | {item['pairs_per_second']:.1f} {item.get('unit', 'pairs')}/s",
             refresh=False,
         )
         bar.refresh()

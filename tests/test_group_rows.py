@@ -81,7 +81,9 @@ def test_lists_read_alike_from_parquet_jsonl_and_csv(tiny_bert, tmp_path):
         writer = csv.DictWriter(f, fieldnames=["query", "documents", "labels"])
         writer.writeheader()
         for r in rows:
-            writer.writerow({"query": r["query"], "documents": json.dumps(r["documents"]), "labels": json.dumps(r["labels"])})
+            writer.writerow(
+                {"query": r["query"], "documents": json.dumps(r["documents"]), "labels": json.dumps(r["labels"])}
+            )
     read = {}
     for path, fmt in ((parquet, "parquet"), (jsonl, "jsonl"), (csv_path, "csv")):
         split = inspect_data(_config(tiny_bert, path, "LambdaLoss"))["train"]
@@ -98,7 +100,9 @@ def test_skipped_list_rows_are_placeholders(tiny_bert, tmp_path):
     path = write_jsonl(rows, tmp_path / "lists.jsonl")
     split = inspect_data(_config(tiny_bert, path, "ListNetLoss", on_bad_row="skip"))["train"]
     assert split.sample_skipped == {"list_lengths_differ": 1}
-    table = pa.concat_tables(list(reading.read_file(reading.open_local_or_uri(str(path), "jsonl"), "jsonl", 0, split.checker)))
+    table = pa.concat_tables(
+        list(reading.read_file(reading.open_local_or_uri(str(path), "jsonl"), "jsonl", 0, split.checker))
+    )
     assert table.num_rows == 8
     placeholder = table.slice(2, 1).to_pylist()[0]
     assert placeholder["documents"] == [] and placeholder["skip"] > 0

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from conftest import base_config
 from test_train import _audit, _weights, rec_list
-from tiny import judged_lists, reranking_pairs, tuples, write_jsonl, write_parquet
+from tiny import judged_lists, reranking_pairs, tuples, write_beir, write_jsonl, write_parquet
 
-from rerank_ray.config import Config
+from rerank_ray.config import Config, load_config
 from rerank_ray.errors import ConfigError
 from rerank_ray.run.driver import inspect_data, train
 
-RERANKING_EVAL = {"kind": "reranking", "query_id_column": "query_id", "steps": 6}
+CONFIGS = Path(__file__).parents[1] / "jobs" / "configs"
 
 
 def _queries_per_epoch(audit: dict[int, list[dict]], epochs: int) -> list[Counter]:
@@ -30,21 +30,42 @@ def _queries_per_epoch(audit: dict[int, list[dict]], epochs: int) -> list[Counte
     ]
 
 
+def _shipped(name: str, model: Path, train_file: Path, beir: Path, tmp_path: Path, *overrides: str) -> Config:
+    """A config of jobs/configs/ as shipped, with a tiny model, tiny data and this test's storage."""
+    return load_config(
+        CONFIGS / name,
+        [
+            f"model.name_or_path={model}",
+            "model.max_length=null",
+            f"data.train={train_file}",
+            f"eval.beir={beir}",
+            "eval.beir_split=test",
+            f"run.storage_path={tmp_path / 'runs'}",
+            f"run.name={name.removesuffix('.yaml')}",
+            "data.id_column=pair_id",
+            "run.audit=true",
+            *overrides,
+        ],
+    )
+
+
 @pytest.mark.ray
-def test_lambda_loss_on_judged_lists_trains_every_query_once(ray_local, tiny_bert, tmp_path):
-    train_file = write_jsonl(judged_lists(37, seed=1), tmp_path / "data" / "lists.jsonl")
-    eval_file = write_jsonl(reranking_pairs(12, seed=2, start=100), tmp_path / "data" / "eval.jsonl")
-    raw = base_config(
+def test_the_listwise_config_trains_every_query_once(ray_local, tiny_bert, tmp_path):
+    """jobs/configs/dbpedia-listwise.yaml (LambdaLoss on judged lists) on a tiny model."""
+    train_file = write_parquet(judged_lists(37, seed=1), tmp_path / "data" / "lists.parquet")
+    beir = write_beir(reranking_pairs(12, seed=2, start=100), tmp_path / "data" / "beir")
+    config = _shipped(
+        "dbpedia-listwise.yaml",
         tiny_bert,
         train_file,
-        eval_file,
-        tmp_path / "runs",
-        data={"id_column": "pair_id"},
-        train={"loss": "LambdaLoss", "loss_kwargs": {"k": 5}, "per_device_batch_size": 4, "learning_rate": 5e-3},
-        eval=RERANKING_EVAL,
-        run={"name": "lists", "audit": True},
+        beir,
+        tmp_path,
+        "train.per_device_batch_size=4",
+        "train.learning_rate=5e-3",
+        "data.max_docs_per_query=4",
+        "eval.steps=6",
     )
-    outcome = train(Config.from_dict(raw))
+    outcome = train(config)
     audit = _audit(outcome.run_dir)
     for epoch, seen in enumerate(_queries_per_epoch(audit, 2)):
         assert set(seen) == {f"q{i}" for i in range(37)}, epoch
@@ -53,35 +74,34 @@ def test_lambda_loss_on_judged_lists_trains_every_query_once(ray_local, tiny_ber
     assert sorted(digests) == [0, 1] and digests[0] == digests[1] and len(digests[0]) >= 2
     # 37 queries -> 38 rows (one filler) -> 19 per worker -> 5 batches of 4 queries per epoch.
     assert outcome.metrics["train"]["steps"] == 10
-    losses = [e["loss"] for e in outcome.metrics["history"] if "loss" in e]
-    assert losses[-1] < losses[0], losses
-    history = [e for e in outcome.metrics["history"] if "eval_ndcg@10" in e]
-    assert history[-1]["eval_ndcg@10"] > history[0]["eval_ndcg@10"]
+    history = [e for e in outcome.metrics["history"] if "dev_ndcg@10" in e]
+    assert history[-1]["dev_ndcg@10"] > history[0]["dev_ndcg@10"]
     card = (Path(outcome.output_dir) / "README.md").read_text(encoding="utf-8")
-    assert "LambdaLoss" in card and "queries with a list of labelled documents" in card
+    assert "loss:LambdaLoss" in card and "- Loss: `LambdaLoss` with `{'k': 10}`" in card
+    assert "37 queries with a list of labelled documents, batched by query" in card
+    assert "at most 4 documents each, drawn per epoch" in card
 
 
 @pytest.mark.ray
-def test_in_batch_negatives_on_parquet_tuples(ray_local, tiny_bert, tmp_path):
-    """MultipleNegativesRankingLoss on (query, positive, 3 negatives) rows, of which 2 are drawn per
-    epoch (data.max_docs_per_query 3), from Parquet; one worker at batch 8 equals nothing here
-    (in-batch negatives depend on the batch): every query once per epoch, ranks equal."""
+def test_the_grouped_config_trains_with_in_batch_negatives_on_parquet_tuples(ray_local, tiny_bert, tmp_path):
+    """jobs/configs/dbpedia-grouped.yaml (MultipleNegativesRankingLoss on (query, positive, 3
+    negatives) rows, 3 documents drawn per epoch): every query once per epoch, ranks equal."""
     train_file = write_parquet(tuples(29, negatives=3, seed=3), tmp_path / "data" / "tuples.parquet")
-    raw = base_config(
+    beir = write_beir(reranking_pairs(8, seed=2, start=100), tmp_path / "data" / "beir")
+    config = _shipped(
+        "dbpedia-grouped.yaml",
         tiny_bert,
         train_file,
-        None,
-        tmp_path / "runs",
-        data={"id_column": "pair_id", "max_docs_per_query": 3},
-        train={
-            "loss": "MultipleNegativesRankingLoss",
-            "loss_kwargs": {"num_negatives": 2},
-            "epochs": 3,
-            "logging_steps": 1,
-        },
-        run={"name": "tuples", "audit": True},
+        beir,
+        tmp_path,
+        "data.max_docs_per_query=3",
+        "train.loss_kwargs={num_negatives: 2}",
+        "train.epochs=3",
+        "train.logging_steps=1",
+        "train.learning_rate=3e-3",
+        "eval.before_training=false",
     )
-    outcome = train(Config.from_dict(raw))
+    outcome = train(config)
     audit = _audit(outcome.run_dir)
     for epoch, seen in enumerate(_queries_per_epoch(audit, 3)):
         assert set(seen) == {f"q{i}" for i in range(29)} and max(seen.values()) == 1, epoch
@@ -89,6 +109,29 @@ def test_in_batch_negatives_on_parquet_tuples(ray_local, tiny_bert, tmp_path):
     assert digests[0] == digests[1]
     losses = [e["loss"] for e in outcome.metrics["history"] if "loss" in e]
     assert len(losses) == 6 and np.mean(losses[-2:]) < np.mean(losses[:2]), losses
+
+
+@pytest.mark.ray
+def test_the_distillation_config_learns_the_teachers_margins(ray_local, tiny_bert, tmp_path):
+    """jobs/configs/dbpedia-distill.yaml (MarginMSELoss on tuples with teacher scores)."""
+    train_file = write_jsonl(tuples(32, negatives=2, seed=4, scores=True), tmp_path / "data" / "scored.jsonl")
+    beir = write_beir(reranking_pairs(6, seed=2, start=100), tmp_path / "data" / "beir")
+    config = _shipped(
+        "dbpedia-distill.yaml",
+        tiny_bert,
+        train_file,
+        beir,
+        tmp_path,
+        "train.epochs=5",
+        "train.per_device_batch_size=4",
+        "train.logging_steps=2",
+        "train.learning_rate=5e-3",
+        "run.audit=false",
+        "eval.before_training=false",
+    )
+    outcome = train(config)
+    losses = [e["loss"] for e in outcome.metrics["history"] if "loss" in e]
+    assert np.mean(losses[-2:]) < 0.7 * np.mean(losses[:2]), losses
 
 
 @pytest.mark.ray

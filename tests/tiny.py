@@ -358,7 +358,7 @@ def tuples(num_queries: int, negatives: int = 3, seed: int = 0, scores: bool = F
         for n in range(negatives):
             row[f"negative_{n + 1}"] = " ".join(rng.sample(WORDS[half:], rng.randint(2, 6)))
         if scores:
-            row["label"] = [rng.uniform(2, 4)] + [rng.uniform(-4, 0) for _ in range(negatives)]
+            row["label"] = [rng.uniform(0.5, 1.0)] + [rng.uniform(-1.0, -0.5) for _ in range(negatives)]
         row["pair_id"] = f"q{q}"
         rows.append(row)
     return rows

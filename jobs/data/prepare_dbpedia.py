@@ -12,6 +12,12 @@ them. Written to ``--out``:
 - ``train.parquet``: the training queries' pairs; ``label`` the judgement divided by 2 (0, 0.5,
   1: soft targets for BinaryCrossEntropyLoss), plus ``query_id`` and ``pair_id``;
 - ``eval.parquet``: the eval queries' pairs with the graded judgement (0, 1, 2) as ``label``;
+- ``train_lists.parquet``: the training queries in the list shape (query, documents, labels: the
+  judgements 0, 1, 2), for the listwise losses;
+- ``train_tuples.parquet``: one (query, positive, negative_1..negative_7) row per judged
+  positive of a training query, the negatives drawn (seeded) among its non-relevant documents,
+  ``label`` the judgements (for MultipleNegativesRankingLoss, or MarginMSELoss with judgements
+  standing in for a teacher's scores);
 - ``beir/``: the same split as a BEIR folder (``corpus.jsonl`` and ``queries.jsonl`` copied,
   ``qrels/train.tsv`` and ``qrels/eval.tsv``), which ``eval.beir`` reads;
 - ``LICENSE.txt``: the data's licence (DBpedia abstracts, CC BY-SA 3.0).
@@ -44,6 +50,44 @@ def split_queries(query_ids: list[str], eval_fraction: float, seed: int) -> tupl
     return set(ordered[count:]), set(ordered[:count])
 
 
+#: Hard negatives per (query, positive) tuple of train_tuples.parquet.
+NEGATIVES_PER_TUPLE = 7
+
+
+def grouped_rows(pairs: list[dict], negatives: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """The training pairs in the grouped shapes (README, "Data shapes and losses"): one row per
+    query with its judged documents and their judgements (0, 1, 2), and one row per judged
+    positive with ``negatives`` of the query's non-relevant documents drawn (seeded) and the
+    judgements of all of them as ``label`` (stand-ins for a teacher's scores)."""
+    by_query: dict[str, list[dict]] = {}
+    for pair in pairs:
+        by_query.setdefault(pair["query_id"], []).append(pair)
+    rng = random.Random(seed)
+    lists, tuples = [], []
+    for query_id in sorted(by_query):
+        judged = by_query[query_id]
+        grades = [round(p["label"] * 2) for p in judged]  # train.parquet holds judgement / 2
+        lists.append(
+            {
+                "query": judged[0]["sentence_0"],
+                "documents": [p["sentence_1"] for p in judged],
+                "labels": grades,
+                "pair_id": query_id,
+            }
+        )
+        non_relevant = [p["sentence_1"] for p, g in zip(judged, grades) if g == 0]
+        for index, (pair, grade) in enumerate(zip(judged, grades)):
+            if grade == 0 or len(non_relevant) < negatives:
+                continue
+            drawn = rng.sample(non_relevant, negatives)
+            row = {"query": pair["sentence_0"], "positive": pair["sentence_1"]}
+            row.update({f"negative_{i + 1}": text for i, text in enumerate(drawn)})
+            row["label"] = [float(grade)] + [0.0] * negatives
+            row["pair_id"] = f"{query_id}#{index}"
+            tuples.append(row)
+    return lists, tuples
+
+
 def prepare(source: Path, out: Path, eval_fraction: float = 0.3, seed: int = 42) -> dict[str, int]:
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -71,6 +115,12 @@ def prepare(source: Path, out: Path, eval_fraction: float = 0.3, seed: int = 42)
         table = table.set_column(table.column_names.index("label"), "label", labels)
         pq.write_table(table.append_column("pair_id", pa.array(pair_ids)), out / f"{split}.parquet")
         counts[f"{split}_queries"], counts[f"{split}_pairs"] = len(ids), table.num_rows
+
+    train_pairs = pq.read_table(out / "train.parquet")
+    lists, tuples = grouped_rows(train_pairs.to_pylist(), NEGATIVES_PER_TUPLE, seed)
+    pq.write_table(pa.Table.from_pylist(lists), out / "train_lists.parquet")
+    pq.write_table(pa.Table.from_pylist(tuples), out / "train_tuples.parquet")
+    counts["train_lists"], counts["train_tuples"] = len(lists), len(tuples)
 
     folder = out / "beir"
     (folder / "qrels").mkdir(parents=True, exist_ok=True)

@@ -34,12 +34,15 @@ class ProgressLine:
         enabled: bool,
         pairs_before: float = 0.0,
         seconds_before: float = 0.0,
+        unit: str = "pairs",
     ):
         self.total_steps = total_steps
         self.step = start_step
         self.enabled = enabled
         self.pairs_before = pairs_before
         self.seconds_before = seconds_before
+        self.unit = unit
+        """What the throughput counts: pairs, or queries for the grouped shapes (the rows a batch holds)."""
         self._session_start_step = start_step
         self._loss_sum: torch.Tensor | float = 0.0
         self._local_pairs = 0.0
@@ -103,11 +106,11 @@ class ProgressLine:
             eta = seconds_per_step * (self.total_steps - self.step)
             console.progress(
                 f"[rerank-ray] step {self.step}/{self.total_steps} | epoch {epoch:.2f} | "
-                f"loss {summary['loss']:.4f} | lr {lr:.2e} | {summary['pairs_per_second']:.1f} pairs/s | "
+                f"loss {summary['loss']:.4f} | lr {lr:.2e} | {summary['pairs_per_second']:.1f} {self.unit}/s | "
                 f"elapsed {_clock(self.seconds_before + self._train_seconds)} | ETA {_clock(eta)}",
                 self.step,
                 self.total_steps,
-                summary,
+                {**summary, "unit": self.unit},
             )
         self._loss_sum, self._local_pairs, self._global_pairs = 0.0, 0.0, 0.0
         self._interval_steps = 0

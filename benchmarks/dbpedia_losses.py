@@ -1,0 +1,71 @@
+"""DBpedia-Entity: pointwise against grouped and listwise training, the same model, split and epochs.
+
+    python benchmarks/dbpedia_losses.py [--data /tmp/dbp] [--runs /tmp/dbp-runs] [--only listwise,pairs]
+
+Prepares the split once (jobs/data/prepare_dbpedia.py: 28 training queries, 12 held out), then
+runs ``rerank-ray train`` on each config in turn, on this machine's embedded Ray (2 CPU workers):
+
+- ``pairs``: jobs/configs/dbpedia.yaml, BinaryCrossEntropyLoss on the judged pairs (judgement / 2);
+- ``listwise``: jobs/configs/dbpedia-listwise.yaml, LambdaLoss on each query's judged list;
+- ``grouped``: jobs/configs/dbpedia-grouped.yaml, MultipleNegativesRankingLoss on (query,
+  positive, hard negatives) rows;
+- ``distill``: jobs/configs/dbpedia-distill.yaml, MarginMSELoss on the same rows, the judgements
+  standing in for a teacher's scores.
+
+Prints one markdown row per run: dev nDCG@10 before and after (from the run's metrics.json, the
+figures the evaluator computed), pairs scored per epoch, and training seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+RUNS = {
+    "pairs": ("jobs/configs/dbpedia.yaml", "train.parquet", "BinaryCrossEntropyLoss on pairs"),
+    "listwise": ("jobs/configs/dbpedia-listwise.yaml", "train_lists.parquet", "LambdaLoss on judged lists"),
+    "grouped": ("jobs/configs/dbpedia-grouped.yaml", "train_tuples.parquet", "MultipleNegativesRankingLoss"),
+    "distill": ("jobs/configs/dbpedia-distill.yaml", "train_tuples.parquet", "MarginMSELoss (judgements as scores)"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("/tmp/dbp"))
+    parser.add_argument("--runs", type=Path, default=Path("/tmp/dbp-runs"))
+    parser.add_argument("--only", default=",".join(RUNS), help="comma-separated: " + ", ".join(RUNS))
+    parser.add_argument("--seed", type=int, default=42, help="train.seed of every run")
+    args = parser.parse_args()
+    subprocess.run(
+        [sys.executable, str(ROOT / "jobs/data/prepare_dbpedia.py"), "--out", str(args.data)], check=True, cwd=ROOT
+    )
+    print("| run | loss | dev nDCG@10 before | after | training s | wall s |")
+    print("|---|---|---|---|---|---|", flush=True)
+    for name in args.only.split(","):
+        config, train_file, loss = RUNS[name]
+        run_name = f"{name}-seed{args.seed}"
+        started = time.perf_counter()
+        subprocess.run(
+            [
+                sys.executable, "-m", "rerank_ray.cli", "train", "--config", config,
+                f"data.train={args.data / train_file}", f"eval.beir={args.data / 'beir'}",
+                f"run.storage_path={args.runs}", f"run.name={run_name}", f"train.seed={args.seed}",
+            ],
+            check=True,
+            cwd=ROOT,
+        )  # fmt: skip
+        wall = time.perf_counter() - started
+        summary = json.loads((args.runs / run_name / "model" / "metrics.json").read_text())
+        before = (summary["before_training"] or {}).get("dev_ndcg@10", float("nan"))
+        after = summary["final"]["dev_ndcg@10"]
+        seconds = summary["train"]["train_seconds"]
+        print(f"| {name} | {loss} | {before:.3f} | {after:.3f} | {seconds:.0f} | {wall:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -183,3 +183,73 @@ def test_a_batch_without_a_real_query_still_reaches_every_parameter(tiny_bert):
     assert float(ours) == 0.0
     assert len(grads) == len([p for p in model.parameters() if p.requires_grad])
     assert all(float(g.abs().sum()) == 0.0 for g in grads)
+
+
+def test_the_gradient_cache_gives_the_gradients_of_the_library(tiny_bert):
+    """CachedMultipleNegativesRankingLoss through rerank-ray's gradient cache (chunks of 5 pairs)
+    equals the library's own cached loss (no dropout: the library pads each chunk to its own
+    length, so dropout masks could not match), and with dropout it equals the same chunks scored
+    with a graph: the second pass replays the first pass's dropout masks."""
+    from contextlib import nullcontext
+
+    from sentence_transformers import CrossEncoder
+    from tiny import build_tiny_bert
+
+    from rerank_ray.training.losses import cached_backward
+
+    rng = random.Random(2)
+    n, k = 5, 2
+    queries = [" ".join(rng.sample(WORDS, 2)) for _ in range(n)]
+    docs = [[" ".join(rng.sample(WORDS, rng.randint(2, 7))) for _ in range(k)] for _ in range(n)]
+    columns = [queries] + [[d[c] for d in docs] for c in range(k)]
+    cpu = torch.device("cpu")
+
+    def cached(model, library):
+        collate = GroupCollator(
+            tokenizer=model.tokenizer,
+            max_length=128,
+            pad=Collator.for_tokenizer(model.tokenizer),
+            in_batch=True,
+            num_negatives=2,
+            keep_first=True,
+            generator=torch.Generator().manual_seed(3),
+        )
+        batch = collate(_table(queries, docs, [[1.0, 0.0]] * n))
+        features = batch.features(cpu)
+        torch.manual_seed(11)
+        total = cached_backward(
+            lambda f, grad: model(f)["scores"],
+            features,
+            batch,
+            GroupLoss(library),
+            cpu,
+            5,
+            lambda t: t / n,  # the mean over the queries, as the library returns
+            nullcontext,
+            True,
+        )
+        return batch, features, total / n, _grads(model)
+
+    model = CrossEncoder(str(tiny_bert))
+    library = build_library_loss(
+        model, "CachedMultipleNegativesRankingLoss", {"num_negatives": 2, "mini_batch_size": 5}
+    )
+    torch.manual_seed(3)  # the library's draw of in-batch negatives
+    expected = library(columns, None)
+    expected.backward()
+    expected_grads = _grads(model)
+    _, _, value, grads = cached(model, library)
+    _check(expected, expected_grads, value, grads)
+
+    model = CrossEncoder(str(build_tiny_bert(tiny_bert.parent / "dropout-bert", dropout=0.3)))
+    model.train()
+    library = build_library_loss(
+        model, "CachedMultipleNegativesRankingLoss", {"num_negatives": 2, "mini_batch_size": 5}
+    )
+    batch, features, value, grads = cached(model, library)
+    torch.manual_seed(11)
+    rows = features["input_ids"].shape[0]
+    logits = torch.cat([model({k: v[s : s + 5] for k, v in features.items()})["scores"] for s in range(0, rows, 5)])
+    reference = GroupLoss(library)(logits, batch, cpu) / n
+    reference.backward()
+    _check(reference, _grads(model), value, grads)

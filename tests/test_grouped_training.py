@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import base_config
+from test_faults import read_audit, sessions_in_order, trained_per_epoch
 from test_train import _audit, _weights, rec_list
 from tiny import judged_lists, reranking_pairs, tuples, write_beir, write_jsonl, write_parquet
 
 from rerank_ray.config import Config, load_config
 from rerank_ray.errors import ConfigError
 from rerank_ray.run.driver import inspect_data, train
+from rerank_ray.training.faults import FAULTS_ENV
 
 CONFIGS = Path(__file__).parents[1] / "jobs" / "configs"
 
@@ -50,8 +52,16 @@ def _shipped(name: str, model: Path, train_file: Path, beir: Path, tmp_path: Pat
 
 
 @pytest.mark.ray
-def test_the_listwise_config_trains_every_query_once(ray_local, tiny_bert, tmp_path):
-    """jobs/configs/dbpedia-listwise.yaml (LambdaLoss on judged lists) on a tiny model."""
+def test_the_listwise_config_trains_every_query_once_through_a_killed_worker(
+    ray_local, tiny_bert, tmp_path, monkeypatch
+):
+    """jobs/configs/dbpedia-listwise.yaml (LambdaLoss on judged lists) on a tiny model; rank 1 is
+    killed (SIGKILL) right after step 7, 2 steps into epoch 2: the restart restores step 6 and the
+    rest of the epoch trains exactly the queries it had not trained (tests/test_faults.py)."""
+    faults_dir = tmp_path / "faults"
+    faults_dir.mkdir()
+    spec = {"dir": str(faults_dir), "faults": [{"name": "step-7", "at": "step", "rank": 1, "step": 7}]}
+    monkeypatch.setenv(FAULTS_ENV, json.dumps(spec))
     train_file = write_parquet(judged_lists(37, seed=1), tmp_path / "data" / "lists.parquet")
     beir = write_beir(reranking_pairs(12, seed=2, start=100), tmp_path / "data" / "beir")
     config = _shipped(
@@ -64,12 +74,19 @@ def test_the_listwise_config_trains_every_query_once(ray_local, tiny_bert, tmp_p
         "train.learning_rate=5e-3",
         "data.max_docs_per_query=4",
         "eval.steps=6",
+        "run.checkpoint_steps=2",
+        "run.max_failures=1",
     )
     outcome = train(config)
+    assert {p.name for p in faults_dir.iterdir()} == {"step-7"}
+    records = read_audit(Path(outcome.run_dir))
+    sessions = sessions_in_order(records)
+    assert [restored for _, restored in sessions] == [None, 6]
+    counts = trained_per_epoch(records, sessions)
+    assert sorted(counts) == [0, 1]
+    for epoch, seen in counts.items():
+        assert set(seen) == {f"q{i}" for i in range(37)} and max(seen.values()) == 1, epoch
     audit = _audit(outcome.run_dir)
-    for epoch, seen in enumerate(_queries_per_epoch(audit, 2)):
-        assert set(seen) == {f"q{i}" for i in range(37)}, epoch
-        assert max(seen.values()) == 1, epoch
     digests = {rank: [(r["step"], r["digest"]) for r in rec_list(recs, "params")] for rank, recs in audit.items()}
     assert sorted(digests) == [0, 1] and digests[0] == digests[1] and len(digests[0]) >= 2
     # 37 queries -> 38 rows (one filler) -> 19 per worker -> 5 batches of 4 queries per epoch.
@@ -85,7 +102,9 @@ def test_the_listwise_config_trains_every_query_once(ray_local, tiny_bert, tmp_p
 @pytest.mark.ray
 def test_the_grouped_config_trains_with_in_batch_negatives_on_parquet_tuples(ray_local, tiny_bert, tmp_path):
     """jobs/configs/dbpedia-grouped.yaml (MultipleNegativesRankingLoss on (query, positive, 3
-    negatives) rows, 3 documents drawn per epoch): every query once per epoch, ranks equal."""
+    negatives) rows, 3 documents drawn per epoch), here with its cached variant (the gradient cache
+    in chunks of 5 pairs, under DDP's no_sync but for the last chunk): every query once per
+    epoch, ranks equal, the loss falls."""
     train_file = write_parquet(tuples(29, negatives=3, seed=3), tmp_path / "data" / "tuples.parquet")
     beir = write_beir(reranking_pairs(8, seed=2, start=100), tmp_path / "data" / "beir")
     config = _shipped(
@@ -95,7 +114,8 @@ def test_the_grouped_config_trains_with_in_batch_negatives_on_parquet_tuples(ray
         beir,
         tmp_path,
         "data.max_docs_per_query=3",
-        "train.loss_kwargs={num_negatives: 2}",
+        "train.loss=CachedMultipleNegativesRankingLoss",
+        "train.loss_kwargs={num_negatives: 2, mini_batch_size: 5}",
         "train.epochs=3",
         "train.logging_steps=1",
         "train.learning_rate=3e-3",

@@ -15,6 +15,8 @@ tests/test_group_losses.py) check both against the library's loss on the same te
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -163,6 +165,11 @@ class GroupLoss:
         return type(self.library).__name__
 
     @property
+    def cached(self) -> int:
+        """Pairs per chunk of the gradient cache (CachedMultipleNegativesRankingLoss), else 0."""
+        return int(self.library.mini_batch_size) if self.name == "CachedMultipleNegativesRankingLoss" else 0
+
+    @property
     def in_batch(self) -> bool:
         return self.name in ("MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss")
 
@@ -201,6 +208,68 @@ class GroupLoss:
             return self.library(inputs, targets)
         finally:
             self.library._modules["model"] = model
+
+
+def cached_backward(
+    forward: Callable[[dict[str, torch.Tensor], bool], torch.Tensor],
+    features: dict[str, torch.Tensor],
+    batch: GroupBatch,
+    loss: GroupLoss,
+    device: torch.device,
+    chunk: int,
+    scaled: Callable[[torch.Tensor], torch.Tensor],
+    no_sync: Callable[[], contextlib.AbstractContextManager],
+    sync_last: bool,
+) -> torch.Tensor:
+    """CachedMultipleNegativesRankingLoss's gradient cache (GradCache) on one micro-batch: score
+    the pairs ``chunk`` at a time without a graph, take the loss and its gradient with respect to
+    those logits, then score each chunk again with a graph and back-propagate its slice of that
+    gradient, replaying the RNG state of the first pass (dropout draws the same masks). The
+    gradients equal the plain loss's (tests/test_group_losses.py); memory holds one chunk's graph.
+
+    By hand because the library's version runs inside its ``forward`` on texts, with a backward
+    hook; here the model is the DDP-wrapped one (``no_sync`` on every chunk but the last of a
+    step, so the gradients are all-reduced once) and ``scaled`` applies the step's scale and the
+    gradient scaler. Returns the micro-batch's summed loss, detached."""
+    import torch
+
+    rows = next(iter(features.values())).shape[0]
+    starts = list(range(0, rows, chunk))
+    states, parts = [], []
+    with torch.no_grad():
+        for start in starts:
+            states.append(_rng_state(device))
+            parts.append(forward(_rows(features, start, chunk), False).float().view(-1))
+    logits = torch.cat(parts).requires_grad_()
+    total = loss(logits, batch, device)
+    scaled(total).backward()
+    cache = logits.grad
+    for index, start in enumerate(starts):
+        last = sync_last and index == len(starts) - 1
+        with contextlib.nullcontext() if last else no_sync():
+            _set_rng_state(device, states[index])
+            again = forward(_rows(features, start, chunk), True).float().view(-1)
+            again.backward(cache[start : start + chunk])
+    return total.detach()
+
+
+def _rows(features: dict[str, torch.Tensor], start: int, count: int) -> dict[str, torch.Tensor]:
+    return {name: tensor[start : start + count] for name, tensor in features.items()}
+
+
+def _rng_state(device: torch.device) -> tuple:
+    import torch
+
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(device: torch.device, state: tuple) -> None:
+    import torch
+
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
 
 
 def _margins(scores: torch.Tensor, documents: int) -> torch.Tensor:

@@ -52,7 +52,13 @@ from rerank_ray.training.batching import (
 )
 from rerank_ray.training.checkpointing import CheckpointInfo, LoopState
 from rerank_ray.training.collectives import Collectives
-from rerank_ray.training.losses import GroupLoss, PointwiseLoss, PointwiseObjective, build_library_loss
+from rerank_ray.training.losses import (
+    GroupLoss,
+    PointwiseLoss,
+    PointwiseObjective,
+    build_library_loss,
+    cached_backward,
+)
 from rerank_ray.training.models import load_cross_encoder, load_tokenizer
 from rerank_ray.training.plan import TrainPlan
 from rerank_ray.training.progress import ProgressLine, quiet_libraries
@@ -392,6 +398,12 @@ class Worker:
             last = i == len(micro_batches) - 1
             sync = contextlib.nullcontext() if last or self.world_size == 1 else self.ddp_model.no_sync()
             features = batch.features(self.device)
+            if isinstance(self.objective, GroupLoss) and self.objective.cached:
+                total = self._cached_micro_batch(features, batch, scale, sync_last=last)
+                loss_sum += total
+                self._record_pair_ids(batch)
+                self._note_position(batch)
+                continue
             with sync:
                 with self._autocast():
                     logits = self.ddp_model(features)["scores"]
@@ -415,6 +427,27 @@ class Worker:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # once: the step has really ended
             self.first_step_unix = time.time()
+
+    def _cached_micro_batch(self, features, batch, scale, sync_last: bool):
+        """One micro-batch of CachedMultipleNegativesRankingLoss, through its gradient cache."""
+        assert isinstance(self.objective, GroupLoss)
+
+        def forward(chunk: dict, grad: bool):
+            with self._autocast():
+                return (self.ddp_model if grad else self.model)(chunk)["scores"]
+
+        no_sync = self.ddp_model.no_sync if self.world_size > 1 else contextlib.nullcontext
+        return cached_backward(
+            forward,
+            features,
+            batch,
+            self.objective,
+            self.device,
+            self.objective.cached,
+            lambda total: self.scaler.scale(total * scale),
+            no_sync,
+            sync_last,
+        )
 
     def _global_pairs(self, local_pairs: float) -> float | torch.Tensor:
         """Real pairs in this optimizer step over all ranks, without a host sync: a plain float

@@ -6,6 +6,7 @@
     rerank-ray fields                                 # every config key with its docstring
     rerank-ray eval --model DIR --data FILES --kind KIND [--columns sentence_0=q ...]
     rerank-ray rank --model DIR --query "..." --docs FILE [--top-k N]
+    rerank-ray score --model TEACHER --data FILES --output DIR   # teacher scores, with Ray Data
 
 Exit codes: 0 success, 2 a config or data error or an out-of-memory step (the message names the
 key, file, row or column, or the batch size, and the fix), 1 anything else. What it prints passes
@@ -28,6 +29,7 @@ from rerank_ray.config import HEADLINE, field_docs, load_config
 from rerank_ray.errors import clear_error, clear_message
 from rerank_ray.redaction import redact
 from rerank_ray.run.driver import train
+from rerank_ray.run.score import ScoreRequest, score, summary_path
 from rerank_ray.training.progress import quiet_libraries
 from rerank_ray.tune.search import run_search
 
@@ -37,6 +39,10 @@ EXIT_USAGE = 2
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", required=True, help="YAML config file")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides, applied in order")
+    _add_verbose(parser)
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verbose",
         "-v",
@@ -59,7 +65,34 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("fields", help="list every config key with its type and meaning")
     _add_eval_parser(commands)
     _add_rank_parser(commands)
+    _add_score_parser(commands)
     return parser
+
+
+def _add_score_parser(commands: Any) -> None:
+    score = commands.add_parser(
+        "score",
+        help="a teacher cross-encoder scores every row of pair, tuple or list files (Ray Data), for distillation",
+    )
+    score.add_argument("--model", required=True, help="the teacher: a hub id or a saved CrossEncoder folder")
+    score.add_argument("--data", nargs="+", required=True, help="files, folders or globs (parquet, jsonl, csv, tsv)")
+    score.add_argument("--output", required=True, help="a folder (local or URI) for the scored rows, as Parquet parts")
+    score.add_argument(
+        "--columns", nargs="*", metavar="CANONICAL=COLUMN", help="as data.columns, e.g. query=question positive=answer"
+    )
+    score.add_argument("--batch-size", type=int, default=64, help="pairs per forward pass of the teacher")
+    score.add_argument("--concurrency", type=int, help="actors scoring at once (default: one per GPU, else one)")
+    score.add_argument("--cpus-per-actor", type=float, default=1.0)
+    score.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="fp16/bf16: GPU actors")
+    score.add_argument(
+        "--activation",
+        default="model",
+        choices=["model", "identity"],
+        help="model: the teacher's own activation, as CrossEncoder.predict applies it; identity: raw logits",
+    )
+    score.add_argument("--max-length", type=int, help="longest pair in tokens (default: the teacher's)")
+    score.add_argument("--trust-remote-code", action="store_true", help="run modelling code shipped with the model")
+    _add_verbose(score)
 
 
 def _add_eval_parser(commands: Any) -> None:
@@ -171,6 +204,31 @@ def cmd_rank(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    request = ScoreRequest(
+        model=args.model,
+        data=args.data,
+        output=args.output,
+        columns=parse_columns(args.columns),
+        batch_size=args.batch_size,
+        concurrency=args.concurrency,
+        cpus_per_actor=args.cpus_per_actor,
+        precision=args.precision,
+        activation=args.activation,
+        max_length=args.max_length,
+        trust_remote_code=args.trust_remote_code,
+    )
+    summary = score(request)
+    stats = summary["score"] or {}
+    print(
+        f"[rerank-ray] scored {summary['rows']} rows ({summary['pairs']} pairs) in {summary['seconds']:.0f} s; "
+        f"scores {stats.get('min', 0):.4f} .. {stats.get('max', 0):.4f}, mean {stats.get('mean', 0):.4f}"
+    )
+    print(f"[rerank-ray] written to {redact(summary['output'])} (summary: {redact(summary_path(summary['output']))})")
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "tune": cmd_tune,
@@ -178,6 +236,7 @@ COMMANDS = {
     "fields": cmd_fields,
     "eval": cmd_eval,
     "rank": cmd_rank,
+    "score": cmd_score,
 }
 
 

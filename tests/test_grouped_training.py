@@ -132,6 +132,7 @@ def test_the_grouped_config_trains_with_in_batch_negatives_on_parquet_tuples(ray
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # MarginMSELoss's equality with the library is in the default set; a run of 80 s
 def test_the_distillation_config_learns_the_teachers_margins(ray_local, tiny_bert, tmp_path):
     """jobs/configs/dbpedia-distill.yaml (MarginMSELoss on tuples with teacher scores)."""
     train_file = write_jsonl(tuples(32, negatives=2, seed=4, scores=True), tmp_path / "data" / "scored.jsonl")
@@ -155,6 +156,7 @@ def test_the_distillation_config_learns_the_teachers_margins(ray_local, tiny_ber
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # the gradients' equality is in the default set (tests/test_group_losses.py); 2 runs, 100 s
 def test_one_worker_batch_b_matches_two_workers_batch_half_b_for_a_listwise_loss(ray_local, tiny_bert, tmp_path):
     """ListNetLoss is a mean over queries: the whole set in one global batch per step gives the
     same weights however the queries are split across workers (see tests/test_train.py). A

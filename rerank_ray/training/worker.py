@@ -231,7 +231,9 @@ class Worker:
             self.restored_ranges = position.trained
             # The tally is global: one rank carries it, the epoch's all-reduce adds the rest.
             if self.rank == 0:
-                self.restored_skips = np.asarray(self.state.skipped_in_epoch, dtype=np.int64)
+                saved_skips = np.asarray(self.state.skipped_in_epoch, dtype=np.int64)
+                # A checkpoint written before reasons were appended to REASONS has fewer counts.
+                self.restored_skips[: len(saved_skips)] = saved_skips
             remaining = self.plan.train_rows - position.trained_rows
             batches_left = partial_epoch_batches(remaining, self.world_size, self.config.train.per_device_batch_size)
             if batches_left != self.plan.batches_per_epoch - self.state.batches_done_in_epoch:

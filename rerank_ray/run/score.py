@@ -1,0 +1,257 @@
+"""``rerank-ray score``: a cross-encoder teacher scores every row of a pair, tuple or list file with
+Ray Data, for distillation.
+
+The rows are read by Ray Data's own readers (every column kept, whatever its type), scored in
+``map_batches`` by a pool of actors that each load the teacher once (one GPU each when the
+cluster has GPUs, else CPUs), and written as sharded Parquet in the input's order, each row with a
+``score`` column added:
+
+- labelled pairs (``sentence_0``, ``sentence_1``): a number, the teacher's score of the pair
+  (train with ``MSELoss`` and ``data.columns: {label: score}``);
+- an n-tuple (``query``, ``positive``, ``negative_1``..): a list, the positive's score then each
+  negative's (``MarginMSELoss`` with ``data.columns: {label: score}``);
+- a list (``query``, ``documents``): a list, one score per document (a listwise loss with
+  ``data.columns: {labels: score}``).
+
+Scores are ``CrossEncoder.predict``'s, with the teacher's own activation (as the library's
+MarginMSELoss example computes its labels), or its raw logits with ``--activation identity``.
+sentence-transformers scores in one process; this spreads the pairs over the actors of a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from rerank_ray import storage
+from rerank_ray.config import Config, DataConfig
+from rerank_ray.data.files import resolve_paths
+from rerank_ray.data.reading import open_local_or_uri, peek_columns
+from rerank_ray.data.shapes import Shape, file_name, find_shape
+from rerank_ray.errors import ConfigError, DataError
+from rerank_ray.run.cluster import ensure_ray
+
+SCORE_COLUMN = "score"
+
+
+@dataclass
+class ScoreRequest:
+    """What ``rerank-ray score`` was asked for."""
+
+    model: str
+    data: list[str]
+    output: str
+    columns: dict[str, str] = field(default_factory=dict)
+    batch_size: int = 64
+    """Pairs per forward pass of the teacher (``CrossEncoder.predict``'s batch size)."""
+    rows_per_batch: int = 256
+    """Rows handed to an actor at a time (a list or tuple row holds several pairs)."""
+    concurrency: int | None = None
+    """Actors scoring at once. None: one per GPU of the cluster, else one."""
+    cpus_per_actor: float = 1.0
+    precision: str = "fp32"
+    """fp32, or fp16 / bf16 on GPU actors."""
+    activation: str = "model"
+    """``model``: the teacher's own activation, as ``predict`` applies it; ``identity``: raw logits."""
+    trust_remote_code: bool = False
+    max_length: int | None = None
+
+
+def check_request(request: ScoreRequest) -> tuple[list[str], str, Shape]:
+    """The input files, their format and shape, checked before Ray starts: every file has the
+    columns of the first file's shape."""
+    if request.activation not in ("model", "identity"):
+        raise ConfigError(f"--activation {request.activation!r}: choose model or identity")
+    if request.precision not in ("fp32", "fp16", "bf16"):
+        raise ConfigError(f"--precision {request.precision!r}: choose fp32, fp16 or bf16")
+    files, fmt = resolve_paths(list(request.data), "auto", "--data")
+    data = DataConfig(columns=request.columns)
+    first = peek_columns(open_local_or_uri(files[0], fmt), fmt) or []
+    shape = find_shape(first, data)
+    needed = [file_name(data, name) for name in shape.text_columns] + (
+        [file_name(data, "documents")] if shape.name == "list" else []
+    )
+    for path in files:
+        present = peek_columns(open_local_or_uri(path, fmt), fmt)
+        missing = [column for column in needed if present is not None and column not in present]
+        if present is None or missing:
+            raise DataError(
+                f"--data: {path} "
+                + (f"lacks column(s) {missing} of the {shape.name} shape" if present else "cannot be read")
+                + (f" (its columns: {present})" if present else "")
+                + "; name yours with --columns, e.g. --columns query=question positive=answer"
+            )
+    _check_output_is_new(request.output)
+    if SCORE_COLUMN in first:
+        raise DataError(f"--data: {files[0]} has a {SCORE_COLUMN!r} column already: score the files it came from")
+    return files, fmt, shape
+
+
+def _check_output_is_new(output: str) -> None:
+    """The output folder must not hold files yet: new parts beside old ones would mix two runs."""
+    import pyarrow.fs as pafs
+
+    fs, path = storage.filesystem(output)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        raise ConfigError(f"--output {output} is a file: give a folder")
+    if info.type == pafs.FileType.Directory and fs.get_file_info(pafs.FileSelector(path)):
+        raise ConfigError(f"--output {output} holds files already: give a new folder, or remove it")
+
+
+def pairs_of(batch: pa.Table, shape: Shape, data: DataConfig) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """The (query, document) pairs of a batch's rows, row after row, and the pairs per row."""
+    if shape.name == "list":
+        queries = batch.column(file_name(data, "query")).to_pylist()
+        documents = batch.column(file_name(data, "documents")).to_pylist()
+        rows = [[(q, d) for d in docs or []] for q, docs in zip(queries, documents)]
+    else:
+        columns = [batch.column(file_name(data, name)).to_pylist() for name in shape.text_columns]
+        rows = [[(values[0], doc) for doc in values[1:]] for values in zip(*columns)]
+    for index, row in enumerate(rows):
+        if not row or any(not isinstance(a, str) or not isinstance(b, str) for a, b in row):
+            raise DataError(
+                f"--data: a row of the {shape.name} shape holds no text where one is needed (row {index} of a "
+                f"read block: {row[:2]}): fill it in or remove it"
+            )
+    return [pair for row in rows for pair in row], np.array([len(row) for row in rows], dtype=np.int64)
+
+
+class Scorer:
+    """A Ray Data actor: the teacher, loaded once, scoring batches of rows."""
+
+    def __init__(self, request: dict[str, Any], shape: dict[str, Any]):
+        import torch
+        from sentence_transformers import CrossEncoder
+
+        self.request = ScoreRequest(**request)
+        self.shape = Shape(shape["name"], tuple(shape["text_columns"]), shape["has_label"])
+        self.data = DataConfig(columns=self.request.columns)
+        cuda = torch.cuda.is_available()
+        if not cuda:
+            torch.set_num_threads(max(1, int(self.request.cpus_per_actor)))
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.request.precision) if cuda else None
+        self.model = CrossEncoder(
+            self.request.model,
+            device="cuda" if cuda else "cpu",
+            trust_remote_code=self.request.trust_remote_code,
+            max_length=self.request.max_length,
+            model_kwargs={"torch_dtype": dtype} if dtype is not None else None,
+        )
+        self.activation = torch.nn.Identity() if self.request.activation == "identity" else None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        pairs, counts = pairs_of(batch, self.shape, self.data)
+        kwargs = {"activation_fn": self.activation} if self.activation is not None else {}
+        scores = np.asarray(
+            self.model.predict(
+                pairs, batch_size=self.request.batch_size, show_progress_bar=False, convert_to_numpy=True, **kwargs
+            ),
+            dtype=np.float32,
+        ).reshape(-1)
+        if self.shape.name == "pairs":
+            column = pa.array(scores, pa.float32())
+        else:
+            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+            column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(scores, pa.float32()))
+        return batch.append_column(SCORE_COLUMN, column)
+
+
+def score(request: ScoreRequest) -> dict[str, Any]:
+    """Score the rows of ``request.data`` and write them, scored, to ``request.output``; returns
+    (and writes beside them, :func:`summary_path`) what was scored."""
+    import ray
+    import ray.data
+
+    files, fmt, shape = check_request(request)
+    started_line = ensure_ray(Config(), forward_logs=False)
+    if started_line:
+        print(f"[rerank-ray] {started_line}", flush=True)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # the output's rows in the input's order
+    dataset = _read(files, fmt)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    concurrency = request.concurrency or max(1, gpus)
+    print(
+        f"[rerank-ray] scoring {len(files)} file(s) of {shape.describe()} with {request.model} on {concurrency} "
+        f"{'GPU' if gpus else 'CPU'} actor(s)",
+        flush=True,
+    )
+    started = time.perf_counter()
+    scored = dataset.map_batches(
+        Scorer,
+        fn_constructor_kwargs={
+            "request": request.__dict__,
+            "shape": {"name": shape.name, "text_columns": list(shape.text_columns), "has_label": shape.has_label},
+        },
+        batch_size=request.rows_per_batch,
+        batch_format="pyarrow",
+        concurrency=concurrency,
+        num_gpus=1 if gpus else 0,
+        num_cpus=request.cpus_per_actor if not gpus else None,
+    )
+    # Ray Data names each part by the write and its task's index: sorted, the input's order.
+    scored.write_parquet(request.output)
+    written = ray.data.read_parquet(request.output)
+    values = np.asarray(
+        [x for batch in written.iter_batches(batch_format="pyarrow") for x in _flat(batch.column(SCORE_COLUMN))]
+    )
+    summary = {
+        "model": request.model,
+        "shape": shape.name,
+        "files": len(files),
+        "rows": written.count(),
+        "pairs": int(len(values)),
+        "score": {
+            "min": float(values.min()),
+            "mean": float(values.mean()),
+            "max": float(values.max()),
+        }
+        if len(values)
+        else None,
+        "activation": request.activation,
+        "seconds": time.perf_counter() - started,
+        "output": request.output,
+    }
+    _write_summary(request.output, summary)
+    return summary
+
+
+def _read(files: list[str], fmt: str) -> Any:
+    import ray.data
+
+    if fmt == "parquet":
+        return ray.data.read_parquet(files)
+    if fmt == "jsonl":
+        return ray.data.read_json(files, lines=True)
+    if fmt in ("csv", "tsv"):
+        import pyarrow.csv as pacsv
+
+        parse = pacsv.ParseOptions(delimiter="\t", quote_char=False) if fmt == "tsv" else None
+        return ray.data.read_csv(files, parse_options=parse) if parse else ray.data.read_csv(files)
+    raise ConfigError(f"--data: rerank-ray score reads Parquet, JSON Lines, CSV and TSV files, not {fmt}")
+
+
+def _flat(column: pa.ChunkedArray) -> list[float]:
+    if pa.types.is_list(column.type):
+        import pyarrow.compute as pc
+
+        return pc.list_flatten(column).to_pylist()
+    return column.to_pylist()
+
+
+def summary_path(output: str) -> str:
+    """Beside the output folder, not in it: a JSON file among the Parquet parts would make a mixed
+    folder that a training run refuses."""
+    return output.rstrip("/") + ".summary.json"
+
+
+def _write_summary(output: str, summary: dict[str, Any]) -> None:
+    fs, path = storage.filesystem(summary_path(output))
+    with fs.open_output_stream(path) as handle:
+        handle.write(json.dumps(summary, indent=2).encode())

@@ -401,6 +401,11 @@ class ScalingConfig:
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     """How workers are placed on nodes (Ray placement group strategy)."""
 
+    check_cluster_cpus: bool = True
+    """Before training, refuse a Ray cluster whose CPUs the workers would take all of: Ray Data's
+    read and tokenize tasks would never start and the run would hang. Set false on a cluster
+    that autoscales (its nodes are not all there yet when the run starts)."""
+
 
 #: The experiment trackers ``run.report_to`` takes (transformers' names), with the package each needs
 #: and the extra that installs it.

@@ -163,6 +163,12 @@ def test_bad_jobs_fail_with_exit_code_2_and_the_cause_in_their_logs(cluster, tmp
     relative_storage = client.submit_job(
         entrypoint="python jobs/train.py --config jobs/configs/quickstart.yaml", runtime_env=job_runtime_env()
     )
+    # Workers that would take every CPU of the cluster (2 nodes x 3): Ray Data would never start.
+    starved = client.submit_job(
+        entrypoint="python jobs/train.py --config jobs/configs/quickstart.yaml scaling.num_workers=2 "
+        f"scaling.cpus_per_worker=3 run.storage_path={tmp_path / 'runs'}",
+        runtime_env=job_runtime_env(),
+    )
     # A typo, submitted with the documented command line; the CLI finds the token the way users
     # configure it (RAY_AUTH_MODE=token and the token file).
     runtime_env_file = tmp_path / "runtime_env.yaml"
@@ -189,6 +195,11 @@ def test_bad_jobs_fail_with_exit_code_2_and_the_cause_in_their_logs(cluster, tmp
     assert "error: run.storage_path 'runs' is a relative path: in a Ray job" in logs
     assert "run.storage_path=s3://bucket/prefix" in logs
     assert secrets_in(logs + cli.stdout + cli.stderr, cluster) == []
+
+    info, logs = wait_for(client, starved)
+    assert info.status == JobStatus.FAILED and info.driver_exit_code == 2, logs[-3000:]
+    assert "error: the Ray cluster has 6 CPUs and the 2 training workers reserve 6" in logs, logs[-3000:]
+    assert "scaling.cpus_per_worker=2.5 or less" in logs
 
 
 def _embedded_ray_with_address_file(address: str) -> dict:

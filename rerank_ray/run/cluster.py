@@ -77,6 +77,31 @@ def ensure_ray(config: Config, num_cpus: int | None = None, forward_logs: bool =
     return f"started an embedded local Ray of {logical_cpus} logical CPUs{dashboard}"
 
 
+def check_cluster_cpus(config: Config) -> None:
+    """The cluster must keep a CPU for Ray Data beside the CPUs the training workers reserve:
+    without one, reading and tokenizing never start ("Cluster resources are not enough to run any
+    task ... may hang forever") and the run hangs. An embedded Ray passes by construction
+    (:func:`ensure_ray` adds :data:`DATA_CPUS`); a joined cluster is checked here, before the
+    trainer starts."""
+    import ray
+
+    scaling = config.scaling
+    if not scaling.check_cluster_cpus:
+        return
+    total = float(ray.cluster_resources().get("CPU", 0.0))
+    reserved = scaling.num_workers * scaling.cpus_per_worker
+    if total - reserved >= 1:
+        return
+    fits = max(0.0, (total - 1) / scaling.num_workers)
+    raise ConfigError(
+        f"the Ray cluster has {total:g} CPUs and the {scaling.num_workers} training workers reserve {reserved:g} "
+        f"(scaling.num_workers x scaling.cpus_per_worker {scaling.cpus_per_worker:g}), which leaves "
+        f"{max(total - reserved, 0):g} for Ray Data's read and tokenize tasks: they need at least 1, or the run "
+        f"hangs. Fix: scaling.cpus_per_worker={fits:g} or less, fewer workers, a node more, or more CPUs for "
+        "Ray (ray start --num-cpus); on a cluster that autoscales, scaling.check_cluster_cpus=false"
+    )
+
+
 def check_cluster_address(address: str) -> None:
     if address.startswith(("http://", "https://")):
         raise ConfigError(

@@ -33,7 +33,14 @@ from rerank_ray.data.stream import (
 from rerank_ray.errors import DataError, clear_error
 from rerank_ray.evaluation.ranking import QUERY_ID
 from rerank_ray.redaction import redact
-from rerank_ray.run.cluster import check_storage_outlives_job, ensure_ray, logs_dir, quiet_ray_data, worker_resources
+from rerank_ray.run.cluster import (
+    check_cluster_cpus,
+    check_storage_outlives_job,
+    ensure_ray,
+    logs_dir,
+    quiet_ray_data,
+    worker_resources,
+)
 from rerank_ray.run.export import TrainOutcome, export_run
 from rerank_ray.run.lock import RunLock
 from rerank_ray.run.paths import check_run_name, run_dir, run_name, storage_root
@@ -240,6 +247,7 @@ def _train_locked(config: Config, name: str) -> TrainOutcome:
     loss_arguments(config.train.loss_kwargs)  # a module named in train.loss_kwargs that is none: exit 2 here
     tokenizer = load_tokenizer(config.model)
     started = ensure_ray(config, forward_logs=False)
+    check_cluster_cpus(config)
     quiet_ray_data()
     if started:
         print(f"[rerank-ray] {redact(started)}", flush=True)

@@ -37,6 +37,8 @@ from rerank_ray.errors import ConfigError, DataError
 from rerank_ray.run.cluster import ensure_ray
 
 SCORE_COLUMN = "score"
+#: The formats ``score`` reads (with Ray Data's own readers, which keep every column).
+READERS = ("parquet", "jsonl", "csv", "tsv")
 
 
 @dataclass
@@ -70,6 +72,8 @@ def check_request(request: ScoreRequest) -> tuple[list[str], str, Shape]:
     if request.precision not in ("fp32", "fp16", "bf16"):
         raise ConfigError(f"--precision {request.precision!r}: choose fp32, fp16 or bf16")
     files, fmt = resolve_paths(list(request.data), "auto", "--data")
+    if fmt not in READERS:
+        raise ConfigError(f"--data: rerank-ray score reads {', '.join(READERS)} files, not {fmt}")
     data = DataConfig(columns=request.columns)
     first = peek_columns(open_local_or_uri(files[0], fmt), fmt) or []
     shape = find_shape(first, data)
@@ -234,7 +238,7 @@ def _read(files: list[str], fmt: str) -> Any:
 
         parse = pacsv.ParseOptions(delimiter="\t", quote_char=False) if fmt == "tsv" else None
         return ray.data.read_csv(files, parse_options=parse) if parse else ray.data.read_csv(files)
-    raise ConfigError(f"--data: rerank-ray score reads Parquet, JSON Lines, CSV and TSV files, not {fmt}")
+    raise AssertionError(fmt)  # check_request refused it
 
 
 def _flat(column: pa.ChunkedArray) -> list[float]:

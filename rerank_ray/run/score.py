@@ -1,9 +1,11 @@
 """``rerank-ray score``: a cross-encoder teacher scores every row of a pair, tuple or list file with
 Ray Data, for distillation.
 
-The rows are read by Ray Data's own readers (every column kept, whatever its type), scored in
+The rows are read in Ray Data read tasks by pyarrow's readers (every column kept, whatever its
+type; a file per task), each with its key (file, row), scored in
 ``map_batches`` by a pool of actors that each load the teacher once (one GPU each when the
-cluster has GPUs, else CPUs), and written as sharded Parquet in the input's order, each row with a
+cluster has GPUs, else CPUs), sorted back into the input's order by that key and written as
+sharded Parquet, each row with a
 ``score`` column added:
 
 - labelled pairs (``sentence_0``, ``sentence_1``): a number, the teacher's score of the pair
@@ -37,7 +39,9 @@ from rerank_ray.errors import ConfigError, DataError
 from rerank_ray.run.cluster import ensure_ray
 
 SCORE_COLUMN = "score"
-#: The formats ``score`` reads (with Ray Data's own readers, which keep every column).
+#: Each row's key while it is scored: (file index << 32) + row number, dropped before writing.
+ORDER = "__rerank_ray_row"
+#: The formats ``score`` reads (every column kept).
 READERS = ("parquet", "jsonl", "csv", "tsv")
 
 
@@ -176,9 +180,7 @@ def score(request: ScoreRequest) -> dict[str, Any]:
     started_line = ensure_ray(Config(), forward_logs=False)
     if started_line:
         print(f"[rerank-ray] {started_line}", flush=True)
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # the output's rows in the input's order
-    dataset = _read(files, fmt)
+    dataset = ray.data.read_datasource(_rows_datasource(files, fmt))
     gpus = int(ray.cluster_resources().get("GPU", 0))
     concurrency = request.concurrency or max(1, gpus)
     print(
@@ -199,8 +201,11 @@ def score(request: ScoreRequest) -> dict[str, Any]:
         num_gpus=1 if gpus else 0,
         num_cpus=request.cpus_per_actor if not gpus else None,
     )
-    # Ray Data names each part by the write and its task's index: sorted, the input's order.
-    scored.write_parquet(request.output)
+    # The input's order, by each row's key: Ray Data's readers and operators do not promise it
+    # (Ray 2.60's Parquet reader bins files and gave rows 4-7 of a file before rows 0-3 in a run
+    # with preserve_order on). After the sort the blocks are in key order, and Ray Data names
+    # each written part by its task's index.
+    scored.sort(ORDER).drop_columns([ORDER]).write_parquet(request.output)
     written = ray.data.read_parquet(request.output)
     values = np.asarray(
         [x for batch in written.iter_batches(batch_format="pyarrow") for x in _flat(batch.column(SCORE_COLUMN))]
@@ -226,19 +231,46 @@ def score(request: ScoreRequest) -> dict[str, Any]:
     return summary
 
 
-def _read(files: list[str], fmt: str) -> Any:
-    import ray.data
+def _rows_datasource(files: list[str], fmt: str) -> Any:
+    """A Ray Data datasource of the files' rows, every column kept, each row with its key
+    (:data:`ORDER`: the file's index in the sorted list, then the row's number in it)."""
+    from ray.data.datasource import FileBasedDatasource
 
+    class RowsDatasource(FileBasedDatasource):
+        def __init__(self) -> None:
+            super().__init__(files, file_extensions=None)
+            self._index = {path: i for i, path in enumerate(self._paths())}
+
+        def get_name(self) -> str:
+            return "ReadRows"
+
+        def _read_stream(self, f: Any, path: str) -> Any:
+            table = _read_table(f, fmt)
+            keys = (self._index[path] << 32) + np.arange(table.num_rows, dtype=np.int64)
+            yield table.append_column(ORDER, pa.array(keys, pa.int64()))
+
+        def _open_input_source(self, filesystem: Any, path: str, **open_args: Any) -> Any:
+            if fmt == "parquet":
+                return filesystem.open_input_file(path)
+            return super()._open_input_source(filesystem, path, **open_args)
+
+    return RowsDatasource()
+
+
+def _read_table(handle: Any, fmt: str) -> pa.Table:
+    """One whole file (a shard: the read task holds it), by pyarrow's reader of its format."""
     if fmt == "parquet":
-        return ray.data.read_parquet(files)
-    if fmt == "jsonl":
-        return ray.data.read_json(files, lines=True)
-    if fmt in ("csv", "tsv"):
-        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
 
-        parse = pacsv.ParseOptions(delimiter="\t", quote_char=False) if fmt == "tsv" else None
-        return ray.data.read_csv(files, parse_options=parse) if parse else ray.data.read_csv(files)
-    raise AssertionError(fmt)  # check_request refused it
+        return pq.read_table(handle)
+    if fmt == "jsonl":
+        import pyarrow.json as pajson
+
+        return pajson.read_json(handle)
+    import pyarrow.csv as pacsv
+
+    parse = pacsv.ParseOptions(delimiter="\t", quote_char=False) if fmt == "tsv" else pacsv.ParseOptions()
+    return pacsv.read_csv(handle, parse_options=parse)
 
 
 def _flat(column: pa.ChunkedArray) -> list[float]:

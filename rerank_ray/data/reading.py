@@ -209,20 +209,25 @@ def _read_head(handle: Any) -> bytes:
             return head
 
 
-def _check_header(head: bytes, fmt: str, file_index: int, checker: RowChecker) -> None:
-    """Every needed column in the CSV header, or among the keys of the first JSON record."""
-    first = head.strip().splitlines()[-1] if head.strip() else b""
+def _header_columns(head: bytes, fmt: str) -> list[str] | None:
+    """The column names in a text file's head (:func:`_read_head`): the CSV header, or the keys of
+    the first JSON record (None: no head, or a broken first line, which the row checks name)."""
+    if not head.strip():
+        return None
+    first = head.strip().splitlines()[-1]
     if fmt == "jsonl":
         try:
             record = json.loads(first)
         except ValueError:
-            return  # a broken first line: the row checks name it
-        present = list(record) if isinstance(record, dict) else None
-    else:
-        text = first.decode("utf-8", "replace")
-        present = next(
-            csv.reader([text], delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else csv.reader([text])
-        )
+            return None
+        return list(record) if isinstance(record, dict) else None
+    text = first.decode("utf-8", "replace")
+    return next(csv.reader([text], delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else csv.reader([text]))
+
+
+def _check_header(head: bytes, fmt: str, file_index: int, checker: RowChecker) -> None:
+    """Every needed column in the CSV header, or among the keys of the first JSON record."""
+    present = _header_columns(head, fmt)
     if present is None:
         return
     for canonical, column in checker.file_columns.items():
@@ -483,19 +488,10 @@ def peek_columns(open_file: Opener, fmt: str) -> list[str] | None:
             if fmt == "arrow":
                 return list(pa.ipc.open_stream(handle).schema.names)
             buffered = io.BufferedReader(_RawAdapter(handle), buffer_size=1 << 20)
-            first = _read_head(buffered).removeprefix(BOM).strip().splitlines()
+            head = _read_head(buffered).removeprefix(BOM)
     except (OSError, pa.ArrowException):
         return None
-    if not first:
-        return None
-    if fmt == "jsonl":
-        try:
-            record = json.loads(first[-1])
-        except ValueError:
-            return None
-        return list(record) if isinstance(record, dict) else None
-    text = first[-1].decode("utf-8", "replace")
-    return next(csv.reader([text], delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else csv.reader([text]))
+    return _header_columns(head, fmt)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -402,17 +402,15 @@ class Worker:
             features = batch.features(self.device)
             if isinstance(self.objective, GroupLoss) and self.objective.cached:
                 total = self._cached_micro_batch(features, batch, scale, sync_last=last)
-                loss_sum += total
-                self._record_pair_ids(batch)
-                self._note_position(batch)
-                continue
-            with sync:
-                with self._autocast():
-                    logits = self.ddp_model(features)["scores"]
-                # The loss summed over the batch's real rows (pairs, or queries): scaled to the mean over the step's.
-                total = self.objective(logits, batch, self.device)
-                self.scaler.scale(total * scale).backward()
-            loss_sum += total.detach()
+            else:
+                with sync:
+                    with self._autocast():
+                        logits = self.ddp_model(features)["scores"]
+                    # The loss summed over the batch's real rows (pairs, or queries): scaled to the mean over the step's.
+                    total = self.objective(logits, batch, self.device)
+                    self.scaler.scale(total * scale).backward()
+                total = total.detach()
+            loss_sum += total
             self._record_pair_ids(batch)
             self._note_position(batch)
         if self.config.train.max_grad_norm > 0:

@@ -103,17 +103,25 @@ class Collator:
             pad_to_multiple_of=pad_to_multiple_of,
         )
 
-    def __call__(self, rows: pa.Table) -> Batch:
-        ids, lengths = _ragged(rows.column("input_ids"))
+    def pad_tokens(
+        self, ids: np.ndarray, lengths: np.ndarray, types: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(input_ids, attention_mask, token_type_ids) of rows of ``lengths`` tokens taken in order
+        from the flat ``ids`` (and ``types``), padded as the tokenizer pads."""
         input_ids = pad(ids, lengths, self.pad_token_id, self.left_padding, self.pad_to_multiple_of)
         ones = np.ones(len(ids), dtype=np.int64)
         attention_mask = pad(ones, lengths, 0, self.left_padding, self.pad_to_multiple_of)
         token_type_ids = None
-        if "token_type_ids" in rows.column_names:
-            types, _ = _ragged(rows.column("token_type_ids"))
+        if types is not None:
             token_type_ids = pad(
                 types.astype(np.int64), lengths, self.pad_token_type_id, self.left_padding, self.pad_to_multiple_of
             )
+        return input_ids, attention_mask, token_type_ids
+
+    def __call__(self, rows: pa.Table) -> Batch:
+        ids, lengths = _ragged(rows.column("input_ids"))
+        types = _ragged(rows.column("token_type_ids"))[0] if "token_type_ids" in rows.column_names else None
+        input_ids, attention_mask, token_type_ids = self.pad_tokens(ids, lengths, types)
         labels = rows.column("label").to_numpy()  # read-only view: the astype below copies
         return Batch(
             input_ids=input_ids,
@@ -298,14 +306,10 @@ class GroupCollator:
         encoded = encode_pairs(self.tokenizer, firsts, seconds, self.max_length)
         lengths = np.fromiter((len(x) for x in encoded["input_ids"]), dtype=np.int64, count=len(firsts))
         flat = np.fromiter((t for x in encoded["input_ids"] for t in x), dtype=np.int64, count=int(lengths.sum()))
-        pad_ = self.pad
-        input_ids = pad(flat, lengths, pad_.pad_token_id, pad_.left_padding, pad_.pad_to_multiple_of)
-        attention_mask = pad(np.ones(len(flat), np.int64), lengths, 0, pad_.left_padding, pad_.pad_to_multiple_of)
-        token_type_ids = None
+        types = None
         if "token_type_ids" in encoded:
             types = np.fromiter((t for x in encoded["token_type_ids"] for t in x), dtype=np.int64, count=len(flat))
-            token_type_ids = pad(types, lengths, pad_.pad_token_type_id, pad_.left_padding, pad_.pad_to_multiple_of)
-        return input_ids, attention_mask, token_type_ids
+        return self.pad.pad_tokens(flat, lengths, types)
 
 
 def _column_numpy(rows: pa.Table, name: str, dtype) -> np.ndarray | None:

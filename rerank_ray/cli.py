@@ -7,6 +7,7 @@
     rerank-ray eval --model DIR --data FILES --kind KIND [--columns sentence_0=q ...]
     rerank-ray rank --model DIR --query "..." --docs FILE [--top-k N]
     rerank-ray score --model TEACHER --data FILES --output DIR   # teacher scores, with Ray Data
+    rerank-ray mine --pairs FILES --embedder MODEL --output DIR [--corpus FILES] [--config X.yaml]
 
 Exit codes: 0 success, 2 a config or data error or an out-of-memory step (the message names the
 key, file, row or column, or the batch size, and the fix), 1 anything else. What it prints passes
@@ -25,10 +26,11 @@ import yaml
 
 from rerank_ray import console
 from rerank_ray.commands import EvalRequest, parse_columns, rank_documents, read_documents, run_eval
-from rerank_ray.config import HEADLINE, field_docs, load_config
+from rerank_ray.config import HEADLINE, MineConfig, field_docs, load_config, load_mine_config
 from rerank_ray.errors import clear_error, clear_message
 from rerank_ray.redaction import redact
 from rerank_ray.run.driver import train
+from rerank_ray.run.mine import describe, mine
 from rerank_ray.run.score import ScoreRequest, score, summary_path
 from rerank_ray.training.progress import quiet_libraries
 from rerank_ray.tune.search import run_search
@@ -66,7 +68,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parser(commands)
     _add_rank_parser(commands)
     _add_score_parser(commands)
+    _add_mine_parser(commands)
     return parser
+
+
+def _add_mine_parser(commands: Any) -> None:
+    """One flag per ``MineConfig`` key (``range_min`` -> ``--range-min``), named after
+    ``mine_hard_negatives``' parameters; a flag given wins over the ``mine:`` section of --config."""
+    import typing
+
+    mine_parser = commands.add_parser(
+        "mine", help="hard negatives for (query, positive) pairs, mined with Ray Data (as mine_hard_negatives)"
+    )
+    mine_parser.add_argument("--config", "-c", help="a YAML file with a mine: section")
+    docs = {key.removeprefix("mine."): doc for key, _, doc in field_docs(MineConfig, "mine.")}
+    hints = typing.get_type_hints(MineConfig)
+    for name, hint in hints.items():
+        flags = [f"--{name.replace('_', '-')}"] + (["--format"] if name == "output_format" else [])
+        options: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": docs.get(name, "")}
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if hint is bool:
+            options["action"] = "store_true"
+        elif typing.get_origin(hint) is list or typing.get_origin(hint) is dict:
+            options["nargs"] = "+"
+            options["metavar"] = "CANONICAL=COLUMN" if typing.get_origin(hint) is dict else "PATH"
+        elif typing.get_origin(hint) is typing.Literal:
+            options["choices"] = list(typing.get_args(hint))
+        elif args and args[0] in (int, float):
+            options["type"] = args[0]
+        elif hint in (int, float):
+            options["type"] = hint
+        mine_parser.add_argument(*flags, **options)
+    _add_verbose(mine_parser)
 
 
 def _add_score_parser(commands: Any) -> None:
@@ -159,7 +192,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_fields(_: argparse.Namespace) -> int:
-    for key, type_name, doc in field_docs():
+    for key, type_name, doc in field_docs() + field_docs(MineConfig, "mine."):
         print(f"{key} ({type_name})\n    {doc}")
     return 0
 
@@ -229,6 +262,18 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mine(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "config", "verbose")}
+    if "columns" in values:
+        values["columns"] = parse_columns(values["columns"])
+    summary = mine(load_mine_config(args.config, values))
+    for line in describe(summary):
+        print(f"[rerank-ray] {line}")
+    print(f"[rerank-ray] written to {redact(summary['output'])} (summary: {redact(summary_path(summary['output']))})")
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "tune": cmd_tune,
@@ -237,6 +282,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "rank": cmd_rank,
     "score": cmd_score,
+    "mine": cmd_mine,
 }
 
 

@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny import (  # noqa: E402
     build_tiny_bert,
+    build_tiny_bi_encoder,
     build_tiny_custom_code,
     build_tiny_deberta_v2,
     build_tiny_xlm_roberta,
@@ -32,6 +33,11 @@ def tiny_bert(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert_3_labels(tmp_path_factory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert-3", num_labels=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_bi_encoder(tmp_path_factory) -> Path:
+    return build_tiny_bi_encoder(tmp_path_factory.mktemp("models") / "tiny-bi-encoder")
 
 
 @pytest.fixture(scope="session")

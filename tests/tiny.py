@@ -41,6 +41,45 @@ def build_tiny_bert(folder: Path, num_labels: int = 1, dropout: float = 0.0) -> 
     return folder
 
 
+def build_tiny_bi_encoder(folder: Path) -> Path:
+    """A SentenceTransformer (2-layer BERT, mean pooling) for mining. Initialised with a wide spread
+    (``initializer_range`` 1.0): the default 0.02 makes every text's embedding nearly the same."""
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    words = SPECIAL + WORDS + EXTRA_WORDS
+    bert = folder / "bert"
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True, model_max_length=128)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        initializer_range=1.0,
+    )
+    _save_seeded(BertModel, config, tokenizer, bert)
+    model = SentenceTransformer(modules=[models.Transformer(str(bert)), models.Pooling(32, "mean")], device="cpu")
+    model.save(str(folder / "model"))
+    return folder / "model"
+
+
+def mining_pairs(num_queries: int, documents: int, seed: int = 0) -> tuple[list[dict], list[str]]:
+    """(query, positive) rows, every third query with two positives and one pair repeated, and a
+    corpus of distinct documents that holds the positives."""
+    rng = random.Random(seed)
+    corpus = list(dict.fromkeys(" ".join(rng.sample(WORDS, rng.randint(3, 7))) for _ in range(documents)))
+    rows = []
+    for q in range(num_queries):
+        query = " ".join(rng.sample(WORDS, 2)) + f" {EXTRA_WORDS[q % len(EXTRA_WORDS)]}"
+        for _ in range(2 if q % 3 == 0 else 1):
+            rows.append({"query": query, "positive": rng.choice(corpus[: documents // 2])})
+        if q == 1:
+            rows.append(dict(rows[-1]))
+    return rows, corpus
+
+
 def _unigram_vocab(specials: list[str]) -> list[tuple[str, float]]:
     """A SentencePiece-style Unigram vocabulary: the special tokens, one piece per word, then single
     letters so that any lowercase text tokenizes without unknown pieces."""

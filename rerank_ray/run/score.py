@@ -34,15 +34,12 @@ from rerank_ray import storage
 from rerank_ray.config import Config, DataConfig
 from rerank_ray.data.files import resolve_paths
 from rerank_ray.data.reading import open_local_or_uri, peek_columns
+from rerank_ray.data.rows import ORDER, READERS, flat_values, rows_datasource
 from rerank_ray.data.shapes import Shape, file_name, find_shape
 from rerank_ray.errors import ConfigError, DataError
 from rerank_ray.run.cluster import ensure_ray
 
 SCORE_COLUMN = "score"
-#: Each row's key while it is scored: (file index << 32) + row number, dropped before writing.
-ORDER = "__rerank_ray_row"
-#: The formats ``score`` reads (every column kept).
-READERS = ("parquet", "jsonl", "csv", "tsv")
 
 
 @dataclass
@@ -94,22 +91,22 @@ def check_request(request: ScoreRequest) -> tuple[list[str], str, Shape]:
                 + (f" (its columns: {present})" if present else "")
                 + "; name yours with --columns, e.g. --columns query=question positive=answer"
             )
-    _check_output_is_new(request.output)
+    check_output_is_new(request.output, "--output")
     if SCORE_COLUMN in first:
         raise DataError(f"--data: {files[0]} has a {SCORE_COLUMN!r} column already: score the files it came from")
     return files, fmt, shape
 
 
-def _check_output_is_new(output: str) -> None:
+def check_output_is_new(output: str, what: str) -> None:
     """The output folder must not hold files yet: new parts beside old ones would mix two runs."""
     import pyarrow.fs as pafs
 
     fs, path = storage.filesystem(output)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
-        raise ConfigError(f"--output {output} is a file: give a folder")
+        raise ConfigError(f"{what} {output} is a file: give a folder")
     if info.type == pafs.FileType.Directory and fs.get_file_info(pafs.FileSelector(path)):
-        raise ConfigError(f"--output {output} holds files already: give a new folder, or remove it")
+        raise ConfigError(f"{what} {output} holds files already: give a new folder, or remove it")
 
 
 def pairs_of(batch: pa.Table, shape: Shape, data: DataConfig) -> tuple[list[tuple[str, str]], np.ndarray]:
@@ -170,6 +167,18 @@ class Scorer:
         return batch.append_column(SCORE_COLUMN, column)
 
 
+def actor_pool(size: int, gpus: int, cpus_per_actor: float) -> dict[str, Any]:
+    """``map_batches``' arguments for a pool of ``size`` actors: a GPU each when the cluster has
+    GPUs, else ``cpus_per_actor`` CPUs."""
+    import ray.data
+
+    return {
+        "compute": ray.data.ActorPoolStrategy(size=size),
+        "num_gpus": 1 if gpus else 0,
+        "num_cpus": cpus_per_actor if not gpus else None,
+    }
+
+
 def score(request: ScoreRequest) -> dict[str, Any]:
     """Score the rows of ``request.data`` and write them, scored, to ``request.output``; returns
     (and writes beside them, :func:`summary_path`) what was scored."""
@@ -180,7 +189,7 @@ def score(request: ScoreRequest) -> dict[str, Any]:
     started_line = ensure_ray(Config(), forward_logs=False)
     if started_line:
         print(f"[rerank-ray] {started_line}", flush=True)
-    dataset = ray.data.read_datasource(_rows_datasource(files, fmt))
+    dataset = ray.data.read_datasource(rows_datasource(files, fmt))
     gpus = int(ray.cluster_resources().get("GPU", 0))
     concurrency = request.concurrency or max(1, gpus)
     print(
@@ -197,18 +206,14 @@ def score(request: ScoreRequest) -> dict[str, Any]:
         },
         batch_size=request.rows_per_batch,
         batch_format="pyarrow",
-        concurrency=concurrency,
-        num_gpus=1 if gpus else 0,
-        num_cpus=request.cpus_per_actor if not gpus else None,
+        **actor_pool(concurrency, gpus, request.cpus_per_actor),
     )
-    # The input's order, by each row's key: Ray Data's readers and operators do not promise it
-    # (Ray 2.60's Parquet reader bins files and gave rows 4-7 of a file before rows 0-3 in a run
-    # with preserve_order on). After the sort the blocks are in key order, and Ray Data names
-    # each written part by its task's index.
+    # The input's order, by each row's key (rows.py says why). After the sort the blocks are in
+    # key order, and Ray Data names each written part by its task's index.
     scored.sort(ORDER).drop_columns([ORDER]).write_parquet(request.output)
     written = ray.data.read_parquet(request.output)
     values = np.asarray(
-        [x for batch in written.iter_batches(batch_format="pyarrow") for x in _flat(batch.column(SCORE_COLUMN))]
+        [x for batch in written.iter_batches(batch_format="pyarrow") for x in flat_values(batch.column(SCORE_COLUMN))]
     )
     summary = {
         "model": request.model,
@@ -227,58 +232,8 @@ def score(request: ScoreRequest) -> dict[str, Any]:
         "seconds": time.perf_counter() - started,
         "output": request.output,
     }
-    _write_summary(request.output, summary)
+    write_summary(request.output, summary)
     return summary
-
-
-def _rows_datasource(files: list[str], fmt: str) -> Any:
-    """A Ray Data datasource of the files' rows, every column kept, each row with its key
-    (:data:`ORDER`: the file's index in the sorted list, then the row's number in it)."""
-    from ray.data.datasource import FileBasedDatasource
-
-    class RowsDatasource(FileBasedDatasource):
-        def __init__(self) -> None:
-            super().__init__(files, file_extensions=None)
-            self._index = {path: i for i, path in enumerate(self._paths())}
-
-        def get_name(self) -> str:
-            return "ReadRows"
-
-        def _read_stream(self, f: Any, path: str) -> Any:
-            table = _read_table(f, fmt)
-            keys = (self._index[path] << 32) + np.arange(table.num_rows, dtype=np.int64)
-            yield table.append_column(ORDER, pa.array(keys, pa.int64()))
-
-        def _open_input_source(self, filesystem: Any, path: str, **open_args: Any) -> Any:
-            if fmt == "parquet":
-                return filesystem.open_input_file(path)
-            return super()._open_input_source(filesystem, path, **open_args)
-
-    return RowsDatasource()
-
-
-def _read_table(handle: Any, fmt: str) -> pa.Table:
-    """One whole file (a shard: the read task holds it), by pyarrow's reader of its format."""
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(handle)
-    if fmt == "jsonl":
-        import pyarrow.json as pajson
-
-        return pajson.read_json(handle)
-    import pyarrow.csv as pacsv
-
-    parse = pacsv.ParseOptions(delimiter="\t", quote_char=False) if fmt == "tsv" else pacsv.ParseOptions()
-    return pacsv.read_csv(handle, parse_options=parse)
-
-
-def _flat(column: pa.ChunkedArray) -> list[float]:
-    if pa.types.is_list(column.type):
-        import pyarrow.compute as pc
-
-        return pc.list_flatten(column).to_pylist()
-    return column.to_pylist()
 
 
 def summary_path(output: str) -> str:
@@ -287,7 +242,7 @@ def summary_path(output: str) -> str:
     return output.rstrip("/") + ".summary.json"
 
 
-def _write_summary(output: str, summary: dict[str, Any]) -> None:
+def write_summary(output: str, summary: dict[str, Any]) -> None:
     fs, path = storage.filesystem(summary_path(output))
     with fs.open_output_stream(path) as handle:
         handle.write(json.dumps(summary, indent=2).encode())

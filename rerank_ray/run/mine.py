@@ -1,0 +1,542 @@
+"""``rerank-ray mine``: hard negatives for (query, positive) pairs, mined across a Ray cluster.
+
+sentence-transformers' ``util.mine_hard_negatives`` embeds, searches and selects in one
+process, holding the corpus, its embeddings and every candidate in memory. Here:
+
+1. The pairs are read on the driver (their size is the pairs', not the corpus') and
+   de-duplicated as the library does (:class:`rerank_ray.run.negatives.Positives`).
+2. Ray Data embeds the queries, the positives and the corpus files in one ``map_batches`` with a
+   pool of actors that each load the bi-encoder once (a GPU each when the cluster has GPUs),
+   with the library's calls (``encode_query`` / ``encode_document``, normalised, its prompts).
+   The embedded blocks stay in Ray's object store.
+3. Exact search in blocks: Ray tasks, one per ``search_batch_size`` queries, each walk the
+   blocks one at a time and keep each query's best ``range_max + max_positives`` candidates
+   (scores are the dot products of normalised embeddings: the library's cosine similarity). A
+   task holds its queries and one block, whatever the corpus' size.
+4. An optional cross-encoder rescores each query's candidates in Ray Data (``score``'s actors).
+5. The library's selection (:func:`rerank_ray.run.negatives.select`), the chosen texts looked up
+   by hash in the embedded blocks, the rows in the asked format written as Parquet, and a
+   summary printed and written beside them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from rerank_ray import storage
+from rerank_ray.config import Config, DataConfig, MineConfig, ModelConfig
+from rerank_ray.data.files import resolve_paths
+from rerank_ray.data.reading import open_local_or_uri, peek_columns
+from rerank_ray.data.rows import ORDER, READERS, read_table, rows_datasource
+from rerank_ray.data.shapes import file_name, find_shape
+from rerank_ray.errors import ConfigError, DataError
+from rerank_ray.run.cluster import ensure_ray
+from rerank_ray.run.negatives import (
+    FILTERS,
+    Positives,
+    Selection,
+    check_range,
+    derived_range_max,
+    output_rows,
+    possible_rows,
+    select,
+    statistics,
+    text_hashes,
+)
+from rerank_ray.run.score import Scorer, ScoreRequest, actor_pool, check_output_is_new, write_summary
+from rerank_ray.training.models import model_source
+
+TEXT, ROLE, HASH, EMBEDDING = "text", "role", "hash", "embedding"
+#: What a row of the embedding stage is: a query, a positive, or a document of the corpus files.
+QUERY, POSITIVE, DOCUMENT = 0, 1, 2
+#: Mined rows per written Parquet part.
+ROWS_PER_PART = 100_000
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the pairs (driver)
+
+
+def read_positives(config: MineConfig) -> Positives:
+    """The (query, positive) pairs of ``mine.pairs``, whatever their shape (module docstring of
+    :mod:`rerank_ray.config`'s ``MineConfig.pairs``)."""
+    files, fmt = resolve_paths(list(config.pairs), "auto", "mine.pairs")
+    if fmt not in READERS:
+        raise ConfigError(f"mine.pairs: rerank-ray mine reads {', '.join(READERS)} files, not {fmt}")
+    data = DataConfig(columns=config.columns)
+    queries: list[str] = []
+    positives: list[str] = []
+    for path in files:
+        with open_local_or_uri(path, fmt)() as handle:
+            table = read_table(handle, fmt)
+        file_queries, file_positives = _positive_pairs(table, data, path)
+        queries += file_queries
+        positives += file_positives
+    if not queries:
+        raise DataError(
+            f"mine.pairs: {len(files)} file(s) hold no (query, positive) pair (a pair file's positives are its rows "
+            "labelled above 0)"
+        )
+    return Positives.from_pairs(queries, positives)
+
+
+def _positive_pairs(table: pa.Table, data: DataConfig, path: str) -> tuple[list[str], list[str]]:
+    shape = find_shape(table.column_names, data)
+    if shape.name == "pairs":
+        names = [file_name(data, c) for c in ("sentence_0", "sentence_1")]
+        label = file_name(data, "label")
+        missing = [c for c in names if c not in table.column_names]
+        if missing:
+            raise DataError(
+                f"mine.pairs: {path} has neither query/positive columns nor the pair column(s) {missing} (its columns: "
+                f"{table.column_names}); name yours with --columns query=question positive=answer"
+            )
+        rows = zip(*(table.column(c).to_pylist() for c in names))
+        labels = table.column(label).to_pylist() if label in table.column_names else None
+        pairs = [(q, d) for i, (q, d) in enumerate(rows) if labels is None or (labels[i] or 0) > 0]
+    elif shape.name == "list":
+        docs = table.column(file_name(data, "documents")).to_pylist()
+        labels_name = file_name(data, "labels")
+        if labels_name not in table.column_names:
+            raise DataError(f"mine.pairs: {path} has a documents column but no {labels_name!r} column")
+        pairs = [
+            (q, d)
+            for q, ds, ls in zip(
+                table.column(file_name(data, "query")).to_pylist(), docs, table[labels_name].to_pylist()
+            )
+            for d, label in zip(ds or [], ls or [])
+            if (label or 0) > 0
+        ]
+    else:
+        pairs = list(zip(*(table.column(file_name(data, c)).to_pylist() for c in ("query", "positive"))))
+    for index, (query, positive) in enumerate(pairs):
+        if not isinstance(query, str) or not isinstance(positive, str) or not query or not positive:
+            raise DataError(
+                f"mine.pairs: {path}, pair {index}: a query and a positive must be text, got {query!r}, {positive!r}"
+            )
+    return [q for q, _ in pairs], [p for _, p in pairs]
+
+
+def check_corpus(config: MineConfig) -> tuple[list[str], str]:
+    """The corpus files and their format, every one with the text column, checked before Ray."""
+    if not config.corpus:
+        return [], ""
+    files, fmt = resolve_paths(list(config.corpus), "auto", "mine.corpus")
+    if fmt not in READERS:
+        raise ConfigError(f"mine.corpus: rerank-ray mine reads {', '.join(READERS)} files, not {fmt}")
+    for path in files:
+        present = peek_columns(open_local_or_uri(path, fmt), fmt)
+        if present is None or config.corpus_column not in present:
+            raise DataError(
+                f"mine.corpus: {path} "
+                + (f"has no {config.corpus_column!r} column (its columns: {present})" if present else "cannot be read")
+                + "; name the text column with --corpus-column"
+            )
+    return files, fmt
+
+
+# ---------------------------------------------------------------------------------------------
+# Embedding (Ray Data actors)
+
+
+def corpus_texts(batch: pa.Table, column: str, title: str | None) -> pa.Table:
+    """A block of corpus rows as the embedding stage's rows: the text (the title joined before
+    it, as BEIR's reranking builds a document), non-empty ones only."""
+    import pyarrow.compute as pc
+
+    text = pc.fill_null(batch[column].cast(pa.string()), "")
+    if title and title in batch.column_names:
+        heading = pc.fill_null(batch[title].cast(pa.string()), "")
+        text = pc.utf8_trim_whitespace(pc.binary_join_element_wise(heading, text, " "))
+    table = pa.table({TEXT: text, ROLE: pa.array(np.full(batch.num_rows, DOCUMENT, np.int8)), ORDER: batch[ORDER]})
+    return table.filter(pc.greater(pc.utf8_length(table[TEXT]), 0))
+
+
+class Embedder:
+    """A Ray Data actor: the bi-encoder, loaded once, embedding blocks of texts."""
+
+    def __init__(self, config: dict[str, Any]):
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        self.config = MineConfig(**config)
+        cuda = torch.cuda.is_available()
+        if not cuda:
+            torch.set_num_threads(max(1, int(self.config.cpus_per_actor)))
+        source = model_source(ModelConfig(name_or_path=self.config.embedder))
+        self.model = SentenceTransformer(
+            source, device="cuda" if cuda else "cpu", trust_remote_code=self.config.trust_remote_code
+        )
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        texts = batch[TEXT].to_pylist()
+        roles = batch[ROLE].to_numpy()
+        dim = self.model.get_sentence_embedding_dimension()
+        vectors = np.zeros((len(texts), dim), dtype=np.float32)
+        config = self.config
+        for is_query in (True, False):
+            rows = np.flatnonzero((roles == QUERY) == is_query)
+            if not len(rows):
+                continue
+            encode = self.model.encode_query if is_query else self.model.encode_document
+            vectors[rows] = encode(
+                [texts[i] for i in rows],
+                batch_size=config.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+                prompt_name=config.query_prompt_name if is_query else config.corpus_prompt_name,
+                prompt=config.query_prompt if is_query else config.corpus_prompt,
+            )
+        flat = pa.array(vectors.reshape(-1), pa.float32())
+        return batch.append_column(HASH, pa.array(text_hashes(texts), pa.int64())).append_column(
+            EMBEDDING, pa.FixedSizeListArray.from_arrays(flat, dim)
+        )
+
+
+def matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A fixed-size-list column as a [rows, dim] float32 array."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    dim = array.type.list_size
+    return np.asarray(array.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+
+
+def keep_roles(batch: pa.Table, roles: tuple[int, ...]) -> pa.Table:
+    import pyarrow.compute as pc
+
+    return batch.filter(pc.is_in(batch[ROLE], pa.array(roles, pa.int8())))
+
+
+def pick_texts(batch: pa.Table, wanted: np.ndarray) -> pa.Table:
+    """The (hash, text) rows of a block whose hash is wanted: the chosen negatives' texts."""
+    import pyarrow.compute as pc
+
+    return batch.select([HASH, TEXT]).filter(pc.is_in(batch[HASH], pa.array(wanted, pa.int64())))
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact search in blocks (Ray tasks)
+
+
+def block_top(queries: np.ndarray, block: pa.Table, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's best ``k`` distinct texts (scores, hashes) of one embedded block."""
+    candidates = keep_roles(block, (POSITIVE, DOCUMENT))
+    hashes = candidates[HASH].to_numpy()
+    if not len(hashes):
+        return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+    # A text twice in a block (a positive that is also in the corpus, a repeated document) is one
+    # candidate, as in the library's de-duplicated corpus.
+    hashes, first = np.unique(hashes, return_index=True)
+    scores = queries @ matrix(candidates[EMBEDDING])[first].T
+    if k < scores.shape[1]:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        return np.take_along_axis(scores, part, 1), hashes[part]
+    return scores, np.broadcast_to(hashes, scores.shape)
+
+
+def merge_top(
+    best: tuple[np.ndarray, np.ndarray], more: tuple[np.ndarray, np.ndarray], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` distinct texts of two candidate lists per query, best first. Each list
+    holds distinct texts; a text in both (found in two blocks) is kept once."""
+    scores = np.concatenate([best[0], more[0]], axis=1)
+    hashes = np.concatenate([best[1], more[1]], axis=1)
+    by_hash = np.lexsort((-scores, hashes), axis=1)
+    scores = np.take_along_axis(scores, by_hash, 1)
+    hashes = np.take_along_axis(hashes, by_hash, 1)
+    repeated = np.zeros(hashes.shape, dtype=bool)
+    repeated[:, 1:] = hashes[:, 1:] == hashes[:, :-1]
+    scores[repeated] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(hashes, order, 1)
+
+
+def search_blocks(queries: np.ndarray, blocks: list[Any], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A Ray task: the best ``k`` candidates of every block for a chunk of queries, fetching one
+    block at a time; padded with ``-inf`` (hash 0) where the corpus has fewer than ``k``."""
+    import ray
+
+    best = (np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64))
+    for ref in blocks:
+        best = merge_top(best, block_top(queries, ray.get(ref), k), k)
+    missing = k - best[0].shape[1]
+    if missing > 0:
+        best = (
+            np.pad(best[0], ((0, 0), (0, missing)), constant_values=-np.inf),
+            np.pad(best[1], ((0, 0), (0, missing)), constant_values=0),
+        )
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline (driver)
+
+
+def mine(config: MineConfig) -> dict[str, Any]:
+    """Mine ``config``'s negatives and write them; returns (and writes beside them) the summary."""
+    import ray
+    import ray.data
+
+    started = time.perf_counter()
+    positives = read_positives(config)
+    range_max = derived_range_max(config, positives.max_positives)
+    problem = check_range(config, range_max)
+    if problem:
+        raise ConfigError(problem)
+    corpus_files, corpus_fmt = check_corpus(config)
+    check_output_is_new(config.output, "mine.output")
+    started_line = ensure_ray(Config(), forward_logs=False)
+    if started_line:
+        print(f"[rerank-ray] {started_line}", flush=True)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    concurrency = config.concurrency or max(1, gpus)
+    positive_texts = list(dict.fromkeys(doc for docs in positives.positives for doc in docs))
+    print(
+        f"[rerank-ray] mining {config.num_negatives} negative(s) for {len(positives.queries)} queries "
+        f"({positives.source_rows} pairs) from "
+        + (f"{len(corpus_files)} corpus file(s) and " if corpus_files else "")
+        + f"{len(positive_texts)} positives with {config.embedder} on {concurrency} {'GPU' if gpus else 'CPU'} actor(s)",
+        flush=True,
+    )
+    embedded = _embed(config, positives.queries, positive_texts, corpus_files, corpus_fmt, concurrency, gpus)
+    query_vectors, positive_vectors = _own_vectors(embedded, len(positives.queries), len(positive_texts))
+    positive_index = {text: i for i, text in enumerate(positive_texts)}
+    pair_rows = [positive_index[d] for docs in positives.positives for d in docs]
+    query_rows = [q for q, docs in enumerate(positives.positives) for _ in docs]
+    positive_scores = np.einsum("ij,ij->i", query_vectors[query_rows], positive_vectors[pair_rows])
+    k = range_max + positives.max_positives
+    scores, hashes = _search(embedded, query_vectors, k, config.search_batch_size)
+    texts = dict(zip(text_hashes(positive_texts).tolist(), positive_texts))
+    if config.cross_encoder is not None and _filters_set(config):
+        texts.update(_texts_of(embedded, hashes))
+        scores, positive_scores = _rescore(config, positives, hashes, texts, concurrency, gpus)
+    positive_hashes = [text_hashes(docs) for docs in positives.positives]
+    selection = select(config, scores, hashes, positive_hashes, positive_scores, range_max)
+    texts.update(_texts_of(embedded, selection.hashes, known=texts))
+    rows = output_rows(config, positives, selection, positive_scores, texts)
+    written = _write(rows, config.output)
+    summary = _summary(config, positives, selection, positive_scores, written, range_max)
+    summary["corpus_files"] = len(corpus_files)
+    summary["added_positives"] = _positives_not_in_corpus(embedded, positive_texts) if corpus_files else None
+    summary["seconds"] = time.perf_counter() - started
+    write_summary(config.output, summary)
+    return summary
+
+
+def _filters_set(config: MineConfig) -> bool:
+    """The library rescores with its cross-encoder only when a filter would use the scores."""
+    return any(getattr(config, name) is not None for name in FILTERS)
+
+
+def _embed(
+    config: MineConfig,
+    queries: list[str],
+    positive_texts: list[str],
+    corpus_files: list[str],
+    corpus_fmt: str,
+    concurrency: int,
+    gpus: int,
+) -> Any:
+    import ray.data
+
+    own = pa.table(
+        {
+            TEXT: pa.array(queries + positive_texts, pa.string()),
+            ROLE: pa.array([QUERY] * len(queries) + [POSITIVE] * len(positive_texts), pa.int8()),
+            ORDER: pa.array(np.arange(len(queries) + len(positive_texts)), pa.int64()),
+        }
+    )
+    texts = ray.data.from_arrow(own)
+    if corpus_files:
+        documents = ray.data.read_datasource(rows_datasource(corpus_files, corpus_fmt)).map_batches(
+            corpus_texts,
+            fn_kwargs={"column": config.corpus_column, "title": config.corpus_title_column},
+            batch_format="pyarrow",
+        )
+        texts = texts.union(documents)
+    return texts.map_batches(
+        Embedder,
+        fn_constructor_kwargs={"config": config.__dict__},
+        batch_size=config.rows_per_batch,
+        batch_format="pyarrow",
+        **actor_pool(concurrency, gpus, config.cpus_per_actor),
+    ).materialize()
+
+
+def _own_vectors(embedded: Any, queries: int, positives: int) -> tuple[np.ndarray, np.ndarray]:
+    """The queries' and the positives' embeddings, in the order they were given."""
+    own = embedded.map_batches(keep_roles, fn_kwargs={"roles": (QUERY, POSITIVE)}, batch_format="pyarrow")
+    tables = [t for t in own.iter_batches(batch_format="pyarrow", batch_size=None) if t.num_rows]
+    table = pa.concat_tables(tables).sort_by(ORDER)
+    vectors = matrix(table[EMBEDDING])
+    if len(vectors) != queries + positives:
+        raise RuntimeError(f"embedded {len(vectors)} queries and positives, expected {queries + positives}")
+    return vectors[:queries], vectors[queries:]
+
+
+def _search(embedded: Any, query_vectors: np.ndarray, k: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    import ray
+
+    blocks = embedded.to_arrow_refs()
+    task = ray.remote(num_cpus=1)(search_blocks)
+    # The block references travel inside a list, so a task fetches them one at a time.
+    pending = [task.remote(query_vectors[i : i + chunk], blocks, k) for i in range(0, len(query_vectors), chunk)]
+    found = ray.get(pending)
+    return np.concatenate([s for s, _ in found]), np.concatenate([h for _, h in found])
+
+
+def _texts_of(embedded: Any, hashes: np.ndarray, known: dict[int, str] | None = None) -> dict[int, str]:
+    """hash -> text of the given candidates, looked up in the embedded blocks."""
+    wanted = np.unique(hashes[hashes != 0])
+    if known:
+        wanted = wanted[~np.isin(wanted, np.fromiter(known, np.int64, len(known)))]
+    if not len(wanted):
+        return {}
+    picked = embedded.map_batches(pick_texts, fn_kwargs={"wanted": wanted}, batch_format="pyarrow")
+    texts: dict[int, str] = {}
+    for table in picked.iter_batches(batch_format="pyarrow", batch_size=None):
+        texts.update(zip(table[HASH].to_pylist(), table[TEXT].to_pylist()))
+    return texts
+
+
+def _positives_not_in_corpus(embedded: Any, positive_texts: list[str]) -> int:
+    """How many positives the corpus files lack (added to the candidates, as the library adds them)."""
+    import pyarrow.compute as pc
+
+    wanted = pa.array(text_hashes(positive_texts), pa.int64())
+    documents = embedded.map_batches(keep_roles, fn_kwargs={"roles": (DOCUMENT,)}, batch_format="pyarrow")
+    found: set[int] = set()
+    for table in documents.iter_batches(batch_format="pyarrow", batch_size=None):
+        found.update(table[HASH].filter(pc.is_in(table[HASH], wanted)).to_pylist())
+    return len(positive_texts) - len(found)
+
+
+def _rescore(
+    config: MineConfig,
+    positives: Positives,
+    hashes: np.ndarray,
+    texts: dict[int, str],
+    concurrency: int,
+    gpus: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates' and the positives' scores by ``mine.cross_encoder`` (``CrossEncoder.predict``
+    as the library calls it), with ``score``'s actors; padding stays ``-inf``."""
+    import ray.data
+
+    rows_q, rows_d, keys = [], [], []
+    for q, query in enumerate(positives.queries):
+        for j, name in enumerate(hashes[q]):
+            if name != 0:
+                rows_q.append(query)
+                rows_d.append(texts[int(name)])
+                keys.append(q * hashes.shape[1] + j)
+    pairs = [(q, d) for q, docs in enumerate(positives.positives) for d in docs]
+    offset = hashes.size
+    rows_q += [positives.queries[q] for q, _ in pairs]
+    rows_d += [d for _, d in pairs]
+    keys += list(range(offset, offset + len(pairs)))
+    table = pa.table({"sentence_0": rows_q, "sentence_1": rows_d, ORDER: pa.array(keys, pa.int64())})
+    request = ScoreRequest(model=config.cross_encoder, data=[], output="", batch_size=config.batch_size)
+    request.trust_remote_code = config.trust_remote_code
+    scored = ray.data.from_arrow(table).map_batches(
+        Scorer,
+        fn_constructor_kwargs={
+            "request": request.__dict__,
+            "shape": {"name": "pairs", "text_columns": ["sentence_0", "sentence_1"], "has_label": False},
+        },
+        batch_size=config.rows_per_batch,
+        batch_format="pyarrow",
+        **actor_pool(concurrency, gpus, config.cpus_per_actor),
+    )
+    values = np.full(offset + len(pairs), -np.inf, dtype=np.float32)
+    for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
+        values[batch[ORDER].to_numpy()] = batch["score"].to_numpy()
+    return values[:offset].reshape(hashes.shape), values[offset:]
+
+
+def _write(rows: dict[str, list[Any]], output: str) -> int:
+    """The rows as Parquet parts ``part-00000.parquet``.. in ``output``; the number of rows."""
+    table = pa.table(rows)
+    fs, folder = storage.filesystem(output)
+    fs.create_dir(folder, recursive=True)
+    import pyarrow.parquet as pq
+
+    for part, start in enumerate(range(0, max(table.num_rows, 1), ROWS_PER_PART)):
+        with fs.open_output_stream(f"{folder.rstrip('/')}/part-{part:05d}.parquet") as handle:
+            pq.write_table(table.slice(start, ROWS_PER_PART), handle)
+    return table.num_rows
+
+
+def _summary(
+    config: MineConfig,
+    positives: Positives,
+    selection: Selection,
+    positive_scores: np.ndarray,
+    written: int,
+    range_max: int,
+) -> dict[str, Any]:
+    """What the library prints after mining (score statistics of the positives, the negatives and
+    their differences; what each filter skipped; the samples without enough negatives)."""
+    found = ~np.isinf(selection.scores)
+    counts = [len(p) for p in positives.positives]
+    per_pair = np.repeat(selection.scores, counts, axis=0)
+    pair_positive = np.repeat(np.asarray(positive_scores)[:, None], selection.scores.shape[1], axis=1)
+    keep = ~np.isinf(per_pair)
+    possible = possible_rows(config, positives)
+    return {
+        "embedder": config.embedder,
+        "cross_encoder": config.cross_encoder,
+        "output_format": "n-tuple" if config.include_positives else config.output_format,
+        "pairs": positives.source_rows,
+        "queries": len(positives.queries),
+        "rows": written,
+        "negatives": int(found.sum()),
+        "range_max": range_max,
+        "queries_without_enough_negatives": int((found.sum(1) < config.num_negatives).sum()),
+        "samples_without_enough_negatives": max(0, possible - written),
+        "possible_samples": possible,
+        "skipped": {
+            name: {"count": count, "ratio": count / selection.candidates} for name, count in selection.skipped.items()
+        },
+        "scores": {
+            "positive": statistics(np.asarray(positive_scores)),
+            "negative": statistics(per_pair[keep]),
+            "difference": statistics((pair_positive - per_pair)[keep]),
+        },
+        "output": config.output,
+    }
+
+
+def describe(summary: dict[str, Any]) -> list[str]:
+    """The summary as the lines ``rerank-ray mine`` prints."""
+    lines = [
+        f"mined {summary['negatives']} negatives for {summary['queries']} queries: {summary['rows']} "
+        f"{summary['output_format']} rows in {summary['seconds']:.0f} s"
+    ]
+    stats = summary["scores"]
+    if stats["positive"] and stats["negative"]:
+        lines.append(
+            "similarity: positives mean {:.4f}, negatives mean {:.4f} (min {:.4f}, max {:.4f}), difference mean "
+            "{:.4f}".format(
+                stats["positive"]["mean"],
+                stats["negative"]["mean"],
+                stats["negative"]["min"],
+                stats["negative"]["max"],
+                stats["difference"]["mean"],
+            )
+        )
+    for name, skipped in summary["skipped"].items():
+        lines.append(f"skipped {skipped['count']} candidates ({skipped['ratio']:.2%}) by {name}")
+    if summary.get("added_positives"):
+        lines.append(f"{summary['added_positives']} positive(s) not in the corpus files were added to the candidates")
+    missing = summary["samples_without_enough_negatives"]
+    if missing:
+        lines.append(
+            f"could not find enough negatives for {missing} of {summary['possible_samples']} samples "
+            f"({summary['queries_without_enough_negatives']} queries): raise mine.range_max, or loosen the filters"
+        )
+    return lines

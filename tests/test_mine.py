@@ -21,6 +21,7 @@ from rerank_ray.errors import ConfigError, DataError
 from rerank_ray.run import mine as mining
 from rerank_ray.run.negatives import Positives, derived_range_max, output_rows, select, text_hashes
 from rerank_ray.run.score import summary_path
+from rerank_ray.training.faults import FAULTS_ENV
 
 #: Filter settings, each tried with every output format.
 FILTER_CASES = {
@@ -186,13 +187,19 @@ def test_mine_through_ray_equals_the_library_and_trains(ray_local, tiny_bi_encod
 
 
 @pytest.mark.ray
-def test_mine_labeled_lists_from_labelled_pairs_without_a_corpus(ray_local, tiny_bi_encoder, mining_data, tmp_path):
-    """Labelled pairs as input (the rows labelled above 0 are the positives), no corpus, random sampling."""
+def test_mine_labeled_lists_from_labelled_pairs_without_a_corpus(
+    ray_local, tiny_bi_encoder, mining_data, tmp_path, monkeypatch
+):
+    """Labelled pairs as input (the rows labelled above 0 are the positives), no corpus, random
+    sampling; the embedding actor is killed (SIGKILL) at its second batch: Ray Data restarts it
+    and retries the batch, and the output is still the library's, every query once."""
     rows, _ = mining_data
     labelled = [{"sentence_0": r["query"], "sentence_1": r["positive"], "label": 1.0} for r in rows]
     labelled.insert(3, {"sentence_0": rows[0]["query"], "sentence_1": "judged irrelevant", "label": 0.0})
     pairs = write_jsonl(labelled, tmp_path / "pairs.jsonl")
     out = tmp_path / "lists"
+    kill = {"dir": str(tmp_path), "faults": [{"name": "embedder-killed", "at": "embed", "step": 2}]}
+    monkeypatch.setenv(FAULTS_ENV, json.dumps(kill))
     config = load_mine_config(
         None,
         {
@@ -204,6 +211,7 @@ def test_mine_labeled_lists_from_labelled_pairs_without_a_corpus(ray_local, tiny
             "sampling_strategy": "random",
             "range_max": 12,
             "seed": 5,
+            "rows_per_batch": 8,
         },
     )
     summary = mining.mine(config)
@@ -213,6 +221,7 @@ def test_mine_labeled_lists_from_labelled_pairs_without_a_corpus(ray_local, tiny
     )  # fmt: skip
     assert_same(as_library(_read(out), "labeled-list", False), theirs)
     assert summary["added_positives"] is None and summary["output_format"] == "labeled-list"
+    assert (tmp_path / "embedder-killed").exists()  # the actor did die
 
 
 def test_bad_input_is_refused_with_exit_2(tiny_bi_encoder, mining_data, tmp_path, capsys):

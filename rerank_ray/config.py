@@ -327,8 +327,9 @@ class TrainConfig:
 
     torch_compile: bool = False
     """Compile the model's training forward and backward with ``torch.compile`` (opt-in). The first
-    steps take longer while it compiles (also for each new batch shape until it switches to
-    dynamic shapes); on CPU it needs a C++ compiler. Evaluation runs the uncompiled model."""
+    steps take longer while it compiles; token lengths are then padded to multiples of 16 and an
+    epoch's last batch filled with weight-0 rows, so it compiles a graph per length bucket (pairs
+    shape). On CPU it needs a C++ compiler. Evaluation runs the uncompiled model."""
 
 
 @dataclass

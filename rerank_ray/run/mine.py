@@ -307,7 +307,9 @@ def mine(config: MineConfig) -> dict[str, Any]:
         + f"{len(positive_texts)} positives with {config.embedder} on {concurrency} {'GPU' if gpus else 'CPU'} actor(s)",
         flush=True,
     )
+    stages = {"start": time.perf_counter() - started}
     embedded = _embed(config, positives.queries, positive_texts, corpus_files, corpus_fmt, concurrency, gpus)
+    stages["embed"] = time.perf_counter() - started - sum(stages.values())
     query_vectors, positive_vectors = _own_vectors(embedded, len(positives.queries), len(positive_texts))
     positive_index = {text: i for i, text in enumerate(positive_texts)}
     pair_rows = [positive_index[d] for docs in positives.positives for d in docs]
@@ -315,6 +317,7 @@ def mine(config: MineConfig) -> dict[str, Any]:
     positive_scores = np.einsum("ij,ij->i", query_vectors[query_rows], positive_vectors[pair_rows])
     k = range_max + positives.max_positives
     scores, hashes = _search(embedded, query_vectors, k, config.search_batch_size)
+    stages["search"] = time.perf_counter() - started - sum(stages.values())
     texts = dict(zip(text_hashes(positive_texts).tolist(), positive_texts))
     if config.cross_encoder is not None and _filters_set(config):
         texts.update(_texts_of(embedded, hashes))
@@ -327,7 +330,10 @@ def mine(config: MineConfig) -> dict[str, Any]:
     summary = _summary(config, positives, selection, positive_scores, written, range_max)
     summary["corpus_files"] = len(corpus_files)
     summary["added_positives"] = _positives_not_in_corpus(embedded, positive_texts) if corpus_files else None
+    summary["texts_embedded"] = embedded.count()
     summary["seconds"] = time.perf_counter() - started
+    stages["select_and_write"] = summary["seconds"] - sum(stages.values())
+    summary["stage_seconds"] = stages
     write_summary(config.output, summary)
     return summary
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -74,6 +74,11 @@ def _ragged(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]
     return values, np.diff(offsets)
 
 
+#: Token lengths a compiled run pads to (``train.torch_compile``): multiples of 16, so at most
+#: ``max_length / 16`` length buckets, each a graph.
+COMPILE_LENGTH_MULTIPLE = 16
+
+
 def pad(values: np.ndarray, lengths: np.ndarray, pad_value: int, left: bool = False, multiple: int = 1) -> np.ndarray:
     """Rows of ``lengths`` taken in order from ``values``, padded to the longest (rounded up to ``multiple``)."""
     width = int(lengths.max()) if len(lengths) else 0
@@ -93,6 +98,9 @@ class Collator:
     pad_token_type_id: int = 0
     left_padding: bool = False
     pad_to_multiple_of: int = 1
+    fill_to: int = 0
+    """Batches of fewer rows (an epoch's last) get weight-0 copies of their first row up to this
+    many, so that a compiled model sees one batch size (:meth:`for_compile`)."""
 
     @classmethod
     def for_tokenizer(cls, tokenizer, pad_to_multiple_of: int = 1) -> Collator:
@@ -102,6 +110,13 @@ class Collator:
             left_padding=getattr(tokenizer, "padding_side", "right") == "left",
             pad_to_multiple_of=pad_to_multiple_of,
         )
+
+    def for_compile(self, batch_size: int) -> Collator:
+        """This collator with shapes ``torch.compile`` compiles a bounded number of graphs for:
+        lengths padded to multiples of :data:`COMPILE_LENGTH_MULTIPLE` (a graph per length bucket
+        rather than per length) and every batch ``batch_size`` rows (no graph for an epoch's
+        smaller last batch)."""
+        return replace(self, pad_to_multiple_of=COMPILE_LENGTH_MULTIPLE, fill_to=batch_size)
 
     def pad_tokens(
         self, ids: np.ndarray, lengths: np.ndarray, types: np.ndarray | None
@@ -119,6 +134,7 @@ class Collator:
         return input_ids, attention_mask, token_type_ids
 
     def __call__(self, rows: pa.Table) -> Batch:
+        rows = self._filled(rows)
         ids, lengths = _ragged(rows.column("input_ids"))
         types = _ragged(rows.column("token_type_ids"))[0] if "token_type_ids" in rows.column_names else None
         input_ids, attention_mask, token_type_ids = self.pad_tokens(ids, lengths, types)
@@ -135,6 +151,22 @@ class Collator:
             skip=_column_numpy(rows, "skip", np.int8),
             group_ids=_column_numpy(rows, "group_id", np.int64),
         )
+
+    def _filled(self, rows: pa.Table) -> pa.Table:
+        """``rows`` and weight-0 copies of its first row up to :attr:`fill_to` rows: the same
+        tokens, so the copies' logits are finite and their weight keeps them out of every loss,
+        metric, data position (row key -1) and audit (pair ids of real rows only)."""
+        missing = self.fill_to - rows.num_rows
+        if missing <= 0 or rows.num_rows == 0:
+            return rows
+        copies = rows.take(pa.array(np.zeros(missing, dtype=np.int64)))
+        marks = {"weight": 0.0, "row_key": -1, "skip": 0}
+        for name, value in marks.items():
+            if name in copies.column_names:
+                index = copies.column_names.index(name)
+                column = pa.array(np.full(missing, value), type=copies.schema.field(name).type)
+                copies = copies.set_column(index, name, column)
+        return pa.concat_tables([rows, copies])
 
 
 @dataclass

@@ -118,6 +118,10 @@ class Worker:
         point = checkpointing.latest_complete(self.config.run.storage_path, self.config.run.name or "")
         tokenizer = load_tokenizer(config.model)
         self.collate = Collator.for_tokenizer(tokenizer)
+        # Compiled: length buckets and full batches, a bounded number of graphs (tests/test_compile_shapes.py).
+        self.train_collate = (
+            self.collate.for_compile(config.train.per_device_batch_size) if config.train.torch_compile else self.collate
+        )
         # Grouped shapes: the pairs are formed and tokenized per batch, in the prefetch thread
         # (the only user of this tokenizer: eval batches and pairs arrive tokenized).
         self.group_collate = (
@@ -316,7 +320,7 @@ class Worker:
         resuming = self.state.batches_done_in_epoch > 0
         shard = ray.train.get_dataset_shard("train_rest") if resuming else self.train_shard
         seed = [config.train.seed, epoch, self.rank] + ([self.state.global_step] if resuming else [])
-        collate: Collator | GroupCollator = self.collate
+        collate: Collator | GroupCollator = self.train_collate
         if self.group_collate is not None:
             # This epoch's draws (documents kept, in-batch negatives): seeded per rank and epoch.
             import torch

@@ -53,6 +53,15 @@ def filesystem(path: str):
     return pafs.LocalFileSystem(), resolve(path)
 
 
+def is_empty_file(path: str) -> bool:
+    """A file of 0 bytes (local or URI)."""
+    import pyarrow.fs as pafs
+
+    fs, inner = filesystem(path)
+    info = fs.get_file_info(inner)
+    return info.type == pafs.FileType.File and info.size == 0
+
+
 def is_file(path: str) -> bool:
     import pyarrow.fs as pafs
 

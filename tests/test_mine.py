@@ -224,6 +224,30 @@ def test_mine_labeled_lists_from_labelled_pairs_without_a_corpus(
     assert (tmp_path / "embedder-killed").exists()  # the actor did die
 
 
+@pytest.mark.ray
+def test_cross_encoder_rescoring_equals_the_library(ray_local, tiny_bi_encoder, tiny_bert, mining_data, tmp_path):
+    """--cross-encoder: the candidates and positives rescored (score's actors) before the margin,
+    as the library rescores them; the scores written are the cross-encoder's."""
+    from sentence_transformers import CrossEncoder
+
+    rows, corpus = mining_data
+    pairs = write_jsonl(rows, tmp_path / "pairs.jsonl")
+    documents = write_jsonl([{"text": d} for d in corpus], tmp_path / "corpus.jsonl")
+    out = tmp_path / "rescored"
+    settings = {"num_negatives": 3, "absolute_margin": 0.0, "range_max": 12, "output_scores": True}
+    config = load_mine_config(
+        None,
+        {"pairs": [str(pairs)], "corpus": [str(documents)], "embedder": str(tiny_bi_encoder), "output": str(out),
+         "cross_encoder": str(tiny_bert), "output_format": "labeled-pair", **settings},
+    )  # fmt: skip
+    mining.mine(config)
+    theirs = library_mine(
+        tiny_bi_encoder, rows, corpus, cross_encoder=CrossEncoder(str(tiny_bert)), output_format="labeled-pair",
+        **settings,
+    )  # fmt: skip
+    assert_same(as_library(_read(out), "labeled-pair", True), theirs)
+
+
 def test_bad_input_is_refused_with_exit_2(tiny_bi_encoder, mining_data, tmp_path, capsys):
     """Each problem named; all are found on the driver, before Ray starts (mine() checks first)."""
     rows, corpus = mining_data
@@ -245,6 +269,7 @@ def test_bad_input_is_refused_with_exit_2(tiny_bi_encoder, mining_data, tmp_path
             "pair 0: a query and a positive must be text",
         ),
         "negatives": (["--num-negatives", "0"], "mine.num_negatives must be at least 1"),
+        "empty_corpus": (["--corpus", str(write_jsonl([], tmp_path / "empty.jsonl"))], "empty.jsonl is empty"),
     }
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "part-0.parquet").write_text("x")

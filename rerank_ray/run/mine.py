@@ -130,6 +130,11 @@ def check_corpus(config: MineConfig) -> tuple[list[str], str]:
     if fmt not in READERS:
         raise ConfigError(f"mine.corpus: rerank-ray mine reads {', '.join(READERS)} files, not {fmt}")
     for path in files:
+        if storage.is_empty_file(path):
+            raise DataError(
+                f"mine.corpus: {path} is empty: give a corpus with documents, or leave --corpus out to mine among "
+                "the positives"
+            )
         present = peek_columns(open_local_or_uri(path, fmt), fmt)
         if present is None or config.corpus_column not in present:
             raise DataError(

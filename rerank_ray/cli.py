@@ -10,7 +10,8 @@
     rerank-ray mine --pairs FILES --embedder MODEL --output DIR [--corpus FILES] [--config X.yaml]
 
 Exit codes: 0 success, 2 a config or data error or an out-of-memory step (the message names the
-key, file, row or column, or the batch size, and the fix), 1 anything else. What it prints passes
+key, file, row or column, or the batch size, and the fix), 143 a run stopped by SIGTERM after its
+checkpoint (continue with --resume), 1 anything else. What it prints passes
 through :func:`rerank_ray.redaction.redact` (no credentials).
 """
 
@@ -27,11 +28,12 @@ import yaml
 from rerank_ray import console
 from rerank_ray.commands import EvalRequest, parse_columns, rank_documents, read_documents, run_eval
 from rerank_ray.config import HEADLINE, MineConfig, field_docs, load_config, load_mine_config
-from rerank_ray.errors import clear_error, clear_message
+from rerank_ray.errors import Preempted, clear_error, clear_message
 from rerank_ray.redaction import redact
 from rerank_ray.run.driver import train
 from rerank_ray.run.mine import describe, mine
 from rerank_ray.run.score import ScoreRequest, score, summary_path
+from rerank_ray.training import preemption
 from rerank_ray.training.progress import quiet_libraries
 from rerank_ray.tune.search import run_search
 
@@ -294,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("[rerank-ray] interrupted", file=sys.stderr)
         return 130
+    except Preempted as stopped:
+        print(redact(f"[rerank-ray] {stopped}"), file=sys.stderr)
+        return preemption.EXIT_CODE
     except Exception as err:  # noqa: BLE001 - the top level turns errors into exit codes
         cause = clear_error(err)
         if cause is not None:

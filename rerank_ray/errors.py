@@ -33,6 +33,11 @@ class CheckpointError(ValueError):
     plain values). The message names the checkpoint and what to do."""
 
 
+class Preempted(RuntimeError):
+    """The run stopped on request (SIGTERM) after writing a checkpoint; the message says how to
+    continue. The command exits with 143."""
+
+
 class StopRetrying(RuntimeError):
     """Raised in Ray Train's controller to end a run whose failure a retry cannot cure."""
 

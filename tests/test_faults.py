@@ -145,6 +145,62 @@ def test_killed_workers_restore_and_train_each_remaining_pair_once(
     assert metrics["final"][metrics["headline_metric"]] > 0.9
 
 
+@pytest.mark.slow  # two runs, one with its own Ray: about 100 s on this machine
+def test_sigterm_to_the_driver_checkpoints_and_resume_trains_the_rest(ray_local, tiny_bert, pair_files, tmp_path):
+    """Preemption: SIGTERM reaches the CLI's driver while a worker pauses after step 6; the run
+    stops at its next progress step (8), writes that step's checkpoint, exports nothing and exits
+    143 within a bound; ``--resume`` continues from step 8 and trains exactly the pairs epoch 1
+    had left (no checkpoint_steps: the one at step 8 is the stop's own)."""
+    raw = fault_config(tiny_bert, pair_files, tmp_path, "preempted", run={"checkpoint_steps": 0})
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(json.dumps(raw))
+    faults_dir = tmp_path / "faults"
+    faults_dir.mkdir()
+    spec = {
+        "dir": str(faults_dir),
+        "faults": [{"name": "pause-6", "at": "step", "step": 6, "action": "pause", "seconds": 8}],
+    }
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), FAULTS_ENV: json.dumps(spec)}
+    env.pop("RAY_ADDRESS", None)
+    job = subprocess.Popen(
+        [sys.executable, "-m", "rerank_ray.cli", "train", "--config", str(config_path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 400
+        while not (faults_dir / "pause-6").exists():
+            assert job.poll() is None, f"the run ended early:\n{job.communicate()[0][-3000:]}"
+            assert time.time() < deadline, "the run never reached step 6"
+            time.sleep(0.2)
+        job.send_signal(signal.SIGTERM)  # the driver only, as a scheduler signals it
+        signalled = time.perf_counter()
+        output, _ = job.communicate(timeout=180)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    print(f"stopped {time.perf_counter() - signalled:.0f} s after SIGTERM")
+    assert job.returncode == 143, output[-3000:]
+    assert "stopped by SIGTERM at step 8 of 26" in output and "--resume" in output, output[-3000:]
+    assert "Traceback" not in output
+
+    from rerank_ray.training import checkpointing
+
+    run_dir = tmp_path / "runs" / "preempted"
+    assert checkpointing.latest_complete(str(tmp_path / "runs"), "preempted").step == 8
+    assert not (run_dir / "model").exists()  # nothing exported from a stopped run
+
+    resumed = train(Config.from_dict({**raw, "run": {**raw["run"], "resume": True}}))
+    records = read_audit(Path(resumed.run_dir))
+    sessions = sessions_in_order(records)
+    assert [restored for _, restored in sessions] == [None, 8]
+    assert_every_pair_once_per_epoch(trained_per_epoch(records, sessions), 2, TRAIN_PAIRS)
+    assert resumed.metrics["final"][resumed.metrics["headline_metric"]] > 0.9
+
+
 @pytest.mark.slow  # two jobs, one with its own Ray: 100-250 s on this machine
 def test_resume_after_the_driver_is_killed(ray_local, tiny_bert, pair_files, tmp_path):
     """The CLI runs in its own process (with its own local Ray) and pauses after step 18; the test

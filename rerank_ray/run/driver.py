@@ -30,7 +30,7 @@ from rerank_ray.data.stream import (
     with_group_ids,
     without_queries,
 )
-from rerank_ray.errors import DataError, clear_error
+from rerank_ray.errors import DataError, Preempted, clear_error
 from rerank_ray.evaluation.ranking import QUERY_ID
 from rerank_ray.redaction import redact
 from rerank_ray.run.cluster import (
@@ -44,7 +44,7 @@ from rerank_ray.run.cluster import (
 from rerank_ray.run.export import TrainOutcome, export_run
 from rerank_ray.run.lock import RunLock
 from rerank_ray.run.paths import check_run_name, run_dir, run_name, storage_root
-from rerank_ray.training import checkpointing, faults, tracking
+from rerank_ray.training import checkpointing, faults, preemption, tracking
 from rerank_ray.training.checkpointing import RestOfEpoch
 from rerank_ray.training.losses import loss_arguments
 from rerank_ray.training.models import check_base_model, load_tokenizer
@@ -269,7 +269,9 @@ def _train_locked(config: Config, name: str) -> TrainOutcome:
         flush=True,
     )
     tracked = tracking.start(config, run_dir(config, name))
-    with Relay() as relay:
+    folder = run_dir(config, name)
+    preemption.clear(folder)  # a resumed run that was stopped by SIGTERM goes on
+    with Relay() as relay, preemption.stop_on_sigterm(folder):
         trainer = build_trainer(config, plan, datasets, name, console_queue=relay.queue, tracking=tracked)
         try:
             result = trainer.fit()  # raises ray.train.TrainingFailedError when the run failed
@@ -279,6 +281,14 @@ def _train_locked(config: Config, name: str) -> TrainOutcome:
             if cause is None:
                 raise
             raise cause from err  # bad input / config / out of memory: the message names the fix
+    if (result.metrics or {}).get("preempted"):
+        tracking.finish(tracked, "", {}, ok=False)
+        preemption.clear(folder)
+        step = result.metrics["step"]
+        raise Preempted(
+            f"stopped by SIGTERM at step {step} of {plan.total_steps}; its checkpoint is complete "
+            f"({checkpointing.dir_name(step)}): continue with the same command and --resume"
+        )
     checkpointing.prune(
         storage_root(config), name, config.run.num_checkpoints_to_keep, plan.headline_metric if plan.eval_rows else None
     )

@@ -34,13 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rerank_ray import console
+from rerank_ray import console, storage
 from rerank_ray.config import Config
 from rerank_ray.data.checks import REASONS, describe_tally, tally, tally_dict
 from rerank_ray.data.position import DataPosition, TrainedRows, merge_ranges, partial_epoch_batches
 from rerank_ray.evaluation.metrics import compute_metrics
 from rerank_ray.resources import peak_rss_mib, process_start_unix, rss_parts_mib
-from rerank_ray.training import checkpointing, faults
+from rerank_ray.training import checkpointing, faults, preemption
 from rerank_ray.training.batching import (
     Batch,
     Collator,
@@ -100,6 +100,7 @@ class Worker:
             torch.set_num_threads(max(1, int(config.scaling.cpus_per_worker)))
         self.state = LoopState()
         self.session = uuid.uuid4().hex[:12]
+        self.preempted = False  # the driver asked the run to stop (SIGTERM): it checkpoints and returns
         self.restored_from: int | None = None
         self.trained = TrainedRows()  # keys this rank trained in the epoch since start or restore
         self.restored_ranges = np.zeros((0, 2), dtype=np.int64)  # keys the restored epoch had trained
@@ -280,7 +281,7 @@ class Worker:
         last_report_step = self.state.global_step if self.state.global_step else -1
         every = config.run.checkpoint_steps
         for epoch in range(self.state.epoch, config.train.epochs):
-            if self.state.stopped_early:
+            if self.state.stopped_early or self.preempted:
                 break
             self.state.epoch = epoch
             batches = self._first_epoch if epoch == 0 and self._first_epoch is not None else self._open_epoch(epoch)
@@ -300,6 +301,10 @@ class Worker:
                     self._finish_epoch()
                 if step % config.train.logging_steps == 0 or step == plan.total_steps:
                     self._log_progress()
+                    if step != plan.total_steps and self._stop_requested():
+                        self._checkpoint(evaluate=False)
+                        last_report_step = step
+                        break
                 evaluate = step % plan.eval_every == 0
                 if step != plan.total_steps and (evaluate or (every and step % every == 0)):
                     self._checkpoint(evaluate=evaluate)
@@ -564,6 +569,20 @@ class Worker:
         self.state.history.append(entry)
         self.tracker.log(entry, step=entry["step"])
 
+    def _stop_requested(self) -> bool:
+        """Whether the driver asked the run to stop (:mod:`rerank_ray.training.preemption`): rank 0
+        looks, every rank gets its answer, so all stop at this step."""
+        found = self.rank == 0 and preemption.stop_requested(
+            storage.join(self.config.run.storage_path, self.config.run.name or "")
+        )
+        if self.world_size > 1:
+            found = bool(self.collectives.broadcast_object(found))
+        if found:
+            self.preempted = True
+            if self.rank == 0:
+                console.say(f"[rerank-ray] stop requested: checkpoint at step {self.state.global_step}, then exit")
+        return found
+
     def _log_progress(self) -> None:
         summary = self.progress.flush(self.collectives.sum, self.scheduler.get_last_lr()[0], self._epoch_float())
         if summary is not None:
@@ -621,6 +640,7 @@ class Worker:
             "skipped_train_rows": sum(self.state.skipped_train.values()),
             "skipped_eval_rows": sum(self.state.skipped_eval.values()),
             "stopped_early": self.state.stopped_early,
+            "preempted": self.preempted,
             **self._resource_metrics(),
         }
         if not checkpoint:

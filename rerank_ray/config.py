@@ -776,6 +776,9 @@ class MineConfig:
     only when a margin, ``max_score`` or ``min_score`` is set)."""
     batch_size: int = 32
     """Texts per forward pass of the embedder (and of the cross-encoder)."""
+    use_faiss: bool = False
+    """Search each block with faiss (``IndexFlatIP``: exact inner product, as the library's
+    ``use_faiss``); needs faiss on every node (``pip install faiss-cpu``, or ``faiss-gpu``)."""
     search_batch_size: int = 16384
     """Queries per search task (the library's ``faiss_batch_size``): a task holds this many
     queries' candidates and one block of the corpus at a time."""
@@ -802,6 +805,11 @@ class MineConfig:
         for key in ("batch_size", "search_batch_size", "rows_per_batch"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"mine.{key} must be at least 1, got {getattr(self, key)}")
+        if self.use_faiss:
+            try:
+                import faiss  # noqa: F401
+            except ImportError:
+                raise ConfigError("mine.use_faiss needs faiss: pip install faiss-cpu (or faiss-gpu)") from None
         if self.concurrency is not None and self.concurrency < 1:
             raise ConfigError(f"mine.concurrency must be at least 1, got {self.concurrency}")
         check_no_inline_credentials(

@@ -105,7 +105,8 @@ def block_search_mine(model_path: Path, rows: list[dict], corpus: list[str] | No
     k = range_max + positives.max_positives
     best = (np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64))
     for start in range(0, table.num_rows, 17):
-        best = mining.merge_top(best, mining.block_top(queries, table.slice(start, 17), k), k)
+        block = table.slice(start, 17)
+        best = mining.merge_top(best, mining.block_top(queries, block, k, config.use_faiss), k)
     index = {text: i for i, text in enumerate(positive_texts)}
     pair_scores = np.array(
         [queries[q] @ documents[index[d]] for q, docs in enumerate(positives.positives) for d in docs]
@@ -123,6 +124,18 @@ def test_block_search_and_selection_equal_the_library(tiny_bi_encoder, mining_da
     ours = block_search_mine(tiny_bi_encoder, rows, corpus, config)
     theirs = library_mine(tiny_bi_encoder, rows, corpus, output_format=fmt, **settings)
     assert_same(as_library(ours, fmt, config.output_scores), theirs)
+
+
+@pytest.mark.parametrize("fmt", ["n-tuple", "labeled-list"])
+def test_faiss_search_equals_the_library(tiny_bi_encoder, mining_data, fmt):
+    """use_faiss: each block searched by a faiss IndexFlatIP; the library's use_faiss on the same inputs."""
+    pytest.importorskip("faiss")
+    rows, corpus = mining_data
+    settings = {"relative_margin": 0.05, "num_negatives": 4, "output_scores": True}
+    config = MineConfig(pairs=["-"], embedder="-", output="-", output_format=fmt, use_faiss=True, **settings)
+    ours = block_search_mine(tiny_bi_encoder, rows, corpus, config)
+    theirs = library_mine(tiny_bi_encoder, rows, corpus, output_format=fmt, use_faiss=True, **settings)
+    assert_same(as_library(ours, fmt, True), theirs)
 
 
 def test_include_positives_and_no_corpus_equal_the_library(tiny_bi_encoder, mining_data):
@@ -191,7 +204,7 @@ def test_mine_labeled_lists_from_labelled_pairs_without_a_corpus(
     ray_local, tiny_bi_encoder, mining_data, tmp_path, monkeypatch
 ):
     """Labelled pairs as input (the rows labelled above 0 are the positives), no corpus, random
-    sampling; the embedding actor is killed (SIGKILL) at its second batch: Ray Data restarts it
+    sampling, faiss; the embedding actor is killed (SIGKILL) at its second batch: Ray Data restarts it
     and retries the batch, and the output is still the library's, every query once."""
     rows, _ = mining_data
     labelled = [{"sentence_0": r["query"], "sentence_1": r["positive"], "label": 1.0} for r in rows]
@@ -212,6 +225,7 @@ def test_mine_labeled_lists_from_labelled_pairs_without_a_corpus(
             "range_max": 12,
             "seed": 5,
             "rows_per_batch": 8,
+            "use_faiss": True,  # each block searched by faiss in the Ray tasks
         },
     )
     summary = mining.mine(config)

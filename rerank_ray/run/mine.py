@@ -11,8 +11,9 @@ process, holding the corpus, its embeddings and every candidate in memory. Here:
    The embedded blocks stay in Ray's object store.
 3. Exact search in blocks: Ray tasks, one per ``search_batch_size`` queries, each walk the
    blocks one at a time and keep each query's best ``range_max + max_positives`` candidates
-   (scores are the dot products of normalised embeddings: the library's cosine similarity). A
-   task holds its queries and one block, whatever the corpus' size.
+   (scores are the dot products of normalised embeddings: the library's cosine similarity; with
+   ``use_faiss`` a faiss ``IndexFlatIP`` per block). A task holds its queries and one block,
+   whatever the corpus' size.
 4. An optional cross-encoder rescores each query's candidates in Ray Data (``score``'s actors).
 5. The library's selection (:func:`rerank_ray.run.negatives.select`), the chosen texts looked up
    by hash in the embedded blocks, the rows in the asked format written as Parquet, and a
@@ -232,7 +233,7 @@ def pick_texts(batch: pa.Table, wanted: np.ndarray) -> pa.Table:
 # Exact search in blocks (Ray tasks)
 
 
-def block_top(queries: np.ndarray, block: pa.Table, k: int) -> tuple[np.ndarray, np.ndarray]:
+def block_top(queries: np.ndarray, block: pa.Table, k: int, use_faiss: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Each query's best ``k`` distinct texts (scores, hashes) of one embedded block."""
     candidates = keep_roles(block, (POSITIVE, DOCUMENT))
     hashes = candidates[HASH].to_numpy()
@@ -241,7 +242,15 @@ def block_top(queries: np.ndarray, block: pa.Table, k: int) -> tuple[np.ndarray,
     # A text twice in a block (a positive that is also in the corpus, a repeated document) is one
     # candidate, as in the library's de-duplicated corpus.
     hashes, first = np.unique(hashes, return_index=True)
-    scores = queries @ matrix(candidates[EMBEDDING])[first].T
+    vectors = matrix(candidates[EMBEDDING])[first]
+    if use_faiss:
+        import faiss
+
+        index = faiss.IndexFlatIP(vectors.shape[1])
+        index.add(np.ascontiguousarray(vectors))
+        scores, found = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(hashes)))
+        return scores, hashes[found]
+    scores = queries @ vectors.T
     if k < scores.shape[1]:
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         return np.take_along_axis(scores, part, 1), hashes[part]
@@ -265,14 +274,16 @@ def merge_top(
     return np.take_along_axis(scores, order, 1), np.take_along_axis(hashes, order, 1)
 
 
-def search_blocks(queries: np.ndarray, blocks: list[Any], k: int) -> tuple[np.ndarray, np.ndarray]:
+def search_blocks(
+    queries: np.ndarray, blocks: list[Any], k: int, use_faiss: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """A Ray task: the best ``k`` candidates of every block for a chunk of queries, fetching one
     block at a time; padded with ``-inf`` (hash 0) where the corpus has fewer than ``k``."""
     import ray
 
     best = (np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64))
     for ref in blocks:
-        best = merge_top(best, block_top(queries, ray.get(ref), k), k)
+        best = merge_top(best, block_top(queries, ray.get(ref), k, use_faiss), k)
     missing = k - best[0].shape[1]
     if missing > 0:
         best = (
@@ -321,7 +332,7 @@ def mine(config: MineConfig) -> dict[str, Any]:
     query_rows = [q for q, docs in enumerate(positives.positives) for _ in docs]
     positive_scores = np.einsum("ij,ij->i", query_vectors[query_rows], positive_vectors[pair_rows])
     k = range_max + positives.max_positives
-    scores, hashes = _search(embedded, query_vectors, k, config.search_batch_size)
+    scores, hashes = _search(embedded, query_vectors, k, config.search_batch_size, config.use_faiss)
     stages["search"] = time.perf_counter() - started - sum(stages.values())
     texts = dict(zip(text_hashes(positive_texts).tolist(), positive_texts))
     if config.cross_encoder is not None and _filters_set(config):
@@ -394,13 +405,17 @@ def _own_vectors(embedded: Any, queries: int, positives: int) -> tuple[np.ndarra
     return vectors[:queries], vectors[queries:]
 
 
-def _search(embedded: Any, query_vectors: np.ndarray, k: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+def _search(
+    embedded: Any, query_vectors: np.ndarray, k: int, chunk: int, use_faiss: bool
+) -> tuple[np.ndarray, np.ndarray]:
     import ray
 
     blocks = embedded.to_arrow_refs()
     task = ray.remote(num_cpus=1)(search_blocks)
     # The block references travel inside a list, so a task fetches them one at a time.
-    pending = [task.remote(query_vectors[i : i + chunk], blocks, k) for i in range(0, len(query_vectors), chunk)]
+    pending = [
+        task.remote(query_vectors[i : i + chunk], blocks, k, use_faiss) for i in range(0, len(query_vectors), chunk)
+    ]
     found = ray.get(pending)
     return np.concatenate([s for s, _ in found]), np.concatenate([h for _, h in found])
 

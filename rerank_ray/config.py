@@ -368,6 +368,29 @@ class EvalConfig:
     beir_split: str = "test"
     """The qrels file of ``eval.beir`` to use: ``qrels/<beir_split>.tsv``."""
 
+    retriever: str | None = None
+    """Retrieve-then-rerank with ``eval.beir``: a bi-encoder (SentenceTransformer: hub id, local
+    folder or ``pkg:<module>``) whose top ``eval.top_k`` documents of the whole corpus are each
+    query's candidates, an unjudged document counting as non-relevant (BEIR's reranking protocol).
+    Embedded once in Ray Data before training; its own ranking is reported too
+    (``<name>_base_ndcg@10``, ...)."""
+
+    run_file: str | None = None
+    """Retrieve-then-rerank with ``eval.beir``: a TREC run file (``query_id Q0 corpus_id rank score
+    tag`` per line, e.g. BM25's) whose top ``eval.top_k`` documents per query are its candidates."""
+
+    top_k: int = 100
+    """Candidates per query taken from ``eval.retriever`` or ``eval.run_file``."""
+
+    always_rerank_positives: bool = False
+    """With ``eval.retriever`` / ``eval.run_file``: also rerank the judged positives the retriever
+    missed (sentence-transformers' ``always_rerank_positives=True``, the default of its NanoBEIR
+    evaluator): an upper bound of reranking, not the retrieve-then-rerank figure. Off: only what
+    the retriever returned is reranked, and a missed positive counts as not found."""
+
+    retriever_batch_size: int = 64
+    """Texts per encoding batch of ``eval.retriever``."""
+
     drop_unrankable: bool = False
     """Reranking: leave out of the evaluation the queries with a single candidate and those
     without any positive, counted in the log, the card and ``metrics.json``. Off: a
@@ -671,6 +694,18 @@ class Config:
         for key, value in reranking_only.items():
             if value is not None and evaluation.kind != "reranking":
                 raise ConfigError(f"{key} is only used by eval.kind reranking (eval.kind is {evaluation.kind!r})")
+        retrieval = {"eval.retriever": evaluation.retriever, "eval.run_file": evaluation.run_file}
+        for key, value in retrieval.items():
+            if value is not None and evaluation.beir is None:
+                raise ConfigError(
+                    f"{key} chooses the candidates among a BEIR folder's corpus: set eval.beir (and eval.kind reranking)"
+                )
+        if evaluation.retriever is not None and evaluation.run_file is not None:
+            raise ConfigError("set either eval.retriever (a bi-encoder) or eval.run_file (a TREC run), not both")
+        if evaluation.top_k < 2:
+            raise ConfigError(f"eval.top_k must be at least 2 (a ranking of one is no ranking), got {evaluation.top_k}")
+        if evaluation.always_rerank_positives and evaluation.retriever is None and evaluation.run_file is None:
+            raise ConfigError("eval.always_rerank_positives only applies with eval.retriever or eval.run_file")
         if evaluation.beir is not None and self.data.eval:
             raise ConfigError("set either data.eval (pair files) or eval.beir (a BEIR folder), not both")
         if evaluation.drop_unrankable and evaluation.kind != "reranking":

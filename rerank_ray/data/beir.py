@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from rerank_ray.data.queries import EvalQueries
@@ -29,6 +30,45 @@ from rerank_ray.errors import ConfigError, DataError
 QRELS_COLUMNS = ("query-id", "corpus-id", "score")
 DOCUMENT_SCHEMA = pa.schema([("_id", pa.string()), ("title", pa.string()), ("text", pa.string())])
 QUERY_SCHEMA = pa.schema([("_id", pa.string()), ("text", pa.string())])
+
+
+@dataclass
+class Retrieval:
+    """Where a BEIR eval set's candidates came from, and what the worker needs to score them as the
+    library does."""
+
+    source: str
+    """``run file <path>`` or ``retriever <model>``."""
+    top_k: int
+    always_rerank_positives: bool
+    judged_groups: list[int] = field(default_factory=list)
+    """The ``group_id`` of every judged positive of the split's queries."""
+    judged_gains: list[float] = field(default_factory=list)
+    """Its judgement (the gain of nDCG)."""
+    queries_without_candidates: list[str] = field(default_factory=list)
+    """Judged queries the retriever returned nothing for: left out, as ``trec_eval`` leaves out
+    queries missing from a run (without ``-c``)."""
+    added_positives: int = 0
+    """Judged positives added to the candidates (``always_rerank_positives``)."""
+    base: dict[str, float] = field(default_factory=dict)
+    """The retriever's own ranking scored: ``<name>_base_map``, ``<name>_base_ndcg@<k>``, ...,
+    the library's names for them."""
+
+    def summary(self) -> dict[str, Any]:
+        """What the card and ``metrics.json`` say about the candidates."""
+        return {
+            "source": self.source,
+            "top_k": self.top_k,
+            "always_rerank_positives": self.always_rerank_positives,
+            "added_positives": self.added_positives,
+            "queries_without_candidates": len(self.queries_without_candidates),
+        }
+
+    def judged(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(self.judged_groups, dtype=np.int64), np.asarray(self.judged_gains, dtype=np.float64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 @dataclass
@@ -45,6 +85,9 @@ class BeirFiles:
     what: str = "eval.beir"
     eval_queries: EvalQueries | None = None
     """Its queries counted (:mod:`rerank_ray.data.queries`)."""
+    retrieval: Retrieval | None = None
+    """Where the candidates came from when a retriever chose them (:mod:`rerank_ray.data.candidates`);
+    None: the judged documents."""
 
     @property
     def name(self) -> str:
@@ -72,9 +115,10 @@ def qrels_header(path: str) -> list[str] | None:
     return first
 
 
-def inspect_beir(folder: str, split: str) -> BeirFiles:
+def inspect_beir(folder: str, split: str, retrieved: bool = False) -> BeirFiles:
     """Find the files, read the qrels and the queries, and check that every judged query has a
-    text and that there are negatives to rank. Fails before Ray starts, naming the file."""
+    text and (unless a retriever gives the candidates: ``retrieved``) that there are negatives to
+    rank. Fails before Ray starts, naming the file."""
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
     import pyarrow.json as pajson
@@ -119,10 +163,11 @@ def inspect_beir(folder: str, split: str) -> BeirFiles:
     no_text = judgements.filter(pc.is_null(judgements["sentence_0"]))
     if no_text.num_rows:
         raise DataError(f"{paths['qrels']}: query {no_text['query_id'][0].as_py()!r} is not in {paths['queries']}")
-    if not pc.any(pc.equal(judgements["label"], 0)).as_py():
+    if not retrieved and not pc.any(pc.equal(judgements["label"], 0)).as_py():
         raise DataError(
             f"{paths['qrels']} judges no document non-relevant (score 0): a query's candidates are its "
-            "judged documents, so there is nothing to rerank; use pair files with negatives (data.eval)"
+            "judged documents, so there is nothing to rerank; rerank a retriever's top-k instead (eval.retriever or "
+            "eval.run_file), or use pair files with negatives (data.eval)"
         )
     return BeirFiles(
         folder=folder,
@@ -136,12 +181,7 @@ def inspect_beir(folder: str, split: str) -> BeirFiles:
 
 def judged_pairs(documents: pa.Table, judgements: pa.Table) -> pa.Table:
     """The eval pairs of the judged documents in one block of the corpus (an Arrow hash join)."""
-    import pyarrow.compute as pc
-
-    title = pc.fill_null(documents["title"], "") if "title" in documents.column_names else None
-    text = pc.fill_null(documents["text"], "")
-    body = pc.utf8_trim_whitespace(pc.binary_join_element_wise(title, text, " ")) if title is not None else text
-    docs = pa.table({"corpus_id": documents["_id"], "sentence_1": body})
+    docs = pa.table({"corpus_id": documents["_id"], "sentence_1": document_texts(documents)})
     joined = judgements.join(docs, keys="corpus_id", join_type="inner")
     return joined.select(["sentence_0", "sentence_1", "label", "query_id"])
 
@@ -155,16 +195,33 @@ def _judged_rows(documents: pa.Table, judgements: pa.Table) -> pa.Table:
     return pairs.append_column("row_key", pa.array([-1] * pairs.num_rows, type=pa.int64()))
 
 
-def open_beir(beir: BeirFiles) -> PairSource:
-    """The judged pairs as a (materialized) Ray dataset with the canonical columns plus query_id."""
+def corpus_dataset(beir: BeirFiles) -> Any:
+    """The corpus as a Ray dataset of ``_id``, ``title``, ``text`` rows (read by Ray Data's tasks)."""
     import ray.data
 
-    corpus = ray.data.read_json(beir.corpus, file_extensions=None, parse_options=_json_options(DOCUMENT_SCHEMA))
-    pairs = corpus.map_batches(
-        _judged_rows,  # type: ignore[arg-type]  # Ray's stub wants a one-argument function; fn_kwargs fill the rest
-        batch_format="pyarrow",
-        fn_kwargs={"judgements": beir.judgements},
-    ).materialize()
+    return ray.data.read_json(beir.corpus, file_extensions=None, parse_options=_json_options(DOCUMENT_SCHEMA))
+
+
+def document_texts(documents: pa.Table) -> pa.Array:
+    """Each document's text as BEIR's reranking builds it: title and text joined by a space."""
+    import pyarrow.compute as pc
+
+    title = pc.fill_null(documents["title"], "") if "title" in documents.column_names else None
+    text = pc.fill_null(documents["text"], "")
+    return pc.utf8_trim_whitespace(pc.binary_join_element_wise(title, text, " ")) if title is not None else text
+
+
+def open_beir(beir: BeirFiles) -> PairSource:
+    """The judged pairs as a (materialized) Ray dataset with the canonical columns plus query_id."""
+    pairs = (
+        corpus_dataset(beir)
+        .map_batches(
+            _judged_rows,  # fn_kwargs fill its second argument
+            batch_format="pyarrow",
+            fn_kwargs={"judgements": beir.judgements},
+        )
+        .materialize()
+    )
     return PairSource(
         what=beir.what,
         files=[beir.qrels],

@@ -78,18 +78,20 @@ def compute_metrics(
     *,
     groups: np.ndarray | None = None,
     at_k: int = 10,
+    judged: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Metrics of ``kind`` for scores already passed through the model's activation (as ``predict``).
 
     ``scores`` holds one score per pair, or one row of ``num_labels`` logits for ``classification``;
-    ``groups`` the query id of each pair for ``reranking``.
+    ``groups`` the query id of each pair for ``reranking``; ``judged`` its queries' judged
+    positives (query id, gain) when a retriever chose the candidates.
     """
     if len(scores) == 0:
         raise ValueError("the eval set is empty: nothing to evaluate")
     if kind == "reranking":
         if groups is None:
             raise ValueError("eval.kind reranking needs the query of every pair")
-        return reranking_metrics(groups, scores, labels, name, at_k)
+        return reranking_metrics(groups, scores, labels, name, at_k, judged)
     if kind == "binary":
         _check_binary(labels)
     if kind == "classification":

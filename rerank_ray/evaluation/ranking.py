@@ -15,6 +15,13 @@ without any positive counting 0, as there. Where the labels are graded (any labe
 and 1), ``ndcg@k`` uses them as gains (scikit-learn's ``ndcg_score``, linear gains, as BEIR's
 pytrec_eval) and the library's binary figure is kept as ``ndcg@k_binary``; MAP and MRR count any
 label above 0 as relevant.
+
+Retrieve-then-rerank (``eval.retriever`` / ``eval.run_file``): a query's candidates are what a
+first-stage retriever returned, so some of its judged positives may be missing. As in the
+library's evaluator given ``documents``, MAP and nDCG are then normalised by all the query's
+judged positives (``judged``: the gain of each, per query), not only those among its candidates:
+the ideal DCG is that of the judged gains, and average precision counts a missing positive as
+never found.
 """
 
 from __future__ import annotations
@@ -44,9 +51,17 @@ def query_hashes(values: list[Any]) -> np.ndarray:
 
 
 def reranking_metrics(
-    groups: np.ndarray, scores: np.ndarray, labels: np.ndarray, name: str, at_k: int = 10
+    groups: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    name: str,
+    at_k: int = 10,
+    judged: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """MAP, MRR@k and nDCG@k over queries, as CrossEncoderRerankingEvaluator computes them.
+
+    ``judged``: (query id, gain) of every judged positive of the queries, those missing from the
+    candidates included; None: a query's positives are those among its candidates.
 
     nDCG and MAP are written out with numpy rather than by calling the evaluator's per-query
     ``compute_metrics``: that makes two scikit-learn calls per query (about 15 ms here: 2.5
@@ -65,6 +80,7 @@ def reranking_metrics(
         raise ValueError("the eval set is empty: nothing to evaluate")
     _, query = np.unique(np.asarray(groups), return_inverse=True)
     ranking = _Ranking(query.reshape(-1), scores, labels)
+    known = _Judged(np.unique(np.asarray(groups)), judged, ranking) if judged is not None else None
     single = int(((ranking.candidates < 2) & (ranking.positives > 0)).sum())
     if single:
         raise ValueError(
@@ -72,17 +88,21 @@ def reranking_metrics(
             "(nDCG is undefined for one); check eval.query_id_column or drop those queries"
         )
     answered = ranking.positives > 0
-    if not answered.all():
-        logger.warning("%d of %d eval queries have no positive; they count as 0", (~answered).sum(), len(answered))
+    judged_positive = known.positives > 0 if known else answered
+    if not judged_positive.all():
+        logger.warning(
+            "%d of %d eval queries have no positive; they count as 0", (~judged_positive).sum(), len(answered)
+        )
 
-    ndcg_binary = ranking.ndcg((labels > 0).astype(np.float64), at_k)
+    ndcg_binary = ranking.ndcg((labels > 0).astype(np.float64), at_k, known.ideal(at_k, binary=True) if known else None)
     per_query = {
-        "map": ranking.average_precision(),
+        "map": ranking.average_precision(known.positives if known else None),
         f"mrr@{at_k}": _mrr(ranking, given_scores, labels > 0, at_k),
         f"ndcg@{at_k}": ndcg_binary,
     }
-    if not np.isin(labels, (0.0, 1.0)).all():  # graded: the gains count
-        per_query[f"ndcg@{at_k}"] = ranking.ndcg(labels, at_k)
+    graded = not np.isin(labels, (0.0, 1.0)).all() or (known is not None and known.graded)
+    if graded:  # the gains count
+        per_query[f"ndcg@{at_k}"] = ranking.ndcg(labels, at_k, known.ideal(at_k, binary=False) if known else None)
         per_query[f"ndcg@{at_k}_binary"] = ndcg_binary
     # A query without a positive counts 0 in the mean, as in the library.
     return {f"{name}_{key}": float(np.mean(np.where(answered, value, 0.0))) for key, value in per_query.items()}
@@ -108,30 +128,64 @@ class _Ranking:
         self.block_query = self.query[new_block]
         self.block_size = np.bincount(self.block).astype(np.float64)
 
-    def ndcg(self, gains_by_row: np.ndarray, at_k: int) -> np.ndarray:
-        """scikit-learn's ndcg_score(k=at_k) of each query: tie-averaged DCG over the ideal DCG."""
-        # sklearn's discount, 1 / log2(rank + 2), written as it does, zero from rank k on.
-        discount = np.where(self.position < at_k, 1.0 / (np.log(self.position + 2) / np.log(2)), 0.0)
+    def ndcg(self, gains_by_row: np.ndarray, at_k: int, ideal: np.ndarray | None = None) -> np.ndarray:
+        """scikit-learn's ndcg_score(k=at_k) of each query: tie-averaged DCG over the ideal DCG
+        (that of the candidates' gains, or ``ideal`` per query)."""
+        discount = _discount(self.position, at_k)
         block_gain = np.bincount(self.block, weights=gains_by_row[self.order]) / self.block_size
         dcg = self._per_query(block_gain * np.bincount(self.block, weights=discount))
-        # The ideal ranking: gains high to low within each query, the same discounts by position.
-        ideal_order = np.lexsort((-gains_by_row, self.query_by_row))
-        ideal = np.bincount(
-            self.query_by_row[ideal_order], weights=gains_by_row[ideal_order] * discount, minlength=self.num_queries
-        )
+        if ideal is None:
+            # The ideal ranking: gains high to low within each query, the same discounts by position.
+            ideal_order = np.lexsort((-gains_by_row, self.query_by_row))
+            ideal = np.bincount(
+                self.query_by_row[ideal_order], weights=gains_by_row[ideal_order] * discount, minlength=self.num_queries
+            )
         return np.divide(dcg, ideal, out=np.zeros_like(dcg), where=ideal > 0)
 
-    def average_precision(self) -> np.ndarray:
+    def average_precision(self, positives: np.ndarray | None = None) -> np.ndarray:
         """scikit-learn's average_precision_score of each query: the precision at each tie block
-        that holds positives, weighted by the share of the positives it adds."""
+        that holds positives, weighted by the share of the positives it adds; with ``positives``
+        (per query, those missing from the candidates included), scaled by the share found, as
+        the library scales it."""
         block_hits = np.bincount(self.block, weights=(self.label > 0))
         hits_so_far = _cumsum_within(block_hits, self.block_query)
         seen_so_far = _cumsum_within(self.block_size, self.block_query)
         gained = self._per_query(block_hits * hits_so_far / seen_so_far)
-        return np.divide(gained, self.positives, out=np.zeros_like(gained), where=self.positives > 0)
+        total = self.positives if positives is None else np.maximum(positives, self.positives)
+        return np.divide(gained, total, out=np.zeros_like(gained), where=total > 0)
 
     def _per_query(self, per_block: np.ndarray) -> np.ndarray:
         return np.bincount(self.block_query, weights=per_block, minlength=self.num_queries)
+
+
+class _Judged:
+    """Every judged positive of the evaluated queries (``judged`` of :func:`reranking_metrics`),
+    in the ranking's query numbering; queries that are not evaluated are ignored."""
+
+    def __init__(self, evaluated: np.ndarray, judged: tuple[np.ndarray, np.ndarray], ranking: _Ranking):
+        groups, gains = (np.asarray(judged[0]).reshape(-1), np.asarray(judged[1], dtype=np.float64).reshape(-1))
+        keep = (gains > 0) & np.isin(groups, evaluated)
+        self.query = np.searchsorted(evaluated, groups[keep])
+        self.gains = gains[keep]
+        self.num_queries = ranking.num_queries
+        self.positives = np.bincount(self.query, minlength=self.num_queries).astype(np.float64)
+        self.graded = bool(len(self.gains)) and not np.isin(self.gains, (1.0,)).all()
+
+    def ideal(self, at_k: int, binary: bool) -> np.ndarray:
+        """The ideal DCG@k of each query: its judged gains high to low (1 each when ``binary``,
+        as the library's ``min(num_positives, k)`` ones)."""
+        gains = np.ones_like(self.gains) if binary else self.gains
+        order = np.lexsort((-gains, self.query))
+        starts = np.concatenate([[0], np.cumsum(np.bincount(self.query, minlength=self.num_queries))[:-1]])
+        position = np.arange(len(order)) - starts[self.query[order]]
+        return np.bincount(
+            self.query[order], weights=gains[order] * _discount(position, at_k), minlength=self.num_queries
+        )
+
+
+def _discount(position: np.ndarray, at_k: int) -> np.ndarray:
+    """sklearn's DCG discount, 1 / log2(rank + 2), written as it does, zero from rank k on."""
+    return np.where(position < at_k, 1.0 / (np.log(position + 2) / np.log(2)), 0.0)
 
 
 def _mrr(ranking: _Ranking, scores: np.ndarray, relevant: np.ndarray, at_k: int) -> np.ndarray:

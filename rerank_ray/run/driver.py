@@ -11,11 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from rerank_ray import console, storage
 from rerank_ray.config import Config, integer_labels
 from rerank_ray.console import Relay
-from rerank_ray.data.beir import BeirFiles, inspect_beir, open_beir
+from rerank_ray.data.beir import BeirFiles, Retrieval, inspect_beir, open_beir
+from rerank_ray.data.candidates import apply_candidates, read_run_file, retriever_metrics
 from rerank_ray.data.checks import describe_tally
 from rerank_ray.data.files import SplitFiles, inspect_split
 from rerank_ray.data.queries import count_queries, describe, read_queries
@@ -44,6 +46,7 @@ from rerank_ray.run.cluster import (
 from rerank_ray.run.export import TrainOutcome, export_run
 from rerank_ray.run.lock import RunLock
 from rerank_ray.run.paths import check_run_name, run_dir, run_name, storage_root
+from rerank_ray.run.retrieve import retrieve
 from rerank_ray.training import checkpointing, faults, preemption, tracking
 from rerank_ray.training.checkpointing import RestOfEpoch
 from rerank_ray.training.losses import loss_arguments
@@ -58,11 +61,16 @@ def inspect_data(config: Config) -> dict[str, SplitFiles | BeirFiles]:
     """Check the splits' files and columns; needs no Ray, so bad input fails in seconds."""
     splits: dict[str, SplitFiles | BeirFiles] = {"train": inspect_split(config.data.train, config, "train")}
     if config.eval.beir is not None:
-        splits["eval"] = inspect_beir(config.eval.beir, config.eval.beir_split)
+        retrieved = config.eval.retriever is not None or config.eval.run_file is not None
+        splits["eval"] = inspect_beir(config.eval.beir, config.eval.beir_split, retrieved=retrieved)
     elif config.data.eval:
         splits["eval"] = inspect_split(config.data.eval, config, "eval")
-    if config.eval.kind == "reranking" and "eval" in splits:
-        check_eval_queries(config, splits["eval"])
+    eval_split = splits.get("eval")
+    if isinstance(eval_split, BeirFiles) and config.eval.run_file is not None:
+        queries = set(eval_split.judgements.column("query_id").to_pylist())
+        with_candidates(config, eval_split, read_run_file(config.eval.run_file, config.eval.top_k, queries))
+    elif config.eval.kind == "reranking" and eval_split is not None and config.eval.retriever is None:
+        check_eval_queries(config, eval_split)  # with eval.retriever: once it has retrieved (needs Ray)
     for split in splits.values():
         if isinstance(split, SplitFiles) and split.sample_skipped:
             print(
@@ -71,6 +79,28 @@ def inspect_data(config: Config) -> dict[str, SplitFiles | BeirFiles]:
                 flush=True,
             )
     return splits
+
+
+def with_candidates(config: Config, split: BeirFiles, candidates: pa.Table) -> None:
+    """Rerank a retriever's ``candidates`` (:mod:`rerank_ray.data.candidates`): they become the eval
+    pairs, the queries are counted, and the retriever's own ranking is scored once."""
+    evaluation = config.eval
+    source = f"run file {evaluation.run_file}" if evaluation.run_file else f"retriever {evaluation.retriever}"
+    apply_candidates(split, candidates, Retrieval(source, evaluation.top_k, evaluation.always_rerank_positives))
+    check_eval_queries(config, split)
+    assert split.eval_queries is not None
+    base = retriever_metrics(split, evaluation.name, evaluation.at_k, split.eval_queries.dropped_hashes)
+    headline = f"{evaluation.name}_base_ndcg@{evaluation.at_k}"
+    print(
+        f"[rerank-ray] {split.what}: reranking the top {evaluation.top_k} of {source}"
+        + (
+            f" (plus {split.retrieval.added_positives} judged positives it missed)"
+            if evaluation.always_rerank_positives
+            else ""
+        )
+        + f": {split.judgements.num_rows} pairs; the retriever alone: {headline} = {base[headline]:.4f}",
+        flush=True,
+    )
 
 
 def check_eval_queries(config: Config, split: SplitFiles | BeirFiles) -> None:
@@ -123,6 +153,9 @@ def prepare_datasets(
 
     ``train_rest`` is the rest of an interrupted epoch, built by Ray Train from the checkpoint it
     restores (:class:`rerank_ray.training.checkpointing.RestOfEpoch`)."""
+    eval_split = splits.get("eval")
+    if isinstance(eval_split, BeirFiles) and config.eval.retriever is not None and eval_split.retrieval is None:
+        with_candidates(config, eval_split, retrieve(config, eval_split))  # Ray Data: needs Ray, so here
     world = config.scaling.num_workers
     max_length = default_max_length(tokenizer, config.model.max_length)
     seed = config.train.seed if config.data.shuffle else None
@@ -171,6 +204,9 @@ def prepare_datasets(
         audit_dir,
         train_files_digest=train_stream.files_digest,
         train_shape=shape.name,
+        eval_retrieval=eval_split.retrieval.to_dict()
+        if isinstance(eval_split, BeirFiles) and eval_split.retrieval
+        else None,
     )
     sources = {"train": train_src, "eval": eval_src}
     return datasets, plan, sources

@@ -28,6 +28,7 @@ import numpy as np
 
 from rerank_ray import storage
 from rerank_ray.config import Config, integer_labels
+from rerank_ray.data.beir import Retrieval
 from rerank_ray.data.stream import PairSource
 from rerank_ray.redaction import redact, redact_obj
 from rerank_ray.resources import peak_rss_mib, process_start_unix
@@ -245,6 +246,7 @@ def export_run(
             "before_training": {k: v for k, v in (before or {}).items() if k not in ("step", "epoch")} or None,
             "skipped_rows": skipped,
             "eval_queries_left_out": dict(eval_source.dropped_queries) if eval_source else {},
+            "eval_candidates": Retrieval(**plan.eval_retrieval).summary() if plan.eval_retrieval else None,
             "early_stopping": (
                 {
                     "stopped_at_step": stopped_at[0],

@@ -233,10 +233,13 @@ def pick_texts(batch: pa.Table, wanted: np.ndarray) -> pa.Table:
 # Exact search in blocks (Ray tasks)
 
 
-def block_top(queries: np.ndarray, block: pa.Table, k: int, use_faiss: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Each query's best ``k`` distinct texts (scores, hashes) of one embedded block."""
+def block_top(
+    queries: np.ndarray, block: pa.Table, k: int, use_faiss: bool = False, key: str = HASH
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's best ``k`` distinct candidates (scores, ``key`` values: text hashes unless
+    said) of one embedded block."""
     candidates = keep_roles(block, (POSITIVE, DOCUMENT))
-    hashes = candidates[HASH].to_numpy()
+    hashes = candidates[key].to_numpy()
     if not len(hashes):
         return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
     # A text twice in a block (a positive that is also in the corpus, a repeated document) is one
@@ -275,7 +278,7 @@ def merge_top(
 
 
 def search_blocks(
-    queries: np.ndarray, blocks: list[Any], k: int, use_faiss: bool = False
+    queries: np.ndarray, blocks: list[Any], k: int, use_faiss: bool = False, key: str = HASH
 ) -> tuple[np.ndarray, np.ndarray]:
     """A Ray task: the best ``k`` candidates of every block for a chunk of queries, fetching one
     block at a time; padded with ``-inf`` (hash 0) where the corpus has fewer than ``k``."""
@@ -283,7 +286,7 @@ def search_blocks(
 
     best = (np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64))
     for ref in blocks:
-        best = merge_top(best, block_top(queries, ray.get(ref), k, use_faiss), k)
+        best = merge_top(best, block_top(queries, ray.get(ref), k, use_faiss, key), k)
     missing = k - best[0].shape[1]
     if missing > 0:
         best = (
@@ -326,13 +329,13 @@ def mine(config: MineConfig) -> dict[str, Any]:
     stages = {"start": time.perf_counter() - started}
     embedded = _embed(config, positives.queries, positive_texts, corpus_files, corpus_fmt, concurrency, gpus)
     stages["embed"] = time.perf_counter() - started - sum(stages.values())
-    query_vectors, positive_vectors = _own_vectors(embedded, len(positives.queries), len(positive_texts))
+    query_vectors, positive_vectors = own_vectors(embedded, len(positives.queries), len(positive_texts))
     positive_index = {text: i for i, text in enumerate(positive_texts)}
     pair_rows = [positive_index[d] for docs in positives.positives for d in docs]
     query_rows = [q for q, docs in enumerate(positives.positives) for _ in docs]
     positive_scores = np.einsum("ij,ij->i", query_vectors[query_rows], positive_vectors[pair_rows])
     k = range_max + positives.max_positives
-    scores, hashes = _search(embedded, query_vectors, k, config.search_batch_size, config.use_faiss)
+    scores, hashes = search(embedded, query_vectors, k, config.search_batch_size, config.use_faiss)
     stages["search"] = time.perf_counter() - started - sum(stages.values())
     texts = dict(zip(text_hashes(positive_texts).tolist(), positive_texts))
     if config.cross_encoder is not None and _filters_set(config):
@@ -394,7 +397,7 @@ def _embed(
     ).materialize()
 
 
-def _own_vectors(embedded: Any, queries: int, positives: int) -> tuple[np.ndarray, np.ndarray]:
+def own_vectors(embedded: Any, queries: int, positives: int) -> tuple[np.ndarray, np.ndarray]:
     """The queries' and the positives' embeddings, in the order they were given."""
     own = embedded.map_batches(keep_roles, fn_kwargs={"roles": (QUERY, POSITIVE)}, batch_format="pyarrow")
     tables = [t for t in own.iter_batches(batch_format="pyarrow", batch_size=None) if t.num_rows]
@@ -405,16 +408,18 @@ def _own_vectors(embedded: Any, queries: int, positives: int) -> tuple[np.ndarra
     return vectors[:queries], vectors[queries:]
 
 
-def _search(
-    embedded: Any, query_vectors: np.ndarray, k: int, chunk: int, use_faiss: bool
+def search(
+    embedded: Any, query_vectors: np.ndarray, k: int, chunk: int, use_faiss: bool, key: str = HASH
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Every query's best ``k`` candidates of the embedded blocks: Ray tasks of ``chunk`` queries."""
     import ray
 
     blocks = embedded.to_arrow_refs()
     task = ray.remote(num_cpus=1)(search_blocks)
     # The block references travel inside a list, so a task fetches them one at a time.
     pending = [
-        task.remote(query_vectors[i : i + chunk], blocks, k, use_faiss) for i in range(0, len(query_vectors), chunk)
+        task.remote(query_vectors[i : i + chunk], blocks, k, use_faiss, key)
+        for i in range(0, len(query_vectors), chunk)
     ]
     found = ray.get(pending)
     return np.concatenate([s for s, _ in found]), np.concatenate([h for _, h in found])

@@ -26,6 +26,7 @@ from typing import Any
 
 from rerank_ray.config import Config
 from rerank_ray.data import hub
+from rerank_ray.data.beir import Retrieval
 from rerank_ray.data.stream import PairSource
 from rerank_ray.evaluation.metrics import build_evaluator
 from rerank_ray.redaction import redact
@@ -190,6 +191,37 @@ def fill_card_data(model: Any, record: RunRecord) -> None:
     card._training_start_time = time.time() - record.train_seconds - card.evaluation_duration
 
 
+def candidates_line(record: RunRecord) -> str:
+    """Where a retrieve-then-rerank evaluation's candidates came from, and the retriever's own
+    figure beside the reranked one (empty with judged candidates)."""
+    retrieval = Retrieval(**record.plan.eval_retrieval) if record.plan.eval_retrieval else None
+    if retrieval is None or not record.plan.eval_rows:
+        return ""
+    name, at_k = record.config.eval.name, record.config.eval.at_k
+    base = retrieval.base.get(f"{name}_base_ndcg@{at_k}")
+    reranked = record.metrics.get(f"{name}_ndcg@{at_k}")
+    figures = (
+        f": nDCG@{at_k} {base:.4f} retrieved, {reranked:.4f} reranked"
+        if base is not None and reranked is not None
+        else ""
+    )
+    return (
+        f"\n- Candidates: each query's top {retrieval.top_k} of the corpus by {retrieval.source}, unjudged "
+        "documents non-relevant"
+        + (
+            f", plus {retrieval.added_positives:,} judged positives it missed"
+            if retrieval.always_rerank_positives
+            else ""
+        )
+        + (
+            f"; {len(retrieval.queries_without_candidates):,} queries without any left out"
+            if retrieval.queries_without_candidates
+            else ""
+        )
+        + figures
+    )
+
+
 def distributed_section(record: RunRecord, search: str | None = None) -> str:
     """What only a Ray run knows: workers, throughput, the checkpoint choice, the search."""
     config, plan = record.config, record.plan
@@ -208,7 +240,7 @@ def distributed_section(record: RunRecord, search: str | None = None) -> str:
         )
         if plan.eval_rows
         else "- Evaluation: none"
-    )
+    ) + candidates_line(record)
     lines = [
         DISTRIBUTED_HEADING,
         "",

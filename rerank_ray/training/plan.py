@@ -38,6 +38,9 @@ class TrainPlan:
     """Identifies the training file list (row keys index into it; see :mod:`rerank_ray.data.position`)."""
     train_shape: str = "pairs"
     """The training set's shape (:mod:`rerank_ray.data.shapes`): its rows are pairs, or queries."""
+    eval_retrieval: dict | None = None
+    """Retrieve-then-rerank evaluation: :class:`rerank_ray.data.beir.Retrieval` as a dict (the
+    judged positives of the queries, the retriever's own metrics); None: judged candidates."""
 
     @classmethod
     def build(
@@ -51,6 +54,7 @@ class TrainPlan:
         audit_dir: str | None = None,
         train_files_digest: str = "",
         train_shape: str = "pairs",
+        eval_retrieval: dict | None = None,
     ) -> TrainPlan:
         workers = config.scaling.num_workers
         rows_per_worker = train_rows_padded // workers
@@ -74,6 +78,7 @@ class TrainPlan:
             audit_dir=audit_dir,
             train_files_digest=train_files_digest,
             train_shape=train_shape,
+            eval_retrieval=eval_retrieval,
         )
 
     def to_dict(self) -> dict:

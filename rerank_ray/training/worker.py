@@ -36,6 +36,7 @@ import numpy as np
 
 from rerank_ray import console, storage
 from rerank_ray.config import Config
+from rerank_ray.data.beir import Retrieval
 from rerank_ray.data.checks import REASONS, describe_tally, tally, tally_dict
 from rerank_ray.data.position import DataPosition, TrainedRows, merge_ranges, partial_epoch_batches
 from rerank_ray.evaluation.metrics import compute_metrics
@@ -90,6 +91,7 @@ class Worker:
 
         self.config = config
         self.plan = plan
+        self.retrieval = Retrieval(**plan.eval_retrieval) if plan.eval_retrieval else None
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
@@ -553,7 +555,10 @@ class Worker:
                 self.model.num_labels,
                 groups=all_groups[real] if len(all_groups) else None,
                 at_k=self.config.eval.at_k,
+                judged=self.retrieval.judged() if self.retrieval else None,
             )
+            if self.retrieval:  # the retriever's own ranking beside the reranked one, as the library reports it
+                metrics.update(self.retrieval.base)
             metrics[f"{self.config.eval.name}_runtime"] = time.perf_counter() - started
         metrics, self.state.skipped_eval = self.collectives.broadcast_object((metrics, self.state.skipped_eval))
         if self.rank == 0:

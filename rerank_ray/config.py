@@ -461,6 +461,11 @@ class RunConfig:
     scaler, RNG states and the position in the data). 0: only at evaluations (``eval.steps``) and
     at the end. A restarted worker group or ``--resume`` continues from the newest complete one."""
 
+    storage_retry_s: float = 300.0
+    """How long a checkpoint upload keeps retrying storage that fails it (object storage
+    throttling or dropping connections), waiting 1, 2, 4 ... 30 s between whole-folder attempts,
+    before the run fails naming the storage; the newest complete checkpoint stays the restore point."""
+
     max_failures: int = 2
     """Worker-group failures (a dead worker, a lost node) survived by restoring the newest complete
     checkpoint; -1: no limit. Bad input, config errors and out-of-memory stop the run at once,
@@ -627,6 +632,7 @@ class Config:
             "eval.early_stopping_patience": self.eval.early_stopping_patience,
             "eval.early_stopping_min_delta": self.eval.early_stopping_min_delta,
             "run.lock_timeout_s": self.run.lock_timeout_s,
+            "run.storage_retry_s": self.run.storage_retry_s,
         }
         for key, amount in non_negative.items():
             if amount < 0:
@@ -702,6 +708,8 @@ class Config:
                 )
         if evaluation.retriever is not None and evaluation.run_file is not None:
             raise ConfigError("set either eval.retriever (a bi-encoder) or eval.run_file (a TREC run), not both")
+        if evaluation.retriever_batch_size < 1:
+            raise ConfigError(f"eval.retriever_batch_size must be at least 1, got {evaluation.retriever_batch_size}")
         if evaluation.top_k < 2:
             raise ConfigError(f"eval.top_k must be at least 2 (a ranking of one is no ranking), got {evaluation.top_k}")
         if evaluation.always_rerank_positives and evaluation.retriever is None and evaluation.run_file is None:

@@ -33,6 +33,11 @@ class CheckpointError(ValueError):
     plain values). The message names the checkpoint and what to do."""
 
 
+class StorageUnavailable(RuntimeError):
+    """The run's storage stayed unreachable longer than ``run.storage_retry_s`` while a checkpoint
+    was uploaded. The message names the storage (credentials masked) and the restore point."""
+
+
 class Preempted(RuntimeError):
     """The run stopped on request (SIGTERM) after writing a checkpoint; the message says how to
     continue. The command exits with 143."""
@@ -50,7 +55,7 @@ class StopRetrying(RuntimeError):
 
 
 #: Errors whose message is the whole story: shown alone, never retried.
-CLEAR_ERRORS = (ConfigError, DataError, OutOfMemory, CheckpointError)
+CLEAR_ERRORS = (ConfigError, DataError, OutOfMemory, CheckpointError, StorageUnavailable)
 
 
 def inner_errors(error: BaseException, context: bool = True) -> Iterator[BaseException]:

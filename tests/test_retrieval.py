@@ -134,7 +134,7 @@ def test_graded_gains_are_normalised_by_every_judged_document():
     assert ours["e_ndcg@10"] == pytest.approx(np.mean(expected), abs=1e-12)
 
 
-def test_run_file_takes_each_querys_best_by_score(tmp_path):
+def test_run_file_takes_each_query_best_by_score(tmp_path):
     run = tmp_path / "bm25.run"
     run.write_text(
         "q1 Q0 d3 2 7.5 bm25\n"

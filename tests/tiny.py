@@ -15,11 +15,11 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 EXTRA_WORDS = ["the", "a", "is", "of"]
 
 
-def build_tiny_bert(folder: Path, num_labels: int = 1, dropout: float = 0.0) -> Path:
-    """A 2-layer BERT with hidden size 32 and a word-level vocabulary of :data:`WORDS`."""
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+def _bert_parts(**settings):
+    """The word-level tokenizer of :data:`WORDS` and a 2-layer, hidden-32 BertConfig (``settings``
+    override its fields): the tiny BERT cross-encoder and bi-encoder share them."""
+    from transformers import BertConfig, BertTokenizer
 
-    folder.mkdir(parents=True, exist_ok=True)
     words = SPECIAL + WORDS + EXTRA_WORDS
     tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True, model_max_length=128)
     config = BertConfig(
@@ -29,37 +29,29 @@ def build_tiny_bert(folder: Path, num_labels: int = 1, dropout: float = 0.0) -> 
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-        num_labels=num_labels,
+        **settings,
     )
-    import torch
+    return tokenizer, config
 
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+
+def build_tiny_bert(folder: Path, num_labels: int = 1, dropout: float = 0.0) -> Path:
+    """A 2-layer BERT with hidden size 32 and a word-level vocabulary of :data:`WORDS`."""
+    from transformers import BertForSequenceClassification
+
+    tokenizer, config = _bert_parts(
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, num_labels=num_labels
+    )
+    return _save_seeded(BertForSequenceClassification, config, tokenizer, folder)
 
 
 def build_tiny_bi_encoder(folder: Path) -> Path:
     """A SentenceTransformer (2-layer BERT, mean pooling) for mining. Initialised with a wide spread
     (``initializer_range`` 1.0): the default 0.02 makes every text's embedding nearly the same."""
     from sentence_transformers import SentenceTransformer, models
-    from transformers import BertConfig, BertModel, BertTokenizer
+    from transformers import BertModel
 
-    words = SPECIAL + WORDS + EXTRA_WORDS
-    bert = folder / "bert"
-    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True, model_max_length=128)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        initializer_range=1.0,
-    )
-    _save_seeded(BertModel, config, tokenizer, bert)
+    tokenizer, config = _bert_parts(initializer_range=1.0)
+    bert = _save_seeded(BertModel, config, tokenizer, folder / "bert")
     model = SentenceTransformer(modules=[models.Transformer(str(bert)), models.Pooling(32, "mean")], device="cpu")
     model.save(str(folder / "model"))
     return folder / "model"

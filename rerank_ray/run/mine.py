@@ -476,8 +476,13 @@ def _rescore(
     rows_d += [d for _, d in pairs]
     keys += list(range(offset, offset + len(pairs)))
     table = pa.table({"sentence_0": rows_q, "sentence_1": rows_d, ORDER: pa.array(keys, pa.int64())})
-    request = ScoreRequest(model=config.cross_encoder, data=[], output="", batch_size=config.batch_size)
-    request.trust_remote_code = config.trust_remote_code
+    request = ScoreRequest(
+        model=config.cross_encoder,
+        data=[],
+        output="",
+        batch_size=config.batch_size,
+        trust_remote_code=config.trust_remote_code,
+    )
     scored = ray.data.from_arrow(table).map_batches(
         Scorer,
         fn_constructor_kwargs={

@@ -73,6 +73,12 @@ def retrieve(config: Config, beir: BeirFiles) -> pa.Table:
     query_ids, query_texts = queries["query_id"].to_pylist(), queries["sentence_0_first"].to_pylist()
     gpus = int(ray.cluster_resources().get("GPU", 0))
     settings = retriever_config(config)
+    print(
+        f"[rerank-ray] {beir.what}: embedding {len(query_texts)} queries and {beir.corpus} with "
+        f"{config.eval.retriever} on {max(1, gpus)} {'GPU' if gpus else 'CPU'} actor(s), then the top "
+        f"{config.eval.top_k} of the corpus for each query",
+        flush=True,
+    )
     own = pa.table(
         {
             TEXT: pa.array(query_texts, pa.string()),

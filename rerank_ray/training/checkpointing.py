@@ -48,11 +48,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow.fs as pafs
 
-from rerank_ray import storage
+from rerank_ray import console, storage
 from rerank_ray.data.checks import REASONS
 from rerank_ray.data.position import POSITION_FILE, DataPosition
 from rerank_ray.data.stream import PairStream
-from rerank_ray.errors import CheckpointError, DataError
+from rerank_ray.errors import CheckpointError, DataError, StorageUnavailable
+from rerank_ray.redaction import redact
 from rerank_ray.training import faults
 
 if TYPE_CHECKING:
@@ -234,8 +235,10 @@ def read_history(folder: str) -> list[dict[str, Any]]:
     return json.loads(Path(folder, HISTORY_FILE).read_text())
 
 
-def upload(checkpoint: Any, checkpoint_dir_name: str) -> Any:
-    """Ray Train's ``checkpoint_upload_fn``: copy the checkpoint into the run folder, marker last.
+def upload(checkpoint: Any, checkpoint_dir_name: str, retry_s: float = 300.0, storage_uri: str = "") -> Any:
+    """Ray Train's ``checkpoint_upload_fn``: copy the checkpoint into the run folder, marker last,
+    retrying while storage is unreachable (:func:`copy_checkpoint`). ``retry_s`` and
+    ``storage_uri`` (what a message names) are bound by the worker with ``functools.partial``.
 
     Runs in the worker that reported the checkpoint (rank 0), inside ``ray.train.report``.
     """
@@ -244,7 +247,52 @@ def upload(checkpoint: Any, checkpoint_dir_name: str) -> Any:
     train_storage = ray.train.get_context().get_storage()
     filesystem = train_storage.storage_filesystem
     destination = train_storage.build_checkpoint_path_from_name(checkpoint_dir_name)
-    local = checkpoint.path
+    copy_checkpoint(
+        checkpoint.path, filesystem, destination, retry_s, storage_uri or destination, _step_of(checkpoint_dir_name)
+    )
+    return ray.train.Checkpoint(path=destination, filesystem=filesystem)
+
+
+#: Waits between upload attempts: doubling from the first, capped at the last.
+RETRY_FIRST_S, RETRY_MAX_S = 1.0, 30.0
+
+
+def copy_checkpoint(
+    local: str, filesystem: Any, destination: str, retry_s: float, storage_uri: str, step: int = -1
+) -> None:
+    """Copy the checkpoint folder ``local`` to ``destination`` (marker last). Object storage that
+    throttles or drops connections fails an upload with an ``OSError`` (pyarrow's own retries,
+    about 10 s, already spent): the whole folder is uploaded again after a wait (1, 2, 4 ... 30 s)
+    until ``retry_s`` have passed, then :class:`StorageUnavailable` ends the run. A folder left
+    half-uploaded has no marker, so it is never restored: the last complete checkpoint stays the
+    restore point."""
+    deadline = time.monotonic() + retry_s
+    wait = RETRY_FIRST_S
+    attempt = 1
+    while True:
+        try:
+            _copy_once(local, filesystem, destination, step)
+            return
+        except OSError as err:
+            left = deadline - time.monotonic()
+            where = redact(storage_uri)
+            if left <= 0:
+                raise StorageUnavailable(
+                    f"checkpoint {os.path.basename(destination.rstrip('/'))}: storage {where} unreachable for "
+                    f"{retry_s:g} s (run.storage_retry_s; {attempt} attempt(s)): {redact(str(err))}. The newest "
+                    "complete checkpoint in storage stays the restore point: once storage is back, run the same "
+                    "command with --resume"
+                ) from err
+            console.say(
+                f"[rerank-ray] checkpoint upload to {where} failed (attempt {attempt}: {redact(str(err))[:200]}); "
+                f"retrying in {min(wait, left):.0f} s, for {left:.0f} s more (run.storage_retry_s)"
+            )
+            time.sleep(min(wait, left))
+            wait = min(wait * 2, RETRY_MAX_S)
+            attempt += 1
+
+
+def _copy_once(local: str, filesystem: Any, destination: str, step: int) -> None:
     # A folder of this name holds what an earlier attempt left (a partial upload, or a tombstone);
     # nothing restores from it (a complete one would have been restored from), so replace it.
     if filesystem.get_file_info(destination).type != pafs.FileType.NotFound:
@@ -259,14 +307,13 @@ def upload(checkpoint: Any, checkpoint_dir_name: str) -> Any:
             filesystem.create_dir(target, recursive=True)
         pafs.copy_files(source, target, source_filesystem=local_fs, destination_filesystem=filesystem)
         if i == 0:
-            faults.fire("checkpoint_upload", step=_step_of(checkpoint_dir_name))
+            faults.fire("checkpoint_upload", step=step)
     pafs.copy_files(
         os.path.join(local, MARKER),
         f"{destination}/{MARKER}",
         source_filesystem=local_fs,
         destination_filesystem=filesystem,
     )
-    return ray.train.Checkpoint(path=destination, filesystem=filesystem)
 
 
 def _step_of(name: str) -> int:

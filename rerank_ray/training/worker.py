@@ -20,6 +20,7 @@ the pairs that epoch had not trained yet.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import random
@@ -662,7 +663,11 @@ class Worker:
                 checkpoint=ray_checkpoint,
                 checkpoint_dir_name=checkpointing.dir_name(self.state.global_step),
                 # Our upload writes the completion marker last (see rerank_ray.training.checkpointing).
-                checkpoint_upload_fn=checkpointing.upload,
+                checkpoint_upload_fn=functools.partial(
+                    checkpointing.upload,
+                    retry_s=self.config.run.storage_retry_s,
+                    storage_uri=storage.join(self.config.run.storage_path, self.config.run.name or ""),
+                ),
             )
         if self.rank == 0:
             checkpointing.prune(

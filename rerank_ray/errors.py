@@ -38,6 +38,11 @@ class StorageUnavailable(RuntimeError):
     was uploaded. The message names the storage (credentials masked) and the restore point."""
 
 
+class DataStalled(RuntimeError):
+    """A worker waited ``run.stall_timeout_s`` for a batch its data stream never delivered. The
+    message names the stream, its stages and the cluster's free CPUs."""
+
+
 class Preempted(RuntimeError):
     """The run stopped on request (SIGTERM) after writing a checkpoint; the message says how to
     continue. The command exits with 143."""
@@ -55,7 +60,7 @@ class StopRetrying(RuntimeError):
 
 
 #: Errors whose message is the whole story: shown alone, never retried.
-CLEAR_ERRORS = (ConfigError, DataError, OutOfMemory, CheckpointError, StorageUnavailable)
+CLEAR_ERRORS = (ConfigError, DataError, OutOfMemory, CheckpointError, StorageUnavailable, DataStalled)
 
 
 def inner_errors(error: BaseException, context: bool = True) -> Iterator[BaseException]:

@@ -65,6 +65,10 @@ def test_two_workers_train_every_pair_once_and_export_what_they_report(ray_local
     assert resources["driver_peak_rss_mib"] > 50
     assert 0 < resources["first_step_seconds_since_worker_start"] < resources["first_step_seconds_since_driver_start"]
     assert resources["data_wait_seconds"] >= 0
+    # The epochs' streams are chained in the prefetch thread: one wait figure per epoch, none of
+    # them more than the whole run's.
+    per_epoch = resources["data_wait_seconds_per_epoch"]
+    assert len(per_epoch) == 3 and all(0 <= w <= resources["data_wait_seconds"] + 1e-6 for w in per_epoch)
 
     # The loss falls on the learnable task.
     losses = [e["loss"] for e in outcome.metrics["history"] if "loss" in e]

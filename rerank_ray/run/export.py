@@ -266,7 +266,11 @@ def export_run(
                 "train_seconds": train_seconds,
                 "pairs_per_second": pairs_seen / train_seconds if train_seconds else None,
             },
-            "resources": resource_summary(final_report, config.scaling.num_workers),
+            "resources": {
+                **resource_summary(final_report, config.scaling.num_workers),
+                # Mean over ranks, per epoch: an epoch boundary that stalls shows as a larger figure.
+                "data_wait_seconds_per_epoch": [e["data_wait_s"] for e in history if "data_wait_s" in e],
+            },
             "run_dir": redact(run_folder),
             "history": history,
         }

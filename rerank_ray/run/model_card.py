@@ -105,6 +105,8 @@ def training_logs(history: list[dict[str, Any]], headline: str) -> list[dict[str
     """sentence-transformers' training-log rows: Epoch, Step, Training Loss, headline metric."""
     rows: dict[int, dict[str, Any]] = {}
     for entry in history:
+        if "loss" not in entry and headline not in entry:
+            continue  # a note of the step (skipped rows, the epoch's data wait), not a log row
         row = rows.setdefault(entry["step"], {"Epoch": round(entry.get("epoch", 0.0), 4), "Step": entry["step"]})
         if "loss" in entry:
             row["Training Loss"] = round(entry["loss"], 4)

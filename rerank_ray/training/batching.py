@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from rerank_ray.data.stream import encode_pairs
+from rerank_ray.errors import DataStalled
 
 if TYPE_CHECKING:
     import torch
@@ -45,9 +46,20 @@ class Batch:
     def num_pairs(self) -> float:
         return float(self.weights.sum())
 
-    def features(self, device: torch.device) -> dict[str, torch.Tensor]:
-        """The model's inputs on ``device`` (pinned, non-blocking copies on CUDA)."""
-        arrays = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+    def features(self, device: torch.device, mask: str = "2d", keep_mask: bool = False) -> dict[str, torch.Tensor]:
+        """The model's inputs on ``device`` (pinned, non-blocking copies on CUDA). ``mask``: the
+        attention mask as :func:`~rerank_ray.training.models.mask_kind` says the model takes it
+        without a host sync: ``2d`` as padded; ``bool`` / ``additive`` a 4D mask built here, on
+        the host, from the padding we know, and none at all for a batch without padding (unless
+        ``keep_mask``: a compiled model keeps one input signature)."""
+        arrays: dict[str, np.ndarray] = {"input_ids": self.input_ids}
+        if mask == "2d":
+            arrays["attention_mask"] = self.attention_mask
+        elif keep_mask or not self.attention_mask.all():
+            attend = self.attention_mask[:, None, None, :].astype(bool)  # (batch, 1, query: any, key)
+            arrays["attention_mask"] = (
+                attend if mask == "bool" else np.where(attend, 0.0, np.finfo(np.float32).min).astype(np.float32)
+            )
         if self.token_type_ids is not None:
             arrays["token_type_ids"] = self.token_type_ids
         return {name: _to_device(array, device) for name, array in arrays.items()}
@@ -203,8 +215,8 @@ class GroupBatch:
     def queries(self) -> int:
         return len(self.doc_counts)
 
-    def features(self, device: torch.device) -> dict[str, torch.Tensor]:
-        return Batch.features(self, device)  # type: ignore[arg-type]  # the same three arrays
+    def features(self, device: torch.device, mask: str = "2d", keep_mask: bool = False) -> dict[str, torch.Tensor]:
+        return Batch.features(self, device, mask, keep_mask)  # type: ignore[arg-type]  # the same three arrays
 
 
 def in_batch_negatives(batch_size: int, num_columns: int, num_negatives: int | None, generator) -> np.ndarray:
@@ -397,7 +409,9 @@ def iter_batches(
 T = TypeVar("T")
 
 
-def prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
+def prefetch(
+    items: Iterator[T], depth: int, stall_s: float = 0.0, stalled: Callable[[float], str] | None = None
+) -> Iterator[T]:
     """``items``, produced by a background thread up to ``depth`` items ahead of the consumer.
 
     Ray Data already prefetches windows (``prefetch_batches`` above); this moves the rest of the
@@ -407,6 +421,11 @@ def prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
     first ``next``: a stream opened before the model loads fills meanwhile. An error in the
     producer (a bad row met in the stream) is re-raised in the consumer, unchanged. ``depth`` 0:
     no thread, the consumer produces each item itself.
+
+    ``stall_s`` > 0: a watchdog. A consumer that waits that long for one item raises
+    :class:`DataStalled` with ``stalled(stall_s)`` as its message: a stream that makes no progress
+    (Ray Data's tasks starved of CPUs, a store that stopped answering) ends the run with a cause
+    instead of hanging it.
     """
     if depth <= 0:
         return iter(items)
@@ -434,7 +453,10 @@ def prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
     def consume() -> Iterator[T]:
         try:
             while True:
-                kind, value = slots.get()
+                try:
+                    kind, value = slots.get(timeout=stall_s if stall_s > 0 else None)
+                except queue.Empty:
+                    raise DataStalled(stalled(stall_s) if stalled else f"no item for {stall_s:g} s") from None
                 if kind == "item":
                     yield value
                 elif kind == "error":

@@ -129,3 +129,20 @@ def load_cross_encoder(model: ModelConfig, max_length: int, path: str | None = N
         model_kwargs=model_kwargs or None,
         device="cpu",
     )
+
+
+#: Families whose encoder builds its attention mask with transformers' ``masking_utils``: handed a
+#: 2D mask, it asks ``padding_mask.all()`` in Python on every forward (a host sync, the GPU
+#: drained before the next kernel is queued); handed a ready 4D mask, or none for a batch without
+#: padding, it uses it as is (``_preprocess_mask_arguments``, transformers 5).
+MASKING_UTILS_FAMILIES = ("bert", "roberta", "xlm-roberta", "electra")
+
+
+def mask_kind(cross_encoder: Any) -> str:
+    """How the attention mask is best handed to ``cross_encoder``'s model: ``bool`` (a 4D boolean
+    mask, SDPA's), ``additive`` (a 4D float mask, eager attention's) or ``2d`` (as the tokenizer
+    gives it: other families, and other attention kernels, build their own)."""
+    config = getattr(getattr(cross_encoder, "model", None), "config", None)
+    if config is None or getattr(config, "model_type", None) not in MASKING_UTILS_FAMILIES:
+        return "2d"
+    return {"sdpa": "bool", "eager": "additive"}.get(getattr(config, "_attn_implementation", None), "2d")

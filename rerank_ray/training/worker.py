@@ -61,7 +61,7 @@ from rerank_ray.training.losses import (
     build_library_loss,
     cached_backward,
 )
-from rerank_ray.training.models import load_cross_encoder, load_tokenizer
+from rerank_ray.training.models import load_cross_encoder, load_tokenizer, mask_kind
 from rerank_ray.training.plan import TrainPlan
 from rerank_ray.training.progress import ProgressLine, quiet_libraries
 from rerank_ray.training.tracking import Tracker
@@ -116,6 +116,7 @@ class Worker:
         # session ended, and how long the step thread waited for batches.
         self.first_step_unix: float | None = None
         self.data_wait_seconds = 0.0
+        self.epoch_data_wait = 0.0  # the same, in the current epoch
         # The newest complete checkpoint in the run folder, found by listing storage: the call
         # RestOfEpoch makes for the train_rest dataset too, so both pick the same one. A fresh run
         # never finds one (the driver refuses an existing run name without --resume).
@@ -133,7 +134,7 @@ class Worker:
         )
         # A fresh run opens its first epoch's stream now, so that Ray Data starts reading and
         # tokenizing (and the prefetch thread padding) while the model loads, rather than after.
-        self._first_epoch = self._open_epoch(0) if point is None else None
+        self._stream = self._open_stream(0, resuming=False) if point is None else None
         self._build(point)
         # One id per worker-group attempt, shared by its ranks (audit files).
         self.session = self.collectives.broadcast_object(self.session)
@@ -173,6 +174,7 @@ class Worker:
                 )
         restored_model = checkpointing.model_dir(restored_dir) if restored_dir else None
         self.model = load_cross_encoder(self.config.model, self.plan.max_length, path=restored_model)
+        self.mask = mask_kind(self.model)  # the attention mask in the form that needs no host sync
         self.library_loss = build_library_loss(self.model, train.loss, train.loss_kwargs)
         self.objective: PointwiseObjective | GroupLoss = (
             GroupLoss(self.library_loss)
@@ -287,8 +289,9 @@ class Worker:
             if self.state.stopped_early or self.preempted:
                 break
             self.state.epoch = epoch
-            batches = self._first_epoch if epoch == 0 and self._first_epoch is not None else self._open_epoch(epoch)
-            self._first_epoch = None
+            if self._stream is None:  # a restored run: from the restored epoch and position on
+                self._stream = self._open_stream(epoch, resuming=self.state.batches_done_in_epoch > 0)
+            batches = self._stream
             for micro_batches in self._epoch_steps(epoch, batches):
                 with faults.explain_oom(
                     "train",
@@ -317,17 +320,38 @@ class Worker:
         if last_report_step != self.state.global_step:
             self._checkpoint(evaluate=True)
 
-    def _open_epoch(self, epoch: int):
-        """This worker's padded batches of one epoch, prepared ahead by a background thread.
+    def _open_stream(self, first_epoch: int, resuming: bool) -> Iterator[Any]:
+        """This worker's padded batches from ``first_epoch`` to the last, each epoch followed by
+        :data:`EPOCH_END`, prepared ahead by one background thread (:func:`prefetch`).
 
-        After a restore in the middle of an epoch the batches come from ``train_rest``: the pairs
-        that epoch had not trained (see :mod:`rerank_ray.data.position`)."""
+        The thread opens the next epoch's stream as soon as it has drained the last one, so Ray
+        Data reads and tokenizes it while the epoch's last steps, its evaluation and its
+        checkpoint run, instead of after them. After a restore in the middle of an epoch that
+        epoch's batches come from ``train_rest``: the pairs it had not trained (see
+        :mod:`rerank_ray.data.position`)."""
         import ray.train
 
+        # The shards are taken here, on the loop's thread (Ray Train's context), not in the producer.
+        rest = ray.train.get_dataset_shard("train_rest") if resuming else None
+        step = self.state.global_step
+
+        def epochs() -> Iterator[Any]:
+            for epoch in range(first_epoch, self.config.train.epochs):
+                first = resuming and epoch == first_epoch
+                yield from self._epoch_batches(epoch, rest if first else self.train_shard, step if first else None)
+                yield EPOCH_END
+
+        return prefetch(
+            epochs(),
+            self.config.data.prefetch_batches,
+            self.config.run.stall_timeout_s,
+            functools.partial(stall_message, "train", "train_rest" if resuming else "train"),
+        )
+
+    def _epoch_batches(self, epoch: int, shard: Any, resumed_at: int | None) -> Iterator[Batch | GroupBatch]:
+        """One epoch's batches of ``shard``; ``resumed_at``: the step a mid-epoch restore resumed at."""
         config = self.config
-        resuming = self.state.batches_done_in_epoch > 0
-        shard = ray.train.get_dataset_shard("train_rest") if resuming else self.train_shard
-        seed = [config.train.seed, epoch, self.rank] + ([self.state.global_step] if resuming else [])
+        seed = [config.train.seed, epoch, self.rank] + ([resumed_at] if resumed_at is not None else [])
         collate: Collator | GroupCollator = self.train_collate
         if self.group_collate is not None:
             # This epoch's draws (documents kept, in-batch negatives): seeded per rank and epoch.
@@ -336,16 +360,13 @@ class Worker:
             draws = np.random.default_rng([*seed, 1])
             generator = torch.Generator().manual_seed(int(draws.integers(2**62)))
             collate = replace(self.group_collate, rng=draws, generator=generator)
-        return prefetch(
-            iter_batches(
-                shard,
-                config.train.per_device_batch_size,
-                collate,
-                window_batches=config.data.window_batches,
-                group_by_length=config.data.group_by_length,
-                rng=np.random.default_rng(seed) if config.data.shuffle else None,
-            ),
-            config.data.prefetch_batches,
+        return iter_batches(
+            shard,
+            config.train.per_device_batch_size,
+            collate,
+            window_batches=config.data.window_batches,
+            group_by_length=config.data.group_by_length,
+            rng=np.random.default_rng(seed) if config.data.shuffle else None,
         )
 
     def _epoch_steps(self, epoch: int, batches: Iterator[Batch | GroupBatch]) -> Iterator[list[Batch | GroupBatch]]:
@@ -362,21 +383,30 @@ class Worker:
             where,
         )
 
-    def _timed(self, batches: Iterator[Batch | GroupBatch]) -> Iterator[Batch | GroupBatch]:
-        """``batches``, adding the time the step thread waits for each to ``data_wait_seconds``."""
+    def _timed(self, batches: Iterator[Any]) -> Iterator[Batch | GroupBatch]:
+        """``batches`` up to the end of the epoch, adding the time the step thread waits for each
+        to ``data_wait_seconds`` and to the epoch's wait."""
         while True:
             waiting = time.perf_counter()
             batch = next(batches, None)
-            self.data_wait_seconds += time.perf_counter() - waiting
-            if batch is None:
+            waited = time.perf_counter() - waiting
+            self.data_wait_seconds += waited
+            self.epoch_data_wait += waited
+            if batch is None or batch is EPOCH_END:
                 return
             yield batch
 
     def _finish_epoch(self) -> None:
-        """Count the epoch's skipped rows over all ranks, log them, and start the next epoch."""
+        """Count the epoch's skipped rows over all ranks, log them, record how long the step
+        threads waited for data in the epoch (the mean over ranks), and start the next epoch."""
         import torch
 
-        counts = self.collectives.sum(self.epoch_skips + self.restored_skips, dtype=torch.float64)
+        # One all-reduce for both: the skip counts, then the epoch's data wait.
+        mine = np.append((self.epoch_skips + self.restored_skips).astype(np.float64), self.epoch_data_wait)
+        summed = self.collectives.sum(mine, dtype=torch.float64)
+        counts, waited = summed[:-1], float(summed[-1]) / self.world_size
+        self._record({"step": self.state.global_step, "epoch": float(self.state.epoch + 1), "data_wait_s": waited})
+        self.epoch_data_wait = 0.0
         skipped = tally_dict(counts.long().tolist())
         self.state.skipped_train = skipped
         if skipped:
@@ -411,7 +441,7 @@ class Worker:
         for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             sync = contextlib.nullcontext() if last or self.world_size == 1 else self.ddp_model.no_sync()
-            features = batch.features(self.device)
+            features = batch.features(self.device, self.mask, keep_mask=self.config.train.torch_compile)
             if isinstance(self.objective, GroupLoss) and self.objective.cached:
                 total = self._cached_micro_batch(features, batch, scale, sync_last=last)
             else:
@@ -497,6 +527,7 @@ class Worker:
             return self._evaluate()
 
     def _evaluate(self) -> dict[str, float]:
+        import torch
 
         self.ddp_model.eval()
         self.progress.pause()
@@ -512,20 +543,25 @@ class Worker:
                 rng=None,
             ),
             self.config.data.prefetch_batches,
+            self.config.run.stall_timeout_s,
+            functools.partial(stall_message, "eval", "eval"),
         ):
             with (
                 self._autocast(),
                 faults.explain_oom("eval", self.config.eval.batch_size, max_length=self.plan.max_length),
             ):
-                logits = self.model(batch.features(self.device))["scores"]
-            scores.append(self.model.activation_fn(logits.float()).cpu().numpy())
+                logits = self.model(batch.features(self.device, self.mask))["scores"]
+            # Kept on the device, copied to the host once after the last batch: a copy per batch
+            # would wait for each batch's kernels (a host sync per batch on a GPU).
+            scores.append(self.model.activation_fn(logits.float()))
             labels.append(batch.labels)
             weights.append(batch.weights)
             skips.append(batch.skip if batch.skip is not None else np.zeros(len(batch), dtype=np.int8))
             if batch.group_ids is not None:
                 groups.append(batch.group_ids)
             self._record_pair_ids(batch, kind="eval")
-        local = (_concat(scores), _concat(labels), _concat(weights), _concat(skips), _concat(groups))
+        device_scores = torch.cat(scores).cpu().numpy() if scores else np.zeros(0, dtype=np.float32)
+        local = (device_scores, _concat(labels), _concat(weights), _concat(skips), _concat(groups))
         gathered = self.collectives.gather_objects(local)
         metrics: dict[str, float] = {}
         if self.rank == 0:
@@ -780,6 +816,29 @@ class Worker:
                 f"parameters differ across ranks at step {self.state.global_step} ({digests}): "
                 "gradients are not being synchronised"
             )
+
+
+#: What the batch stream yields between two epochs (:meth:`Worker._open_stream`).
+EPOCH_END = object()
+
+
+def stall_message(stream: str, dataset: str, seconds: float) -> str:
+    """What a worker says when its data stream delivered nothing for ``seconds``: the stream, its
+    stages, and the CPUs Ray has free for them (none free is the usual cause)."""
+    import ray
+
+    free = ray.available_resources().get("CPU", 0.0)
+    total = ray.cluster_resources().get("CPU", 0.0)
+    return (
+        f"the {stream} data stream (Ray Data dataset {dataset!r}: read, check and tokenize tasks) delivered no batch "
+        f"for {seconds:g} s (run.stall_timeout_s). The Ray cluster has {free:g} of {total:g} CPUs free"
+        + (
+            ": Ray Data's tasks need at least 1 beside the training workers' (lower scaling.cpus_per_worker or "
+            "scaling.num_workers, add a node, or stop what else holds the CPUs)"
+            if free < 1
+            else "; check that the data's storage answers, or raise run.stall_timeout_s for a slower source"
+        )
+    )
 
 
 def group_collator(config: Config, plan: TrainPlan, tokenizer: Any, pad: Collator) -> GroupCollator:

@@ -102,7 +102,7 @@ def block_search_mine(model_path: Path, rows: list[dict], corpus: list[str] | No
         }
     )
     range_max = derived_range_max(config, positives.max_positives)
-    k = range_max + positives.max_positives
+    k = range_max + positives.max_positives + 1
     best = (np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64))
     for start in range(0, table.num_rows, 17):
         block = table.slice(start, 17)
@@ -111,7 +111,15 @@ def block_search_mine(model_path: Path, rows: list[dict], corpus: list[str] | No
     pair_scores = np.array(
         [queries[q] @ documents[index[d]] for q, docs in enumerate(positives.positives) for d in docs]
     )
-    chosen = select(config, best[0], best[1], [text_hashes(d) for d in positives.positives], pair_scores, range_max)
+    chosen = select(
+        config,
+        best[0],
+        best[1],
+        [text_hashes(d) for d in positives.positives],
+        pair_scores,
+        range_max,
+        text_hashes(positives.queries),
+    )
     return output_rows(config, positives, chosen, pair_scores, dict(zip(text_hashes(texts).tolist(), texts)))
 
 

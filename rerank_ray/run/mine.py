@@ -10,7 +10,7 @@ process, holding the corpus, its embeddings and every candidate in memory. Here:
    with the library's calls (``encode_query`` / ``encode_document``, normalised, its prompts).
    The embedded blocks stay in Ray's object store.
 3. Exact search in blocks: Ray tasks, one per ``search_batch_size`` queries, each walk the
-   blocks one at a time and keep each query's best ``range_max + max_positives`` candidates
+   blocks one at a time and keep each query's best ``range_max + max_positives + 1`` candidates
    (scores are the dot products of normalised embeddings: the library's cosine similarity; with
    ``use_faiss`` a faiss ``IndexFlatIP`` per block). A task holds its queries and one block,
    whatever the corpus' size.
@@ -334,7 +334,7 @@ def mine(config: MineConfig) -> dict[str, Any]:
     pair_rows = [positive_index[d] for docs in positives.positives for d in docs]
     query_rows = [q for q, docs in enumerate(positives.positives) for _ in docs]
     positive_scores = np.einsum("ij,ij->i", query_vectors[query_rows], positive_vectors[pair_rows])
-    k = range_max + positives.max_positives
+    k = range_max + positives.max_positives + 1  # the library's extra one: a document that is the query itself
     scores, hashes = search(embedded, query_vectors, k, config.search_batch_size, config.use_faiss)
     stages["search"] = time.perf_counter() - started - sum(stages.values())
     texts = dict(zip(text_hashes(positive_texts).tolist(), positive_texts))
@@ -342,7 +342,9 @@ def mine(config: MineConfig) -> dict[str, Any]:
         texts.update(_texts_of(embedded, hashes))
         scores, positive_scores = _rescore(config, positives, hashes, texts, concurrency, gpus)
     positive_hashes = [text_hashes(docs) for docs in positives.positives]
-    selection = select(config, scores, hashes, positive_hashes, positive_scores, range_max)
+    selection = select(
+        config, scores, hashes, positive_hashes, positive_scores, range_max, text_hashes(positives.queries)
+    )
     texts.update(_texts_of(embedded, selection.hashes, known=texts))
     rows = output_rows(config, positives, selection, positive_scores, texts)
     written = _write(rows, config.output)

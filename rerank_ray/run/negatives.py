@@ -112,16 +112,27 @@ def select(
     positive_hashes: list[np.ndarray],
     positive_scores: np.ndarray,
     range_max: int,
+    query_hashes: np.ndarray | None = None,
 ) -> Selection:
     """The library's selection on each query's candidates.
 
-    ``scores`` / ``hashes``: [queries, range_max + max_positives], best first, padded with
+    ``scores`` / ``hashes``: [queries, range_max + max_positives + 1], best first, padded with
     ``-inf``; ``positive_hashes``: each query's positives; ``positive_scores``: the similarity of
-    every (query, positive) pair, query after query."""
+    every (query, positive) pair, query after query; ``query_hashes``: each query's text hash, so
+    that a document that is the query's own text is no candidate (sentence-transformers >= 6.3,
+    which searches one candidate more for it), unless the query is its own positive and
+    ``include_positives`` keeps positives."""
     import torch
 
     score = torch.from_numpy(np.array(scores, dtype=np.float32))
     names = torch.from_numpy(np.array(hashes, dtype=np.int64))
+    if query_hashes is not None:
+        own = torch.from_numpy(np.asarray(query_hashes, dtype=np.int64))[:, None]
+        is_query = names == own
+        if config.include_positives:
+            own_positive = torch.tensor([bool(np.isin(q, p)) for q, p in zip(query_hashes, positive_hashes)])
+            is_query &= ~own_positive[:, None]
+        score[is_query] = -float("inf")
     if not config.include_positives:
         mask = torch.stack([torch.isin(names[q], torch.from_numpy(p)) for q, p in enumerate(positive_hashes)])
         score[mask] = -float("inf")

@@ -214,6 +214,7 @@ def test_retrieval_config_is_checked():
     config(beir="b", run_file="r", top_k=50).check()
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_retriever_top_k_equals_semantic_search(ray_local, tiny_bi_encoder, tmp_path):
     """eval.retriever's candidates, embedded and searched in Ray Data, are the library's

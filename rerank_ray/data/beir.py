@@ -89,6 +89,14 @@ class BeirFiles:
     """Where the candidates came from when a retriever chose them (:mod:`rerank_ray.data.candidates`);
     None: the judged documents."""
 
+    def query_texts(self) -> pa.Table:
+        """Each judged query once: ``query_id``, ``sentence_0`` (its text), in first-seen order."""
+        return (
+            self.judgements.group_by("query_id", use_threads=False)
+            .aggregate([("sentence_0", "first")])
+            .rename_columns(["query_id", "sentence_0"])
+        )
+
     @property
     def name(self) -> str:
         return f"{os.path.basename(os.path.normpath(self.folder))} ({self.split})"

@@ -94,11 +94,7 @@ def apply_candidates(beir: BeirFiles, candidates: pa.Table, retrieval: Retrieval
     import pyarrow.compute as pc
 
     judged = beir.judgements
-    texts = (
-        judged.group_by("query_id", use_threads=False)
-        .aggregate([("sentence_0", "first")])
-        .rename_columns(["query_id", "sentence_0"])
-    )
+    texts = beir.query_texts()
     split_queries = set(texts["query_id"].to_pylist())
     candidates = candidates.select(["query_id", "corpus_id", "rank"]).cast(
         pa.schema([("query_id", pa.string()), ("corpus_id", pa.string()), ("rank", pa.int32())])

@@ -69,8 +69,8 @@ def retrieve(config: Config, beir: BeirFiles) -> pa.Table:
     import ray.data
 
     started = time.perf_counter()
-    queries = beir.judgements.group_by("query_id", use_threads=False).aggregate([("sentence_0", "first")])
-    query_ids, query_texts = queries["query_id"].to_pylist(), queries["sentence_0_first"].to_pylist()
+    queries = beir.query_texts()
+    query_ids, query_texts = queries["query_id"].to_pylist(), queries["sentence_0"].to_pylist()
     gpus = int(ray.cluster_resources().get("GPU", 0))
     settings = retriever_config(config)
     print(

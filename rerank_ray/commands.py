@@ -23,7 +23,6 @@ import pyarrow as pa
 
 from rerank_ray.config import PAIR_COLUMNS, Config, DataConfig, headline_metric_key
 from rerank_ray.data.beir import BeirFiles, inspect_beir, read_beir_pairs
-from rerank_ray.data.candidates import read_run_file
 from rerank_ray.data.checks import LabelRule, RowChecker, eval_label_rule
 from rerank_ray.data.files import column_mapping, resolve_paths
 from rerank_ray.data.reading import open_local_or_uri, read_file
@@ -31,7 +30,7 @@ from rerank_ray.errors import ConfigError, DataError
 from rerank_ray.evaluation.metrics import compute_metrics
 from rerank_ray.evaluation.ranking import QUERY_ID, query_hashes
 from rerank_ray.run.cluster import ensure_ray
-from rerank_ray.run.driver import with_candidates
+from rerank_ray.run.driver import run_file_candidates, with_candidates
 from rerank_ray.run.retrieve import retrieve
 
 
@@ -176,8 +175,7 @@ def beir_with_candidates(request: EvalRequest) -> BeirFiles:
         return beir
     config = request.as_config()
     if request.run_file is not None:
-        queries = set(beir.judgements.column("query_id").to_pylist())
-        candidates = read_run_file(request.run_file, request.top_k, queries)
+        candidates = run_file_candidates(config, beir)
     else:
         started = ensure_ray(config, forward_logs=False)
         if started:

@@ -67,8 +67,7 @@ def inspect_data(config: Config) -> dict[str, SplitFiles | BeirFiles]:
         splits["eval"] = inspect_split(config.data.eval, config, "eval")
     eval_split = splits.get("eval")
     if isinstance(eval_split, BeirFiles) and config.eval.run_file is not None:
-        queries = set(eval_split.judgements.column("query_id").to_pylist())
-        with_candidates(config, eval_split, read_run_file(config.eval.run_file, config.eval.top_k, queries))
+        with_candidates(config, eval_split, run_file_candidates(config, eval_split))
     elif config.eval.kind == "reranking" and eval_split is not None and config.eval.retriever is None:
         check_eval_queries(config, eval_split)  # with eval.retriever: once it has retrieved (needs Ray)
     for split in splits.values():
@@ -79,6 +78,13 @@ def inspect_data(config: Config) -> dict[str, SplitFiles | BeirFiles]:
                 flush=True,
             )
     return splits
+
+
+def run_file_candidates(config: Config, split: BeirFiles) -> pa.Table:
+    """``eval.run_file``'s top ``eval.top_k`` of the split's judged queries (read before Ray)."""
+    assert config.eval.run_file is not None
+    queries = set(split.query_texts().column("query_id").to_pylist())
+    return read_run_file(config.eval.run_file, config.eval.top_k, queries)
 
 
 def with_candidates(config: Config, split: BeirFiles, candidates: pa.Table) -> None:

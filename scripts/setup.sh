@@ -25,5 +25,12 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
     fi
 fi
 
-"$PY" -m pip install -q -e ".[dev]"
+# The rest with uv, which resolves and installs the ~200 packages in seconds where pip takes
+# minutes (CI's budget); it keeps the torch installed above, as a range it satisfies needs
+# nothing more. pip does the same where uv cannot be had.
+if "$PY" -m pip install -q uv 2>/dev/null && [ -x .venv/bin/uv ]; then
+    .venv/bin/uv pip install -q --python "$PY" -e ".[dev]"
+else
+    "$PY" -m pip install -q -e ".[dev]"
+fi
 echo "setup: done ($("$PY" -c 'import torch, ray, sentence_transformers as st; print(f"torch {torch.__version__}, ray {ray.__version__}, sentence-transformers {st.__version__}")'))"

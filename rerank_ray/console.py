@@ -100,9 +100,14 @@ class Relay:
     """
 
     def __init__(self, stream: IO[str] | None = None):
+        import ray
         from ray.util.queue import Queue
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        self.queue = Queue(actor_options={"num_cpus": 0})
+        # On the driver's node: a queue on another node dies with that node, and the run with it
+        # (tests/test_cluster.py loses a node mid-run); the driver's node lives as long as the driver.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
         self.view = View(stream or sys.stdout)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pump, name="rerank-ray-console", daemon=True)

@@ -48,6 +48,12 @@ class Preempted(RuntimeError):
     continue. The command exits with 143."""
 
 
+class WorkerPreempted(RuntimeError):
+    """A worker got SIGTERM (its node or pod is going away); every rank wrote the step's checkpoint
+    and raised this. Retried: Ray Train restarts the workers from that checkpoint. With no retry
+    left the command stops like a preempted driver (exit 143, continue with ``--resume``)."""
+
+
 class StopRetrying(RuntimeError):
     """Raised in Ray Train's controller to end a run whose failure a retry cannot cure."""
 
@@ -85,6 +91,13 @@ def clear_error(error: BaseException | None) -> BaseException | None:
 
     The innermost one wins: Ray re-raises a task's DataError as ``RayTaskError(DataError)``, an
     instance of both whose message is a remote traceback; the original holds the clean message."""
+    return find_error(error, CLEAR_ERRORS)
+
+
+def find_error(
+    error: BaseException | None, types: type[BaseException] | tuple[type[BaseException], ...]
+) -> BaseException | None:
+    """The innermost error of ``types`` behind ``error`` (see :func:`clear_error`), or None."""
     found = None
     seen: set[int] = set()
     stack = [error]
@@ -93,7 +106,7 @@ def clear_error(error: BaseException | None) -> BaseException | None:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, CLEAR_ERRORS):
+        if isinstance(current, types):
             found = current
         stack.extend(reversed(list(inner_errors(current))))
     return found

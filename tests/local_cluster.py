@@ -23,6 +23,8 @@ import uuid
 from contextlib import ExitStack, suppress
 from pathlib import Path
 
+from rerank_ray.training.faults import NODE_ENV
+
 RAY = str(Path(sys.executable).with_name("ray"))
 #: Ports `ray start` would otherwise take at fixed defaults (10001, 52365, 8265, ...).
 PORT_FLAGS = (
@@ -81,7 +83,7 @@ class LocalCluster:
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
-    def _start(self, name: str, args: list[str]) -> None:
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
         ports = free_ports(len(PORT_FLAGS))
         command = [
             RAY,
@@ -95,10 +97,13 @@ class LocalCluster:
             *(f"{flag}={port}" for flag, port in zip(PORT_FLAGS, ports)),
             *args,
         ]
-        log = (self.root / f"{name}.log").open("w")
-        self.processes.append(
-            subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        )
+        log = (self.root / f"{name}.log").open("a")
+        # Every process of the node (raylet, its workers) inherits NODE_ENV: a fault armed for a
+        # node finds its workers by it, and kill_node() finds the node's processes by it.
+        env = {**self.env, NODE_ENV: name}
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+        return process
 
     def start(self, timeout: float = 240.0) -> LocalCluster:
         self._start(
@@ -115,6 +120,11 @@ class LocalCluster:
             ],
         )
         self._wait_for_dashboard(timeout)
+        self.start_worker_node(timeout)
+        return self
+
+    def start_worker_node(self, timeout: float = 240.0) -> None:
+        """The second node (again, after :meth:`kill_node`)."""
         self._start(
             "worker",
             [
@@ -126,7 +136,19 @@ class LocalCluster:
             ],
         )
         self._wait_for_nodes(2, timeout)
-        return self
+
+    def kill_node(self, name: str = "worker") -> int:
+        """A node lost at once, as a spot instance goes: SIGKILL to every process of it (its
+        ``ray start``, raylet, agents and workers), nothing told first. Returns how many."""
+        needle = f"{NODE_ENV}={name}".encode()
+        pids = [pid for pid in self.marked_pids() if needle in _environ(pid)]
+        for pid in pids:
+            _signal(pid, signal.SIGKILL)
+        for process in self.processes:
+            if process.pid in pids:
+                process.wait(timeout=30)
+        self.processes = [p for p in self.processes if p.poll() is None]
+        return len(pids)
 
     def _check_alive(self) -> None:
         for process in self.processes:
@@ -212,12 +234,16 @@ class LocalCluster:
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue
-            try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
+            if needle in _environ(int(entry.name)):
+                found.append(int(entry.name))
         return found
+
+
+def _environ(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return []
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -5,7 +5,8 @@ two different nodes (STRICT_SPREAD); checkpoints and the exported model land in 
 real S3 API, moto's server on 127.0.0.1) and the model loads after downloading; nothing the run
 prints or writes holds a secret (cloud keys and a Hugging Face token in the nodes' environment,
 Ray's auth token). Bad jobs end FAILED with exit code 2 and the cause in
-their logs, through both the job API and the `ray job submit` command line.
+their logs, through both the job API and the `ray job submit` command line. A node lost in the
+middle of a run: the run restores on the node left and trains each remaining pair once.
 """
 
 from __future__ import annotations
@@ -244,3 +245,58 @@ def test_a_running_local_cluster_is_not_joined_by_accident(cluster):
     gets a Ray of its own: joining a cluster is said with run.ray_address or RAY_ADDRESS."""
     started = _embedded_ray_with_address_file(cluster.gcs_address)
     assert started["gcs"] != cluster.gcs_address
+
+
+def test_a_lost_node_restores_on_the_node_left_and_trains_each_remaining_pair_once(cluster, tiny_bert, tmp_path):
+    """Spot capacity going away: the second node's processes SIGKILLed at once while its worker is
+    in epoch 2 (after step 17, 4 of its 13 steps). Ray Train restarts the workers (run.max_failures)
+    on the head node, the one left; they restore step 16, the newest complete checkpoint, and the
+    rest of epoch 2 trains exactly the pairs it had not trained (pair ids counted). Last in this
+    module: the node is started again at the end for whatever runs after."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+    from test_faults import assert_every_pair_once_per_epoch, read_audit, sessions_in_order, trained_per_epoch
+
+    from rerank_ray.training.faults import FAULTS_ENV
+
+    rows = [{**row, "pair_id": f"p{i}"} for i, row in enumerate(synthetic_pairs(203, seed=1))]
+    faults_dir = tmp_path / "faults"
+    faults_dir.mkdir()
+    spec = {"dir": str(faults_dir), "faults": [{"name": "node", "at": "step", "node": "worker", "step": 17,
+                                                  "action": "pause", "seconds": 600}]}  # fmt: skip
+    config = {
+        "model": {"name_or_path": str(tiny_bert)},
+        "data": {"train": str(write_jsonl(rows, tmp_path / "train.jsonl")), "id_column": "pair_id"},
+        "train": {"epochs": 2, "per_device_batch_size": 8, "learning_rate": 3e-3, "logging_steps": 4},
+        # SPREAD (not STRICT_): one worker per node while there are two, both on the head after.
+        "scaling": {"num_workers": 2, "placement_strategy": "SPREAD"},
+        "run": {"storage_path": str(tmp_path / "runs"), "name": "lost", "audit": True, "checkpoint_steps": 4,
+                "max_failures": 2},
+    }  # fmt: skip
+    config_file = tmp_path / "lost.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    client = JobSubmissionClient(cluster.dashboard_url, headers=cluster.auth_headers)
+    runtime_env = job_runtime_env()
+    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), FAULTS_ENV: json.dumps(spec)}
+    submission_id = client.submit_job(
+        entrypoint=f"python jobs/train.py --config {config_file}", runtime_env=runtime_env
+    )
+    try:
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while not (faults_dir / "node").exists():  # the worker on the second node paused after step 17
+            status = client.get_job_info(submission_id).status
+            assert not status.is_terminal() and time.monotonic() < deadline, (
+                f"the fault never fired ({status}): {client.get_job_logs(submission_id)[-3000:]}"
+            )
+            time.sleep(0.5)
+        assert cluster.kill_node("worker") >= 2  # its ray start, raylet, ... and the paused worker
+        info, logs = wait_for(client, submission_id)
+        assert info.status == JobStatus.SUCCEEDED, f"{info.message}\n{logs[-5000:]}"
+        assert "[rerank-ray] step 26/26 | epoch 2.00" in logs, logs[-3000:]
+        assert len(cluster.alive_nodes()) == 1
+    finally:
+        cluster.start_worker_node()
+
+    records = read_audit(tmp_path / "runs" / "lost")
+    sessions = sessions_in_order(records)
+    assert [restored for _, restored in sessions] == [None, 16]
+    assert_every_pair_once_per_epoch(trained_per_epoch(records, sessions), epochs=2, pairs=203)

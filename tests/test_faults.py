@@ -1,6 +1,6 @@
 """Runs that survive faults, on the real Ray with 2 CPU workers: a worker killed with SIGKILL in the
-middle of an epoch and another in the middle of writing a checkpoint; a driver killed and the run
-continued with ``--resume``. Pair ids (``run.audit``) prove that the pairs trained after a restore
+middle of writing a checkpoint and another sent SIGTERM in the middle of an epoch; a driver killed
+and the run continued with ``--resume``. Pair ids (``run.audit``) prove that the pairs trained after a restore
 are exactly the ones the interrupted epoch had not trained."""
 
 from __future__ import annotations
@@ -90,21 +90,23 @@ def fault_config(tiny_bert, pair_files, tmp_path, name: str, **sections) -> dict
     return raw
 
 
-def test_killed_workers_restore_and_train_each_remaining_pair_once(
+def test_killed_and_preempted_workers_restore_and_train_each_remaining_pair_once(
     ray_local, tiny_bert, pair_files, tmp_path, monkeypatch
 ):
-    """Two real SIGKILLs in one run. Rank 0 dies while uploading the checkpoint of step 8 (its
-    model files are in storage, its marker is not): the restart must ignore that partial
-    checkpoint and restore step 4. Later rank 1 dies right after step 17 (epoch 2, 4 of 13 steps):
-    the restart restores step 16. After each restore the interrupted epoch trains exactly the
-    pairs it had not trained, and the run finishes with the metric a healthy run reaches."""
+    """Two real faults in one run. Rank 0 is SIGKILLed while uploading the checkpoint of step 8
+    (its model files are in storage, its marker is not): the restart must ignore that partial
+    checkpoint and restore step 4. Later rank 1 gets SIGTERM (a preempted node's notice) right
+    after step 17 (epoch 2, 4 of 13 steps): at the next progress step (20) every rank writes a
+    checkpoint and the workers restart from it, losing no step. After each restore the interrupted
+    epoch trains exactly the pairs it had not trained, and the run finishes with the metric a
+    healthy run reaches."""
     faults_dir = tmp_path / "faults"
     faults_dir.mkdir()
     spec = {
         "dir": str(faults_dir),
         "faults": [
             {"name": "upload-8", "at": "checkpoint_upload", "rank": 0, "step": 8},
-            {"name": "step-17", "at": "step", "rank": 1, "step": 17},
+            {"name": "step-17", "at": "step", "rank": 1, "step": 17, "action": "sigterm"},
         ],
     }
     monkeypatch.setenv(FAULTS_ENV, json.dumps(spec))
@@ -113,7 +115,7 @@ def test_killed_workers_restore_and_train_each_remaining_pair_once(
     outcome = train(Config.from_dict(raw))
     print(f"run with two killed workers: {time.perf_counter() - started:.0f} s")
 
-    # Both faults really fired, each killing a worker process.
+    # Both faults really fired, in two worker processes.
     fired = {p.name: json.loads(p.read_text()) for p in faults_dir.iterdir()}
     assert set(fired) == {"upload-8", "step-17"}
     assert fired["upload-8"]["pid"] != fired["step-17"]["pid"]
@@ -122,8 +124,8 @@ def test_killed_workers_restore_and_train_each_remaining_pair_once(
     records = read_audit(run_dir)
     sessions = sessions_in_order(records)
     # Three attempts: the first from scratch, the second from step 4 (the partial checkpoint of
-    # step 8 was ignored), the third from step 16.
-    assert [restored for _, restored in sessions] == [None, 4, 16]
+    # step 8 was ignored), the third from step 20, the checkpoint the SIGTERM asked for.
+    assert [restored for _, restored in sessions] == [None, 4, 20]
 
     counts = trained_per_epoch(records, sessions)
     assert_every_pair_once_per_epoch(counts, epochs=2, pairs=TRAIN_PAIRS)

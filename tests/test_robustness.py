@@ -237,6 +237,14 @@ def test_input_errors_stop_the_run_other_failures_are_retried():
     oom = errors.OutOfMemory("out of accelerator memory ...")
     with pytest.raises(errors.StopRetrying):
         callback.after_exception(None, {0: oom})
+    # A worker's SIGTERM is retried (the restart resumes from the checkpoint it wrote), and the
+    # driver finds it under Ray's wrapping when no retry is left (exit 143, --resume).
+    preempted = errors.WorkerPreempted("rank(s) [1] got SIGTERM ...")
+    callback.after_exception(None, {0: RuntimeError("peer gone"), 1: preempted})  # no raise
+    failed = RuntimeError("Training failed after 2 retries")
+    failed.worker_failures = {1: preempted}  # what ray.train.TrainingFailedError holds
+    assert errors.find_error(failed, errors.WorkerPreempted) is preempted
+    assert errors.clear_error(failed) is None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from rerank_ray.data.stream import (
     with_group_ids,
     without_queries,
 )
-from rerank_ray.errors import DataError, Preempted, clear_error
+from rerank_ray.errors import DataError, Preempted, WorkerPreempted, clear_error, find_error
 from rerank_ray.evaluation.ranking import QUERY_ID
 from rerank_ray.redaction import redact
 from rerank_ray.run.cluster import (
@@ -320,9 +320,12 @@ def _train_locked(config: Config, name: str) -> TrainOutcome:
         except Exception as err:
             tracking.finish(tracked, "", {}, ok=False)
             cause = clear_error(err)
-            if cause is None:
-                raise
-            raise cause from err  # bad input / config / out of memory: the message names the fix
+            if cause is not None:
+                raise cause from err  # bad input / config / out of memory: the message names the fix
+            preempted = find_error(err, WorkerPreempted)
+            if preempted is not None:  # a worker's SIGTERM with no retry left: its checkpoint is complete
+                raise Preempted(f"{preempted}; no retry left: continue with the same command and --resume") from err
+            raise
     if (result.metrics or {}).get("preempted"):
         tracking.finish(tracked, "", {}, ok=False)
         preemption.clear(folder)

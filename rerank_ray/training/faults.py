@@ -23,6 +23,8 @@ from rerank_ray.errors import OutOfMemory, StopRetrying, clear_error
 #: Test hook: JSON naming faults to inject (see :func:`fire`). Read by the driver only and passed
 #: to the workers in the loop config, so it needs no cluster-wide environment.
 FAULTS_ENV = "RERANK_RAY_TEST_FAULTS"
+#: Test hook: the name of the node a process runs on, set in a test cluster's node environment.
+NODE_ENV = "RERANK_RAY_TEST_NODE"
 
 
 def _make_stop_callback():
@@ -97,7 +99,9 @@ def install(spec: dict[str, Any] | None, rank: int) -> None:
     """Arm the faults of ``spec`` for this worker process.
 
     ``spec``: ``{"dir": folder for once-only markers, "faults": [{"name": ..., "at": "step" |
-    "checkpoint_upload", "rank": r, "step": k, "action": "kill" | "pause", "seconds": s}]}``.
+    "checkpoint_upload", "rank": r, "step": k, "action": "kill" | "sigterm" | "pause", "seconds": s,
+    "node": n}]}``; with ``node``, the fault fires on whichever rank runs where the environment
+    variable :data:`NODE_ENV` is ``n`` (a test cluster's node), whatever its rank.
     Each fault fires once per run: the first process to reach it creates ``<dir>/<name>``.
     """
     _INSTALLED.clear()
@@ -110,7 +114,12 @@ def fire(at: str, step: int) -> None:
     if not _INSTALLED:
         return
     for fault in _INSTALLED.get("faults", []):
-        if fault["at"] != at or fault.get("rank", 0) != _INSTALLED["rank"] or fault["step"] != step:
+        if fault["at"] != at or fault["step"] != step:
+            continue
+        if "node" in fault:
+            if os.environ.get(NODE_ENV) != fault["node"]:
+                continue
+        elif fault.get("rank", 0) != _INSTALLED["rank"]:
             continue
         marker = os.path.join(_INSTALLED["dir"], fault["name"])
         try:
@@ -119,7 +128,13 @@ def fire(at: str, step: int) -> None:
             continue  # fired before, in an earlier attempt
         os.write(fd, json.dumps({"pid": os.getpid(), "step": step, "time": time.time()}).encode())
         os.close(fd)
-        if fault.get("action", "kill") == "kill":
+        action = fault.get("action", "kill")
+        if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)  # a real, uncatchable death of this worker process
+        elif action == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)  # a preemption notice, as a scheduler sends it
+            # The handler runs on the actor's main thread at Ray's next signal check: let it run
+            # before this step's progress check, so a test knows the step the run stops at.
+            time.sleep(float(fault.get("seconds", 2)))
         else:
             time.sleep(float(fault.get("seconds", 600)))

@@ -1,5 +1,6 @@
 """Preemption: SIGTERM to the driver ends a run at its next progress step, after a checkpoint,
-and ``--resume`` continues from it.
+and ``--resume`` continues from it; SIGTERM to a worker (its node or pod is going away) writes a
+checkpoint at the next progress step and restarts the worker group from it.
 
 Schedulers signal the driver before they kill it (Kubernetes' grace period, Slurm, a spot
 instance's notice). Ray Train 2.60 runs the training function in a thread of each worker actor,
@@ -8,6 +9,17 @@ into the run folder (:data:`STOP_FILE`, local or object storage); rank 0 looks f
 progress step (``train.logging_steps``), every rank learns what it found in one broadcast, and
 all of them write that step's checkpoint and return. The worst-case delay is one progress
 interval plus a checkpoint. A second SIGTERM ends the driver at once (Ray's own handler).
+
+A worker's SIGTERM (its machine shutting down gracefully, a spot instance's notice handler,
+``kill``) would otherwise end the worker process at once (Ray's handler raises SystemExit) and cost
+everything since the last checkpoint. The training thread cannot install a handler, but the
+actor's main thread can, and it is free while the thread trains (Ray Train's ``run_train_fn``
+returns at once): :func:`watch_worker_sigterm` runs :func:`_install_worker_handler` there as a
+task of the worker's own actor. The handler only sets a flag; at the next progress step every
+rank learns which ranks were signalled (one all-reduce), all write that step's checkpoint, and
+all raise :class:`~rerank_ray.errors.WorkerPreempted`, a failure Ray Train retries
+(``run.max_failures``): the new worker group restores the checkpoint just written, on the nodes
+left. A second SIGTERM to the worker goes to Ray's handler.
 """
 
 from __future__ import annotations
@@ -15,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import threading
 import time
 from collections.abc import Iterator
 
@@ -79,3 +92,48 @@ def stop_on_sigterm(run_dir: str) -> Iterator[list[int]]:
         yield received
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# ---------------------------------------------------------------------------------------------
+# SIGTERM to a worker
+
+_WORKER_SIGNALLED = threading.Event()
+
+
+def _install_worker_handler() -> None:
+    """Runs on the worker actor's main thread: the first SIGTERM sets the flag, a second one goes
+    to the handler that was there before (Ray's: the process exits)."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handle(signum: int, frame: object) -> None:
+        if _WORKER_SIGNALLED.is_set():
+            signal.signal(signal.SIGTERM, previous)
+            signal.raise_signal(signal.SIGTERM)
+            return
+        _WORKER_SIGNALLED.set()
+        print(
+            "[rerank-ray] this worker got SIGTERM: checkpoint at the next progress step, then the workers "
+            "restart from it (a second SIGTERM ends it at once)",
+            flush=True,
+        )
+
+    _WORKER_SIGNALLED.clear()
+    signal.signal(signal.SIGTERM, handle)
+
+
+def watch_worker_sigterm() -> str | None:
+    """From the training thread: install the worker's handler on its actor's main thread. Returns
+    why it could not (the worker then dies on SIGTERM, as a killed worker), or None."""
+    import ray
+
+    try:
+        actor = ray.get_runtime_context().current_actor
+        ray.get(actor.execute.remote(_install_worker_handler), timeout=60)
+    except Exception as err:  # noqa: BLE001 - a worker without the handler still trains
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def worker_signalled() -> bool:
+    """Whether this worker process got SIGTERM since its handler was installed."""
+    return _WORKER_SIGNALLED.is_set()

@@ -40,6 +40,7 @@ from rerank_ray.config import Config
 from rerank_ray.data.beir import Retrieval
 from rerank_ray.data.checks import REASONS, describe_tally, tally, tally_dict
 from rerank_ray.data.position import DataPosition, TrainedRows, merge_ranges, partial_epoch_batches
+from rerank_ray.errors import WorkerPreempted
 from rerank_ray.evaluation.metrics import compute_metrics
 from rerank_ray.resources import peak_rss_mib, process_start_unix, rss_parts_mib
 from rerank_ray.training import checkpointing, faults, preemption
@@ -82,6 +83,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
 
     faults.install(loop_config.get("faults"), ray.train.get_context().get_world_rank())
+    unwatched = preemption.watch_worker_sigterm()
+    if unwatched:
+        console.say(f"[rerank-ray] SIGTERM to this worker will end it at once (no handler: {unwatched})")
     Worker(config, plan, tracking=loop_config.get("tracking")).run()
 
 
@@ -104,6 +108,7 @@ class Worker:
         self.state = LoopState()
         self.session = uuid.uuid4().hex[:12]
         self.preempted = False  # the driver asked the run to stop (SIGTERM): it checkpoints and returns
+        self.signalled_ranks: list[int] = []  # ranks that got SIGTERM: checkpoint, then restart the group
         self.restored_from: int | None = None
         self.trained = TrainedRows()  # keys this rank trained in the epoch since start or restore
         self.restored_ranges = np.zeros((0, 2), dtype=np.int64)  # keys the restored epoch had trained
@@ -310,6 +315,8 @@ class Worker:
                     if step != plan.total_steps and self._stop_requested():
                         self._checkpoint(evaluate=False)
                         last_report_step = step
+                        if not self.preempted:  # a worker's SIGTERM: Ray Train restarts from that checkpoint
+                            raise self._preempted_worker_error()
                         break
                 evaluate = step % plan.eval_every == 0
                 if step != plan.total_steps and (evaluate or (every and step % every == 0)):
@@ -612,18 +619,35 @@ class Worker:
         self.tracker.log(entry, step=entry["step"])
 
     def _stop_requested(self) -> bool:
-        """Whether the driver asked the run to stop (:mod:`rerank_ray.training.preemption`): rank 0
-        looks, every rank gets its answer, so all stop at this step."""
-        found = self.rank == 0 and preemption.stop_requested(
+        """Whether the driver asked the run to stop or a worker got SIGTERM
+        (:mod:`rerank_ray.training.preemption`): rank 0 looks for the driver's marker, each rank
+        at its own flag, and one all-reduce tells every rank all of it, so all stop at this step."""
+        import torch
+
+        flags = np.zeros(1 + self.world_size, dtype=np.int64)
+        flags[0] = self.rank == 0 and preemption.stop_requested(
             storage.join(self.config.run.storage_path, self.config.run.name or "")
         )
-        if self.world_size > 1:
-            found = bool(self.collectives.broadcast_object(found))
-        if found:
+        flags[1 + self.rank] = preemption.worker_signalled()
+        flags = self.collectives.sum(flags, dtype=torch.int64).cpu().numpy()  # a progress step: a sync is fine
+        self.signalled_ranks = [int(r) for r in np.flatnonzero(flags[1:])]
+        if flags[0]:
             self.preempted = True
             if self.rank == 0:
                 console.say(f"[rerank-ray] stop requested: checkpoint at step {self.state.global_step}, then exit")
-        return found
+        elif self.signalled_ranks and self.rank == 0:
+            console.say(
+                f"[rerank-ray] SIGTERM to rank(s) {self.signalled_ranks}: checkpoint at step "
+                f"{self.state.global_step}, then the workers restart from it"
+            )
+        return bool(flags[0]) or bool(self.signalled_ranks)
+
+    def _preempted_worker_error(self) -> WorkerPreempted:
+        return WorkerPreempted(
+            f"rank(s) {self.signalled_ranks} got SIGTERM (a node or pod going away): "
+            f"{checkpointing.dir_name(self.state.global_step)} is written; the workers restart from it "
+            f"(run.max_failures={self.config.run.max_failures})"
+        )
 
     def _log_progress(self) -> None:
         summary = self.progress.flush(self.collectives.sum, self.scheduler.get_last_lr()[0], self._epoch_float())

@@ -17,6 +17,8 @@ import sys
 import threading
 from typing import IO, Any
 
+from rerank_ray.errors import clear_error
+
 VERBOSE_ENV = "RERANK_RAY_VERBOSE"
 
 #: Driver-side notices hidden unless verbose: defaults announced, not problems to act on.
@@ -44,6 +46,20 @@ class _DropNotices(logging.Filter):
         return not any(notice in message for notice in _HIDDEN_NOTICES)
 
 
+class _DropOurErrors(logging.Filter):
+    """Ray Data logs a task's error with its traceback ("An exception was raised from a task of
+    operator ... Dataset execution will now abort") before it raises it to the caller. When the
+    error is one of ours (a bad row beyond the sample, met by the driver's count pass), the
+    command prints its message alone and exits 2: the traceback stays in Ray Data's log file.
+    Ray Data's "Exception occurred in Ray Data or Ray Core internal code ... please open an issue"
+    (ray/data/exceptions.py, Ray 2.60) is logged without the error, inside the ``except`` that
+    caught it: a filter runs in that call, so ``sys.exc_info()`` still holds it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        return clear_error(error) is None
+
+
 def quiet_ray_logs() -> None:
     """Before ray.init on the driver: Ray's INFO lines off the console (Ray Data's stay in its
     session log file, ``ray-data.log``), and the hidden notices dropped. Warnings stay: Ray Data's
@@ -61,6 +77,7 @@ def quiet_ray_logs() -> None:
             if not isinstance(handler, logging.FileHandler):
                 handler.setLevel(max(handler.level, logging.WARNING))
                 handler.addFilter(_DropNotices())
+                handler.addFilter(_DropOurErrors())
 
 
 # ---------------------------------------------------------------- worker side

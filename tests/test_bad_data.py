@@ -221,6 +221,21 @@ def test_truncated_and_corrupt_parquet(tiny_bert, tmp_path):
     message = error_of(make_config(tiny_bert, corrupt))
     assert_names(message, str(corrupt), "row group 0 (rows 1..1000) cannot be read", "corrupt or truncated")
 
+    # Found by benchmarks/fuzz_inputs.py: one flipped bit in a page header, and pyarrow decodes
+    # the row group to no rows without an error; the epoch planned on the footer's count used to
+    # end in "the shard lost rows" after three restarts.
+    silent = tmp_path / "silent.parquet"
+    pq.write_table(pa.Table.from_pylist(synthetic_pairs(1200, seed=3)), silent, row_group_size=400)
+    damaged = bytearray(silent.read_bytes())
+    chunk = pq.ParquetFile(silent).metadata.row_group(2).column(2)  # label, a column the run reads
+    damaged[(chunk.dictionary_page_offset or chunk.data_page_offset) + 1] ^= 0b10
+    silent.write_bytes(bytes(damaged))
+    assert sum(b.num_rows for b in pq.ParquetFile(silent).iter_batches(row_groups=[2])) == 0  # pyarrow says nothing
+    message = error_of(make_config(tiny_bert, silent))
+    assert_names(
+        message, str(silent), "row group 2 (rows 801..1200) decodes to 0 rows where the file's footer says 400"
+    )
+
 
 def test_shards_whose_schemas_disagree(tiny_bert, tmp_path):
     folder = tmp_path / "shards"
@@ -314,6 +329,37 @@ def test_bad_rows_beyond_the_sample_fail_in_the_ray_data_pass(ray_local, tiny_be
     source = stream.open_pairs(inspect_data(config)["train"], config.data, seed=None)
     skips = [r["skip"] for r in source.dataset.select_columns(["skip"]).take_all()]
     assert len(skips) == 1600 and sum(1 for s in skips if s) == 1
+
+
+@pytest.mark.ray
+def test_a_bad_row_beyond_the_sample_prints_the_message_alone(tiny_bert, tmp_path):
+    """Found by benchmarks/fuzz_inputs.py: a bad row after the first 1,000 of a text file, met by
+    the driver's count pass, used to print Ray Data's ERROR lines and their traceback (and its
+    advice to open an issue with Ray) before the message. The command prints the message alone."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    rows = synthetic_pairs(1200, seed=5)
+    rows[1048]["sentence_0"] = 7
+    train = write_jsonl(rows, tmp_path / "late.jsonl")
+    config = tmp_path / "late.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"name_or_path": str(tiny_bert)}, "data": {"train": str(train)}, "scaling": {"num_workers": 1},
+        "run": {"storage_path": str(tmp_path / "runs")},
+    }))  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "rerank_ray.cli", "train", "--config", str(config)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    printed = done.stdout + done.stderr
+    assert done.returncode == 2, printed[-3000:]
+    assert f"error: data.train: {train}, row 1049: column 'sentence_0' (sentence_0) holds 7" in printed
+    assert "Traceback" not in printed and "ERROR" not in printed and "open an issue" not in printed, printed[-3000:]
 
 
 @pytest.mark.ray

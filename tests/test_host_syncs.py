@@ -4,11 +4,14 @@ the model in the form its attention takes without asking the device a question.
 transformers' masking_utils, handed a 2D mask, checks ``padding_mask.all()`` in Python on every
 forward: a ``_local_scalar_dense``, which on a GPU waits for every kernel queued so far. A
 TorchDispatchMode counts such calls (``_local_scalar_dense``, ``item``, ``is_nonzero``); on CPU
-they are the same calls a GPU would sync on. The 4D mask built on the host gives the same logits."""
+they are the same calls a GPU would sync on (``-m gpu``: on CUDA, under
+``torch.cuda.set_sync_debug_mode("error")`` as well). The 4D mask built on the host gives the
+same logits."""
 
 from __future__ import annotations
 
 import collections
+import contextlib
 
 import numpy as np
 import pyarrow as pa
@@ -57,20 +60,40 @@ def _model(folder, attention: str | None):
     return load_cross_encoder(config, 32), load_tokenizer(config)
 
 
+def _sync_debug(device: torch.device):
+    """On a GPU, torch's own check too: any synchronising call raises."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def erroring():
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    return erroring()
+
+
 @pytest.mark.parametrize("family", ["tiny_bert", "tiny_xlm_roberta"])
 @pytest.mark.parametrize("attention", [None, "eager"])
-def test_a_training_step_and_an_eval_batch_read_nothing_back(family, attention, request):
+@pytest.mark.parametrize("on", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_a_training_step_and_an_eval_batch_read_nothing_back(family, attention, on, request):
+    if on == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    device = torch.device(on)
     model, tokenizer = _model(request.getfixturevalue(family), attention)
+    model.to(device)
     kind = mask_kind(model)
     assert kind == ("additive" if attention == "eager" else "bool")
     objective = PointwiseObjective(PointwiseLoss.from_library(build_library_loss(model, "BinaryCrossEntropyLoss", {})))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-    device = torch.device("cpu")
     for padded in (True, False):
         batch = _batch(tokenizer, padded)
         model.train()
         syncs = HostSyncs()
-        with syncs:
+        with syncs, _sync_debug(device):
             total = objective(model(batch.features(device, kind))["scores"], batch, device)
             total.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -78,7 +101,7 @@ def test_a_training_step_and_an_eval_batch_read_nothing_back(family, attention, 
             optimizer.zero_grad(set_to_none=True)
         assert not syncs.count, (padded, syncs.count)
         model.eval()
-        with torch.no_grad(), HostSyncs() as syncs:
+        with torch.no_grad(), HostSyncs() as syncs, _sync_debug(device):
             model.activation_fn(model(batch.features(device, kind))["scores"].float())
         assert not syncs.count, (padded, syncs.count)
     # The counter sees the sync the 2D mask costs (so the zeros above are not for want of looking).

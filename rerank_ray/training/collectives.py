@@ -26,6 +26,14 @@ class Collectives:
 
     device: torch.device
     world_size: int
+    #: Call the collectives with one worker too (a process group of one). A test hook
+    #: (:func:`rerank_ray.training.faults.force_collectives`): one GPU's NCCL group then sees every
+    #: tensor a multi-GPU run would hand it, since NCCL refuses two ranks on one GPU.
+    always: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1 or self.always
 
     def place(self, values: torch.Tensor | np.ndarray | list | float, dtype: torch.dtype | None = None) -> torch.Tensor:
         """``values`` as a tensor on the device. A CPU tensor reaches a GPU through pinned memory
@@ -45,7 +53,7 @@ class Collectives:
         import torch.distributed as dist
 
         tensor = self.place(values, dtype)
-        if self.world_size > 1:
+        if self.active:
             dist.all_reduce(tensor)
         return tensor
 
@@ -53,7 +61,7 @@ class Collectives:
         """Every rank's ``value``, by rank, on every rank."""
         import torch.distributed as dist
 
-        if self.world_size == 1:
+        if not self.active:
             return [value]
         gathered: list[Any] = [None] * self.world_size
         dist.all_gather_object(gathered, value)
@@ -63,7 +71,7 @@ class Collectives:
         """Rank ``src``'s ``value``, on every rank."""
         import torch.distributed as dist
 
-        if self.world_size == 1:
+        if not self.active:
             return value
         shared = [value]
         dist.broadcast_object_list(shared, src=src)

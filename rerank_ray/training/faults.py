@@ -100,13 +100,19 @@ def install(spec: dict[str, Any] | None, rank: int) -> None:
 
     ``spec``: ``{"dir": folder for once-only markers, "faults": [{"name": ..., "at": "step" |
     "checkpoint_upload", "rank": r, "step": k, "action": "kill" | "sigterm" | "pause", "seconds": s,
-    "node": n}]}``; with ``node``, the fault fires on whichever rank runs where the environment
-    variable :data:`NODE_ENV` is ``n`` (a test cluster's node), whatever its rank.
+    "node": n}], "force_collectives": bool}``. With ``node`` a fault fires on whichever rank runs
+    where the environment variable :data:`NODE_ENV` is ``n`` (a test cluster's node).
     Each fault fires once per run: the first process to reach it creates ``<dir>/<name>``.
     """
     _INSTALLED.clear()
     if spec:
         _INSTALLED.update(spec, rank=rank)
+
+
+def force_collectives() -> bool:
+    """Whether a test asked the collectives to run with one worker too (``"force_collectives":
+    true`` in the spec): a GPU test's NCCL group of one then sees every tensor they are given."""
+    return bool(_INSTALLED.get("force_collectives"))
 
 
 def fire(at: str, step: int) -> None:

@@ -101,7 +101,7 @@ class Worker:
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
         self.device = ray.train.torch.get_device()
-        self.collectives = Collectives(self.device, self.world_size)
+        self.collectives = Collectives(self.device, self.world_size, always=faults.force_collectives())
         self.tracker = Tracker.from_dict(tracking, self.rank)  # rank 0 logs; a no-op elsewhere
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, int(config.scaling.cpus_per_worker)))
@@ -505,7 +505,7 @@ class Worker:
         wait for every kernel queued so far, once per step)."""
         import torch
 
-        if self.world_size == 1:
+        if not self.collectives.active:
             return float(local_pairs)
         return self.collectives.sum(local_pairs, dtype=torch.float32)
 
@@ -832,7 +832,7 @@ class Worker:
             ).cpu()
         digest = hashlib.sha256(fingerprint.numpy().tobytes()).hexdigest()
         self._audit({"kind": "params", "step": self.state.global_step, "digest": digest})
-        if self.world_size == 1:
+        if not self.collectives.active:
             return
         digests = self.collectives.gather_objects(digest)
         if len(set(digests)) != 1:

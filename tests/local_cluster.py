@@ -63,6 +63,9 @@ class LocalCluster:
             # `python` in a job's entrypoint is the interpreter of this test run.
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "RAY_USAGE_STATS_ENABLED": "0",
+            # A lost node is declared dead after 3 missed 1-second health checks, not 5 of 3 s.
+            "RAY_health_check_period_ms": "1000",
+            "RAY_health_check_failure_threshold": "3",
             MARKER: self.marker,
             **(env_extra or {}),
         }

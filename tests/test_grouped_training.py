@@ -52,6 +52,7 @@ def _shipped(name: str, model: Path, train_file: Path, beir: Path, tmp_path: Pat
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # about 60 s; the restore itself is tested on pairs in the default set (test_faults.py)
 def test_the_listwise_config_trains_every_query_once_through_a_killed_worker(
     ray_local, tiny_bert, tmp_path, monkeypatch
 ):

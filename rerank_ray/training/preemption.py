@@ -1,13 +1,14 @@
 """Preemption: SIGTERM to the driver ends a run at its next progress step, after a checkpoint,
-and ``--resume`` continues from it; SIGTERM to a worker (its node or pod is going away) writes a
+and ``--resume`` continues from it; SIGTERM to a worker (its machine going away) writes a
 checkpoint at the next progress step and restarts the worker group from it.
 
 Schedulers signal the driver before they kill it (Kubernetes' grace period, Slurm, a spot
 instance's notice). Ray Train 2.60 runs the training function in a thread of each worker actor,
 where Python cannot install a signal handler, so the driver catches SIGTERM and writes a marker
 into the run folder (:data:`STOP_FILE`, local or object storage); rank 0 looks for it at every
-progress step (``train.logging_steps``), every rank learns what it found in one broadcast, and
-all of them write that step's checkpoint and return. The worst-case delay is one progress
+progress step (``train.logging_steps``), every rank learns what it found in one all-reduce
+(which also carries the workers' own flags, below), and all of them write that step's checkpoint
+and return. The worst-case delay is one progress
 interval plus a checkpoint. A second SIGTERM ends the driver at once (Ray's own handler).
 
 A worker's SIGTERM (its machine shutting down gracefully, a spot instance's notice handler,

@@ -644,9 +644,9 @@ class Worker:
 
     def _preempted_worker_error(self) -> WorkerPreempted:
         return WorkerPreempted(
-            f"rank(s) {self.signalled_ranks} got SIGTERM (a node or pod going away): "
-            f"{checkpointing.dir_name(self.state.global_step)} is written; the workers restart from it "
-            f"(run.max_failures={self.config.run.max_failures})"
+            f"rank(s) {self.signalled_ranks} got SIGTERM (its machine going away): "
+            f"{checkpointing.dir_name(self.state.global_step)} is written, the restore point "
+            f"(Ray Train restarts the workers from it while run.max_failures={self.config.run.max_failures} allows)"
         )
 
     def _log_progress(self) -> None:

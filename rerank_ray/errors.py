@@ -16,12 +16,27 @@ import re
 from collections.abc import Iterator
 
 
+def encodable(message: str) -> str:
+    """``message`` with what UTF-8 cannot encode (lone surrogates: the bytes of a line in another
+    encoding, decoded with ``surrogateescape``) written as escapes. Ray sends a task's error to
+    its caller as UTF-8: a message it cannot encode killed the worker process as a system error,
+    which Ray Data retries for ever (found by benchmarks/fuzz_inputs.py: a UTF-16 line in a JSONL
+    file hung the run); printed, it would fail the same way."""
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class ConfigError(ValueError):
     """A configuration problem, raised before any Ray worker starts. Its message names the key."""
+
+    def __init__(self, message: str = "", *args: object):
+        super().__init__(encodable(str(message)), *args)
 
 
 class DataError(ValueError):
     """Bad input data. The message names the file, the column and, where known, the row."""
+
+    def __init__(self, message: str = "", *args: object):
+        super().__init__(encodable(str(message)), *args)
 
 
 class OutOfMemory(RuntimeError):

@@ -321,6 +321,17 @@ def test_bad_rows_beyond_the_sample_fail_in_the_ray_data_pass(ray_local, tiny_be
     printed = "".join(capfd.readouterr())
     assert "Traceback" not in printed and "open an issue" not in printed, printed[-3000:]
 
+    # Found by benchmarks/fuzz_inputs.py: a line in UTF-16 amid UTF-8 made a message Ray could not
+    # encode, which killed the read task's worker as a system error, retried for ever (a hang).
+    lines = text.read_bytes().split(b"\n")
+    lines[1399] = lines[1399].decode("utf-8").encode("utf-16")
+    text.write_bytes(b"\n".join(lines))
+    with pytest.raises(Exception) as caught:
+        stream.open_pairs(inspect_data(config)["train"], config.data, seed=None)
+    assert_names(
+        str(input_error(caught.value)), str(text), "row 1400 cannot be parsed", "\\udcff\\udcfe{", "[malformed_row]"
+    )
+
     rows = synthetic_pairs(1600, seed=3)
     rows[1199]["sentence_1"] = None
     parquet = write_parquet(rows, tmp_path / "late.parquet")

@@ -247,6 +247,16 @@ def test_input_errors_stop_the_run_other_failures_are_retried():
     assert errors.clear_error(failed) is None
 
 
+def test_error_messages_are_always_utf8_encodable():
+    """Ray sends a task's error as UTF-8; a message holding lone surrogates (a line in another
+    encoding) killed the worker instead, and the task was retried for ever."""
+    line = "ab\u00e9".encode("utf-16").decode("utf-8", "surrogateescape")
+    for error in (errors.DataError(f"row 3 cannot be parsed ({line})"), errors.ConfigError(f"key {line}")):
+        str(error).encode("utf-8")  # does not raise
+        assert "\\udcff\\udcfe" in str(error)
+        assert str(pickle.loads(pickle.dumps(error))) == str(error)
+
+
 # ---------------------------------------------------------------------------------------------
 # Secrets
 

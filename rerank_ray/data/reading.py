@@ -387,15 +387,22 @@ class _RawAdapter(io.RawIOBase):
         return len(data)
 
 
+def _shown(text: str) -> str:
+    """The start of a line as a message can show it: characters that do not print (NUL bytes,
+    undecodable bytes) as escapes, and a word on what a line with NUL bytes usually is."""
+    start = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text.strip()[:60])
+    return start + ("; NUL bytes: is the line UTF-16?" if "\x00" in text else "")
+
+
 def _parse_json_line(line: bytes, checker: RowChecker) -> tuple[dict[str, Any], tuple[str, str, Any] | None]:
     """(canonical values as strings or None, a problem the checker cannot see in them)."""
     text = line.decode("utf-8", "surrogateescape")
     try:
         record = json.loads(text)
     except json.JSONDecodeError as err:
-        return {}, ("malformed_row", "sentence_0", f"{text.strip()[:60]} ({err.msg})")
+        return {}, ("malformed_row", "sentence_0", f"{_shown(text)} ({err.msg})")
     if not isinstance(record, dict):
-        return {}, ("malformed_row", "sentence_0", text.strip()[:60])
+        return {}, ("malformed_row", "sentence_0", _shown(text))
     values: dict[str, Any] = {}
     problem = None
     for canonical, column in checker.file_columns.items():

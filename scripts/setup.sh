@@ -27,9 +27,11 @@ fi
 
 # The rest with uv, which resolves and installs the ~200 packages in seconds where pip takes
 # minutes (CI's budget); it keeps the torch installed above, as a range it satisfies needs
-# nothing more. pip does the same where uv cannot be had.
+# nothing more. --compile-bytecode as pip does: without the .pyc files every Ray worker process
+# compiled torch and transformers again on import, and the test run took twice as long.
+# pip does the same where uv cannot be had.
 if "$PY" -m pip install -q uv 2>/dev/null && [ -x .venv/bin/uv ]; then
-    .venv/bin/uv pip install -q --python "$PY" -e ".[dev]"
+    .venv/bin/uv pip install -q --compile-bytecode --python "$PY" -e ".[dev]"
 else
     "$PY" -m pip install -q -e ".[dev]"
 fi

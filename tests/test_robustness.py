@@ -247,6 +247,33 @@ def test_input_errors_stop_the_run_other_failures_are_retried():
     assert errors.clear_error(failed) is None
 
 
+WORKER_SIGTERM = """
+import os, signal, sys, time
+from rerank_ray.training import preemption
+
+preemption._WORKER_TRAINING.set()
+preemption._install_worker_handler()
+os.kill(os.getpid(), signal.SIGTERM)  # while training: noted, the process goes on
+time.sleep(0.2)
+print("noted" if preemption.worker_signalled() else "missed", flush=True)
+preemption._WORKER_TRAINING.clear()
+os.kill(os.getpid(), signal.SIGTERM)  # after training: the handler before (here the default) ends it
+time.sleep(5)
+print("still alive", flush=True)
+"""
+
+
+def test_a_workers_sigterm_is_noted_while_it_trains_and_ends_it_after():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", WORKER_SIGTERM], capture_output=True, text=True, timeout=60)
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("[rerank-ray] this worker got SIGTERM: checkpoint at the next progress step")
+    assert lines[1:] == ["noted"], done.stdout + done.stderr
+    assert done.returncode == -15  # ended by the SIGTERM after training
+
+
 def test_error_messages_are_always_utf8_encodable():
     """Ray sends a task's error as UTF-8; a message holding lone surrogates (a line in another
     encoding) killed the worker instead, and the task was retried for ever."""

@@ -99,15 +99,17 @@ def stop_on_sigterm(run_dir: str) -> Iterator[list[int]]:
 # SIGTERM to a worker
 
 _WORKER_SIGNALLED = threading.Event()
+_WORKER_TRAINING = threading.Event()  # set while the training function runs in this process
 
 
 def _install_worker_handler() -> None:
-    """Runs on the worker actor's main thread: the first SIGTERM sets the flag, a second one goes
-    to the handler that was there before (Ray's: the process exits)."""
+    """Runs on the worker actor's main thread: the first SIGTERM while the training function runs
+    sets the flag; a second one, or one after training ended (Ray stopping its worker), goes to
+    the handler that was there before (Ray's: the process exits)."""
     previous = signal.getsignal(signal.SIGTERM)
 
     def handle(signum: int, frame: object) -> None:
-        if _WORKER_SIGNALLED.is_set():
+        if _WORKER_SIGNALLED.is_set() or not _WORKER_TRAINING.is_set():
             signal.signal(signal.SIGTERM, previous)
             signal.raise_signal(signal.SIGTERM)
             return
@@ -122,17 +124,24 @@ def _install_worker_handler() -> None:
     signal.signal(signal.SIGTERM, handle)
 
 
-def watch_worker_sigterm() -> str | None:
-    """From the training thread: install the worker's handler on its actor's main thread. Returns
-    why it could not (the worker then dies on SIGTERM, as a killed worker), or None."""
+@contextlib.contextmanager
+def watch_worker_sigterm() -> Iterator[str | None]:
+    """From the training thread, around the training: install the worker's handler on its
+    actor's main thread. Yields why it could not (the worker then dies on SIGTERM, as a killed
+    worker), or None. Once the training function is done, SIGTERM ends the process again."""
     import ray
 
+    _WORKER_TRAINING.set()
+    unwatched = None
     try:
         actor = ray.get_runtime_context().current_actor
         ray.get(actor.execute.remote(_install_worker_handler), timeout=60)
     except Exception as err:  # noqa: BLE001 - a worker without the handler still trains
-        return f"{type(err).__name__}: {err}"
-    return None
+        unwatched = f"{type(err).__name__}: {err}"
+    try:
+        yield unwatched
+    finally:
+        _WORKER_TRAINING.clear()
 
 
 def worker_signalled() -> bool:

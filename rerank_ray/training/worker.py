@@ -83,10 +83,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
 
     faults.install(loop_config.get("faults"), ray.train.get_context().get_world_rank())
-    unwatched = preemption.watch_worker_sigterm()
-    if unwatched:
-        console.say(f"[rerank-ray] SIGTERM to this worker will end it at once (no handler: {unwatched})")
-    Worker(config, plan, tracking=loop_config.get("tracking")).run()
+    with preemption.watch_worker_sigterm() as unwatched:
+        if unwatched:
+            console.say(f"[rerank-ray] SIGTERM to this worker will end it at once (no handler: {unwatched})")
+        Worker(config, plan, tracking=loop_config.get("tracking")).run()
 
 
 class Worker:

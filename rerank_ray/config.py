@@ -237,7 +237,10 @@ class DataConfig:
     without. Every pair is still seen once per epoch. Off by default because batches of similar
     length are also batches of similar pairs: on STS Benchmark one epoch ends about 0.01 of
     Spearman below the trainer with grouping, level with it without (benchmarks/RESULTS.md).
-    Turn it on where speed counts more than that last 0.01."""
+    Turn it on where speed counts more than that last 0.01. With
+    ``train.gradient_accumulation_steps`` > 1 each optimizer step takes one micro-batch from each
+    of that many length strata instead: a step spans every length again (the same batch of 32 as
+    4 micro-batches of 8: the trainer's Spearman over 5 seeds, at a smaller gain in speed)."""
 
     window_batches: int = 32
     """Batches per shuffle / length-grouping window on each worker. Larger: more randomness and
@@ -291,7 +294,9 @@ class TrainConfig:
     The global batch is this times the number of workers times ``gradient_accumulation_steps``."""
 
     gradient_accumulation_steps: int = 1
-    """Batches whose gradients are summed before each optimizer step."""
+    """Batches whose gradients are summed before each optimizer step. With
+    ``data.group_by_length`` each step's batches come from that many length strata of the
+    window (one short, ..., one long), so a step is not made of one length's pairs."""
 
     learning_rate: float = 5e-5
     """Peak learning rate of AdamW."""
@@ -320,6 +325,13 @@ class TrainConfig:
     precision: Precision = "fp32"
     """fp32, or fp16 / bf16 autocast on GPU (fp16 with a gradient scaler). On CPU fp16 falls back
     to fp32 and bf16 uses CPU autocast."""
+
+    tf32: bool = True
+    """On a CUDA GPU (Ampere or newer), run fp32 matrix multiplications on TF32 tensor cores
+    (``torch.set_float32_matmul_precision("high")``: inputs rounded to a 10-bit mantissa, sums in
+    fp32; several times the fp32 speed). PyTorch's own default is full fp32 ("highest"), which
+    leaves a ``precision: fp32`` run on the slow path; false keeps it. Autocast (bf16 / fp16)
+    and CPU runs are not affected."""
 
     seed: int = 42
     """Seed for the scoring head's initialisation, dropout and the shuffle."""

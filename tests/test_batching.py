@@ -12,7 +12,7 @@ import torch
 from tiny import synthetic_pairs
 
 from rerank_ray.data.stream import encode_pairs
-from rerank_ray.training.batching import Collator, pad, prefetch, window_order
+from rerank_ray.training.batching import Collator, pad, prefetch, stratified_window_batches, window_order
 
 
 @pytest.mark.parametrize("group", [True, False])
@@ -36,6 +36,38 @@ def test_grouping_by_length_cuts_padding():
     random_ = padded(window_order(lengths, 16, np.random.default_rng(1), False))
     assert grouped < 0.7 * random_
     assert grouped < 1.1 * lengths.sum()
+
+
+@pytest.mark.parametrize("n", [256, 250, 37])
+def test_stratified_steps_take_one_length_sorted_micro_batch_from_each_stratum(n):
+    """Grouping with 4 micro-batches a step: each step of 4 consecutive batches spans the
+    window's lengths (one batch per quarter of the sorted window), each batch stays sorted
+    (little padding), every row is in exactly one batch, and only the window's last step may
+    be short."""
+    lengths = np.random.default_rng(0).integers(3, 200, size=n)
+    batches = window_order(lengths, 8, np.random.default_rng(1), True, strata=4)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(n))
+    by_length = sorted(range(len(batches)), key=lambda i: (lengths[batches[i]].min(), lengths[batches[i]].max()))
+    for shorter, longer in zip(by_length, by_length[1:]):  # each micro-batch is a run of the sorted window
+        assert lengths[batches[shorter]].max() <= lengths[batches[longer]].min()
+    stratum_of = {batch: j * 4 // len(batches) for j, batch in enumerate(by_length)}
+    full_steps = len(batches) // 4
+    for s in range(full_steps):
+        step = range(4 * s, 4 * s + 4)
+        assert sorted(stratum_of[i] for i in step) == [0, 1, 2, 3], s
+    firsts = [by_length.index(4 * s) for s in range(full_steps)]  # each step's shortest batch
+    assert full_steps < 2 or firsts != sorted(firsts)  # the steps (and the batches in each stratum) are permuted
+
+    def padded(batches):
+        return sum(len(b) * lengths[b].max() for b in batches)
+
+    assert padded(batches) < 0.7 * padded(window_order(lengths, 8, np.random.default_rng(1), False))
+
+
+def test_stratified_windows_hold_whole_steps():
+    assert stratified_window_batches(32, 4) == 32
+    assert stratified_window_batches(32, 3) == 33
+    assert stratified_window_batches(5, 1) == 5
 
 
 def test_pad_left_and_right():

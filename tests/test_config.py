@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rerank_ray.config import Config, ConfigError, MineConfig, field_docs, load_config
+from rerank_ray.training.worker import matmul_precision
 
 
 def _write(tmp_path, text: str):
@@ -71,6 +72,14 @@ def test_torch_compile_is_checked_against_the_installed_torch(tmp_path, monkeypa
     monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
     with pytest.raises(ConfigError, match="train.torch_compile: torch .* cannot compile on this Python/platform"):
         load_config(_write(tmp_path, MINIMAL), ["train.torch_compile=true"])
+
+
+def test_tf32_is_on_by_default_and_only_touches_cuda(tmp_path):
+    config = load_config(_write(tmp_path, MINIMAL))
+    assert config.train.tf32 and matmul_precision("cuda", config.train.tf32) == "high"
+    off = load_config(_write(tmp_path, MINIMAL), ["train.tf32=false"]).train.tf32
+    assert matmul_precision("cuda", off) == "highest"  # PyTorch's own full-fp32 default
+    assert matmul_precision("cpu", True) is None
 
 
 def test_missing_config_file_names_the_path(tmp_path):

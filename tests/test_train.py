@@ -26,13 +26,15 @@ def _audit(run_dir: str) -> dict[int, list[dict]]:
 
 
 def test_two_workers_train_every_pair_once_and_export_what_they_report(ray_local, tiny_bert, pair_files, tmp_path):
+    # Length grouping with 2 micro-batches a step (batching.window_order's strata): the ordering
+    # most likely to lose or repeat a pair; every other end-to-end test trains ungrouped.
     raw = base_config(
         tiny_bert,
         pair_files["train"],
         pair_files["eval"],
         tmp_path / "runs",
-        data={"id_column": "pair_id"},
-        train={"epochs": 3, "learning_rate": 5e-3},
+        data={"id_column": "pair_id", "group_by_length": True, "window_batches": 3},
+        train={"epochs": 3, "learning_rate": 5e-3, "per_device_batch_size": 4, "gradient_accumulation_steps": 2},
         run={"storage_path": str(tmp_path / "runs"), "name": "e2e", "audit": True},
     )
     outcome = train(Config.from_dict(raw))

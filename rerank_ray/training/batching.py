@@ -370,21 +370,49 @@ def row_lengths(rows: pa.Table) -> np.ndarray:
 
 
 def window_order(
-    lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None, group_by_length: bool
+    lengths: np.ndarray,
+    batch_size: int,
+    rng: np.random.Generator | None,
+    group_by_length: bool,
+    strata: int = 1,
 ) -> list[np.ndarray]:
     """Row indices of each batch of one window.
 
     Shuffled: rows are permuted first (so equal lengths tie at random), then stably sorted by
     length when grouping, cut into batches of ``batch_size``, and the batches are permuted.
+
+    Grouping with ``strata`` > 1 (the micro-batches of one optimizer step): the window's sorted
+    batches are split into that many runs of similar length (strata), each run is permuted on
+    its own, and the batches are laid out step by step, one from each stratum: every
+    ``strata`` consecutive batches hold short, middle and long pairs alike. Each micro-batch
+    still carries little padding, but the step's gradient is no longer one length's (and so one
+    kind of pair's): grouping whole steps by length cost about 0.01 of Spearman on STS
+    Benchmark (benchmarks/RESULTS.md). The steps are then permuted.
     """
     n = len(lengths)
     order = rng.permutation(n) if rng is not None else np.arange(n)
     if group_by_length:
         order = order[np.argsort(lengths[order], kind="stable")]
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if not group_by_length or strata <= 1:
+        if rng is not None:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+    runs = [list(run) for run in np.array_split(np.arange(len(batches)), strata)]
     if rng is not None:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-    return batches
+        runs = [[run[i] for i in rng.permutation(len(run))] for run in runs]
+    steps = [[run[i] for run in runs if i < len(run)] for i in range(max(len(run) for run in runs))]
+    if rng is not None:
+        steps = [steps[i] for i in rng.permutation(len(steps))]
+    steps.sort(key=lambda step: len(step) < strata)  # a short step (a window's ragged end) last, kept whole
+    return [batches[i] for step in steps for i in step]
+
+
+def stratified_window_batches(window_batches: int, strata: int) -> int:
+    """``window_batches`` rounded up to a multiple of ``strata``: every full window then holds
+    whole steps of one micro-batch per stratum, so the steps of consecutive windows stay
+    aligned with the optimizer steps (:func:`optimizer_steps` counts batches)."""
+    return -(-window_batches // strata) * strata
 
 
 def iter_batches(
@@ -396,13 +424,17 @@ def iter_batches(
     group_by_length: bool,
     rng: np.random.Generator | None,
     prefetch_windows: int = 2,
+    strata: int = 1,
 ) -> Iterator[Batch | GroupBatch]:
-    """Batches of one epoch from a Ray Data shard iterator (``DataIterator``)."""
+    """Batches of one epoch from a Ray Data shard iterator (``DataIterator``); ``strata``: see
+    :func:`window_order` (the micro-batches of an optimizer step, when grouping by length)."""
+    if group_by_length and strata > 1:
+        window_batches = stratified_window_batches(window_batches, strata)
     window_rows = batch_size * window_batches
     measure = getattr(collate, "lengths", row_lengths)
     for window in shard.iter_batches(batch_size=window_rows, batch_format="pyarrow", prefetch_batches=prefetch_windows):
         lengths = measure(window)
-        for index in window_order(lengths, batch_size, rng, group_by_length):
+        for index in window_order(lengths, batch_size, rng, group_by_length, strata):
             yield collate(window.take(pa.array(index)))
 
 

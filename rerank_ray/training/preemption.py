@@ -30,7 +30,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from rerank_ray import storage
 
@@ -68,26 +68,42 @@ def clear(run_dir: str) -> None:
         fs.delete_file(path)
 
 
+def _sigterm_handler(note_first: Callable[[], bool]) -> tuple[Callable[[int, object], None], object]:
+    """A SIGTERM handler that ``note_first`` may note once, and the handler it replaces.
+
+    ``note_first`` runs on the first SIGTERM and returns whether it noted it (True: the process
+    goes on); every later SIGTERM, and one ``note_first`` declines, goes to the handler that was
+    there before (Ray's in a driver or worker: the process exits)."""
+    previous = signal.getsignal(signal.SIGTERM)
+    noted: list[bool] = []
+
+    def handle(signum: int, frame: object) -> None:
+        if noted or not note_first():
+            signal.signal(signal.SIGTERM, previous)
+            signal.raise_signal(signal.SIGTERM)
+            return
+        noted.append(True)
+
+    return handle, previous
+
+
 @contextlib.contextmanager
 def stop_on_sigterm(run_dir: str) -> Iterator[list[int]]:
     """While the run trains: the first SIGTERM asks it to stop (the list yielded records it);
     a second one goes to the handler that was there before (Ray's: exit now)."""
     received: list[int] = []
-    previous = signal.getsignal(signal.SIGTERM)
 
-    def handle(signum: int, frame: object) -> None:
-        if received:
-            signal.signal(signal.SIGTERM, previous)
-            signal.raise_signal(signal.SIGTERM)
-            return
-        received.append(signum)
+    def ask_to_stop() -> bool:
+        received.append(signal.SIGTERM)
         print(
             "[rerank-ray] SIGTERM: stopping at the next progress step after a checkpoint "
             "(a second SIGTERM stops at once)",
             flush=True,
         )
         request_stop(run_dir, "SIGTERM")
+        return True
 
+    handle, previous = _sigterm_handler(ask_to_stop)
     signal.signal(signal.SIGTERM, handle)
     try:
         yield received
@@ -106,22 +122,22 @@ def _install_worker_handler() -> None:
     """Runs on the worker actor's main thread: the first SIGTERM while the training function runs
     sets the flag; a second one, or one after training ended (Ray stopping its worker), goes to
     the handler that was there before (Ray's: the process exits)."""
-    previous = signal.getsignal(signal.SIGTERM)
 
-    def handle(signum: int, frame: object) -> None:
-        if _WORKER_SIGNALLED.is_set() or not _WORKER_TRAINING.is_set():
-            signal.signal(signal.SIGTERM, previous)
-            signal.raise_signal(signal.SIGTERM)
-            return
+    def flag_this_worker() -> bool:
+        # Not while no training function runs; nor a second time in this process (a handler
+        # installed before this one, which a later handler hands the signal to).
+        if not _WORKER_TRAINING.is_set() or _WORKER_SIGNALLED.is_set():
+            return False
         _WORKER_SIGNALLED.set()
         print(
             "[rerank-ray] this worker got SIGTERM: checkpoint at the next progress step, then the workers "
             "restart from it (a second SIGTERM ends it at once)",
             flush=True,
         )
+        return True
 
     _WORKER_SIGNALLED.clear()
-    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGTERM, _sigterm_handler(flag_this_worker)[0])
 
 
 @contextlib.contextmanager

@@ -105,6 +105,9 @@ class Worker:
         self.tracker = Tracker.from_dict(tracking, self.rank)  # rank 0 logs; a no-op elsewhere
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, int(config.scaling.cpus_per_worker)))
+        precision = matmul_precision(self.device.type, config.train.tf32)
+        if precision is not None:
+            torch.set_float32_matmul_precision(precision)
         self.state = LoopState()
         self.session = uuid.uuid4().hex[:12]
         self.preempted = False  # the driver asked the run to stop (SIGTERM): it checkpoints and returns
@@ -374,6 +377,7 @@ class Worker:
             window_batches=config.data.window_batches,
             group_by_length=config.data.group_by_length,
             rng=np.random.default_rng(seed) if config.data.shuffle else None,
+            strata=config.train.gradient_accumulation_steps,
         )
 
     def _epoch_steps(self, epoch: int, batches: Iterator[Batch | GroupBatch]) -> Iterator[list[Batch | GroupBatch]]:
@@ -895,3 +899,12 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def matmul_precision(device_type: str, tf32: bool) -> str | None:
+    """The fp32 matmul precision to set for ``train.tf32`` on this device: "high" (TF32) or
+    "highest" (full fp32) on CUDA; None elsewhere (a CPU worker keeps PyTorch's setting, which
+    only CUDA's tensor cores would change)."""
+    if device_type != "cuda":
+        return None
+    return "high" if tf32 else "highest"

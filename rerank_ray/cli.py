@@ -204,8 +204,14 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def field_reference() -> list[tuple[str, str, str]]:
+    """(dotted key, type, docstring) of every config key: a run's sections, then ``mine:``. What
+    ``rerank-ray fields`` prints and the docs site's configuration reference is built from."""
+    return field_docs() + field_docs(MineConfig, "mine.")
+
+
 def cmd_fields(_: argparse.Namespace) -> int:
-    for key, type_name, doc in field_docs() + field_docs(MineConfig, "mine."):
+    for key, type_name, doc in field_reference():
         print(f"{key} ({type_name})\n    {doc}")
     return 0
 

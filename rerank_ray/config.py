@@ -5,7 +5,7 @@ hyperparameter search). They are loaded from YAML plus dotted ``key=value`` over
 before Ray starts, handed to every Ray worker as a plain dict and rebuilt there with
 :meth:`Config.from_dict`.
 
-Every field has a docstring right under it; ``rerank-ray config --help-fields`` prints them.
+Every field has a docstring right under it; ``rerank-ray fields`` prints them.
 """
 
 from __future__ import annotations

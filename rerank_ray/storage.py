@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 #: Written last into an exported model folder; a folder without it is an interrupted export.
@@ -74,8 +76,8 @@ def publish_dir(local_dir: str, target: str) -> None:
 
     Local or NFS: the folder is copied next to the target and renamed into place, so the target
     is either the old export or the new one, never a mix or a half. Object stores have no rename:
-    the old contents are deleted, every file is uploaded, and :data:`COMPLETE_MARKER` goes last,
-    so a folder without it is an interrupted export.
+    the old contents are deleted, every file is uploaded, and :data:`COMPLETE_MARKER` goes last
+    (:func:`upload_folder`), so a folder without it is an interrupted export.
     """
     if not is_uri(target):
         _publish_local(local_dir, resolve(target))
@@ -85,26 +87,46 @@ def publish_dir(local_dir: str, target: str) -> None:
     fs, inner = filesystem(target)
     if fs.get_file_info(inner).type != pafs.FileType.NotFound:
         fs.delete_dir_contents(inner, missing_dir_ok=True)
-    fs.create_dir(inner, recursive=True)
-    marker = os.path.join(local_dir, COMPLETE_MARKER)
-    held_back = None
-    if os.path.isfile(marker):
-        held_back = tempfile.mkdtemp(prefix="rerank-marker-")
-        shutil.move(marker, os.path.join(held_back, COMPLETE_MARKER))
-    try:
-        # use_threads=False: pyarrow's threaded S3 upload is unsafe (apache/arrow#32372; Ray
-        # Train's own checkpoint upload turns it off for the same reason).
-        pafs.copy_files(local_dir, inner, destination_filesystem=fs, use_threads=False)
-        if held_back:
-            pafs.copy_files(
-                os.path.join(held_back, COMPLETE_MARKER),
-                f"{inner.rstrip('/')}/{COMPLETE_MARKER}",
-                destination_filesystem=fs,
-            )
-    finally:
-        if held_back:
-            shutil.move(os.path.join(held_back, COMPLETE_MARKER), marker)
-            shutil.rmtree(held_back, ignore_errors=True)
+    upload_folder(local_dir, fs, inner, marker=COMPLETE_MARKER)
+
+
+def upload_folder(
+    local_dir: str,
+    fs: Any,
+    destination: str,
+    marker: str,
+    first: str | None = None,
+    after_first: Callable[[], None] | None = None,
+) -> None:
+    """Copy the files of ``local_dir`` into ``destination`` on ``fs``, the file ``marker`` last:
+    whoever finds the marker finds every other file whole (object stores have no rename to make
+    a folder appear at once). The one uploader of the exports and the checkpoints.
+
+    ``first``: an entry to copy before the others (a checkpoint's model, its largest part);
+    ``after_first``: called once the first entry is there (fault injection in the tests).
+    ``use_threads=False``: pyarrow's threaded S3 upload can hang (apache/arrow#32372); Ray
+    Train's own checkpoint upload turns it off for the same reason."""
+    import pyarrow.fs as pafs
+
+    fs.create_dir(destination, recursive=True)
+    local_fs = pafs.LocalFileSystem()
+    entries = sorted((e for e in os.listdir(local_dir) if e != marker), key=lambda name: (name != first, name))
+    for i, entry in enumerate(entries):
+        source = os.path.join(local_dir, entry)
+        target = f"{destination.rstrip('/')}/{entry}"
+        if os.path.isdir(source):
+            fs.create_dir(target, recursive=True)
+        pafs.copy_files(source, target, source_filesystem=local_fs, destination_filesystem=fs, use_threads=False)
+        if i == 0 and after_first is not None:
+            after_first()
+    if os.path.isfile(os.path.join(local_dir, marker)):
+        pafs.copy_files(
+            os.path.join(local_dir, marker),
+            f"{destination.rstrip('/')}/{marker}",
+            source_filesystem=local_fs,
+            destination_filesystem=fs,
+            use_threads=False,
+        )
 
 
 def upload_files(local_dir: str, target: str) -> None:
@@ -114,7 +136,7 @@ def upload_files(local_dir: str, target: str) -> None:
 
     fs, inner = filesystem(target)
     fs.create_dir(inner, recursive=True)
-    # use_threads=False: see publish_dir.
+    # use_threads=False: see upload_folder.
     pafs.copy_files(local_dir, inner, destination_filesystem=fs, use_threads=False)
 
 

@@ -12,7 +12,8 @@ import torch
 from tiny import synthetic_pairs
 
 from rerank_ray.data.stream import encode_pairs
-from rerank_ray.training.batching import Collator, pad, prefetch, stratified_window_batches, window_order
+from rerank_ray.training.batching import Collator, pad, stratified_window_batches, window_order
+from rerank_ray.training.prefetch import prefetch
 
 
 @pytest.mark.parametrize("group", [True, False])

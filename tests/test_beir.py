@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 from tiny import reranking_pairs, write_beir
 
-from rerank_ray.config import ConfigError
 from rerank_ray.data.beir import inspect_beir, open_beir, read_beir_pairs
-from rerank_ray.errors import DataError
+from rerank_ray.errors import ConfigError, DataError
 
 
 def _sorted(rows):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from rerank_ray.config import Config, ConfigError, MineConfig, field_docs, load_config
+from rerank_ray.config import Config, field_docs, load_config
+from rerank_ray.errors import ConfigError
+from rerank_ray.mining.config import MineConfig
 from rerank_ray.training.worker import matmul_precision
 
 
@@ -95,7 +97,7 @@ def test_required_fields():
 
 
 def test_every_field_has_a_docstring():
-    docs = field_docs() + field_docs(MineConfig, "mine.")
+    docs = field_docs(Config) + field_docs(MineConfig, "mine.")
     assert len(docs) > 70
     missing = [key for key, _, doc in docs if not doc]
     assert not missing, missing

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rerank_ray.config import load_config, load_mine_config
+from rerank_ray.config import load_config
+from rerank_ray.mining.config import load_mine_config
 
 ROOT = Path(__file__).parents[1]
 #: Training configs; the files with a ``mine:`` section are ``rerank-ray mine``'s.

@@ -13,7 +13,7 @@ import pytest
 import torch
 from tiny import WORDS
 
-from rerank_ray.config import LOSSES
+from rerank_ray.losses import LOSSES
 from rerank_ray.training.batching import Collator, GroupCollator, in_batch_negatives
 from rerank_ray.training.losses import GroupLoss, build_library_loss
 

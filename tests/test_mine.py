@@ -16,11 +16,13 @@ import pytest
 from tiny import mining_pairs, write_jsonl, write_parquet
 
 from rerank_ray.cli import main
-from rerank_ray.config import MINE_FORMATS, Config, MineConfig, load_mine_config
+from rerank_ray.config import Config
 from rerank_ray.errors import ConfigError, DataError
-from rerank_ray.run import mine as mining
-from rerank_ray.run.negatives import Positives, derived_range_max, output_rows, select, text_hashes
-from rerank_ray.run.score import summary_path
+from rerank_ray.inference.jobs import summary_path
+from rerank_ray.mining.config import MINE_FORMATS, MineConfig, load_mine_config
+from rerank_ray.mining.negatives import Positives, derived_range_max, output_rows, select, text_hashes
+from rerank_ray.inference import embedding, search
+from rerank_ray.mining import mine as mining
 from rerank_ray.training.faults import FAULTS_ENV
 
 #: Filter settings, each tried with every output format.
@@ -93,12 +95,12 @@ def block_search_mine(model_path: Path, rows: list[dict], corpus: list[str] | No
     texts = positive_texts + (corpus or [])
     queries = model.encode_query(positives.queries, normalize_embeddings=True)
     documents = model.encode_document(texts, normalize_embeddings=True)
-    roles = [mining.POSITIVE] * len(positive_texts) + [mining.DOCUMENT] * len(corpus or [])
+    roles = [embedding.POSITIVE] * len(positive_texts) + [embedding.DOCUMENT] * len(corpus or [])
     table = pa.table(
         {
-            mining.ROLE: pa.array(roles, pa.int8()),
-            mining.HASH: text_hashes(texts),
-            mining.EMBEDDING: pa.FixedSizeListArray.from_arrays(pa.array(documents.reshape(-1)), documents.shape[1]),
+            embedding.ROLE: pa.array(roles, pa.int8()),
+            embedding.HASH: text_hashes(texts),
+            embedding.EMBEDDING: pa.FixedSizeListArray.from_arrays(pa.array(documents.reshape(-1)), documents.shape[1]),
         }
     )
     range_max = derived_range_max(config, positives.max_positives)
@@ -106,7 +108,7 @@ def block_search_mine(model_path: Path, rows: list[dict], corpus: list[str] | No
     best = (np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64))
     for start in range(0, table.num_rows, 17):
         block = table.slice(start, 17)
-        best = mining.merge_top(best, mining.block_top(queries, block, k, config.use_faiss), k)
+        best = search.merge_top(best, search.block_top(queries, block, k, config.use_faiss), k)
     index = {text: i for i, text in enumerate(positive_texts)}
     pair_scores = np.array(
         [queries[q] @ documents[index[d]] for q, docs in enumerate(positives.positives) for d in docs]

@@ -13,10 +13,10 @@ import pyarrow as pa
 import pytest
 from tiny import WORDS, reranking_pairs, write_beir
 
-from rerank_ray.config import Config, ConfigError, load_config
+from rerank_ray.config import Config, load_config
 from rerank_ray.data.beir import BeirFiles, Retrieval, inspect_beir
-from rerank_ray.data.candidates import apply_candidates, read_run_file, retriever_metrics
-from rerank_ray.errors import DataError
+from rerank_ray.errors import ConfigError, DataError
+from rerank_ray.evaluation.candidates import apply_candidates, read_run_file, retriever_metrics
 from rerank_ray.evaluation.metrics import PrecomputedScores
 from rerank_ray.evaluation.ranking import query_hashes, reranking_metrics
 
@@ -221,7 +221,7 @@ def test_retriever_top_k_equals_semantic_search(ray_local, tiny_bi_encoder, tmp_
     semantic_search top-k over the same model's embeddings (encode_query / encode_document)."""
     from sentence_transformers import SentenceTransformer, util
 
-    from rerank_ray.run.retrieve import retrieve
+    from rerank_ray.evaluation.retrieval import retrieve
 
     rows = reranking_pairs(5, candidates=3, seed=3)
     folder = _beir_with_corpus(tmp_path, rows, extra_documents=60)

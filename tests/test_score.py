@@ -14,8 +14,9 @@ from tiny import judged_lists, synthetic_pairs, tuples, write_jsonl, write_parqu
 
 from rerank_ray.config import Config
 from rerank_ray.errors import ConfigError, DataError
+from rerank_ray.inference.jobs import summary_path
+from rerank_ray.inference.score import ScoreRequest, check_request, score
 from rerank_ray.run.driver import inspect_data
-from rerank_ray.run.score import ScoreRequest, check_request, score, summary_path
 
 
 def _scored(folder: Path) -> pa.Table:
@@ -70,7 +71,7 @@ def test_the_scoring_actor_scores_as_predict_does(tiny_bert, shape):
     from sentence_transformers import CrossEncoder
 
     from rerank_ray.data.shapes import PAIRS, Shape
-    from rerank_ray.run.score import Scorer
+    from rerank_ray.inference.score import Scorer
 
     teacher = CrossEncoder(str(tiny_bert))
     if shape == "list":

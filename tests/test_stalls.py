@@ -14,7 +14,7 @@ import threading
 import pytest
 
 from rerank_ray.errors import DataStalled
-from rerank_ray.training.batching import prefetch
+from rerank_ray.training.prefetch import prefetch
 
 
 def test_a_consumer_waiting_past_the_stall_timeout_is_told_why():

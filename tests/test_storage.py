@@ -14,7 +14,8 @@ from tiny import synthetic_pairs, write_jsonl
 
 from rerank_ray import storage
 from rerank_ray.cli import main
-from rerank_ray.config import Config, ConfigError
+from rerank_ray.config import Config
+from rerank_ray.errors import ConfigError
 from rerank_ray.redaction import redact
 from rerank_ray.run.cluster import check_cluster_address, check_storage_outlives_job
 from rerank_ray.run.driver import train
@@ -97,6 +98,48 @@ def test_publish_to_s3_replaces_the_old_export_and_writes_the_marker_last(s3, tm
     # The server's request log: the last object written is the marker.
     writes = re.findall(r'"(?:PUT|POST) /bucket/runs/job/model/(\S+?)[ ?]', s3.log_text()[log_start:])
     assert writes and writes[-1] == "metrics.json" and "model.safetensors" in writes, writes
+
+
+def test_the_one_uploader_writes_a_checkpoint_model_first_marker_last_without_threads(s3, tmp_path, monkeypatch):
+    """Checkpoints and exports share storage.upload_folder: on the S3 API every copy runs with
+    pyarrow's threads off (apache/arrow#32372), the folder named first goes first and the marker
+    last; the callback runs once the first entry is there."""
+    import pyarrow.fs as pafs
+
+    folder = tmp_path / "checkpoint_000004"
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "weights.bin").write_bytes(b"w" * 1000)
+    (folder / "optimizer.pt").write_bytes(b"o" * 100)
+    (folder / "COMPLETE").write_text("{}")
+    calls, real_copy = [], pafs.copy_files
+
+    def spy(source, destination, **options):
+        calls.append((destination.rsplit("/", 1)[-1], options.get("use_threads", True)))
+        return real_copy(source, destination, **options)
+
+    monkeypatch.setattr(pafs, "copy_files", spy)
+    fs, inner = storage.filesystem(s3.uri("bucket", "runs/job/checkpoint_000004"))
+    seen_after_first = []
+
+    def checkpoint_files() -> list[str]:
+        return sorted(p for p in s3.files("bucket") if "/checkpoint_000004/" in p)
+
+    storage.upload_folder(
+        str(folder),
+        fs,
+        inner,
+        marker="COMPLETE",
+        first="model",
+        after_first=lambda: seen_after_first.append(checkpoint_files()),
+    )
+    assert [name for name, _ in calls] == ["model", "optimizer.pt", "COMPLETE"]
+    assert all(use_threads is False for _, use_threads in calls), calls
+    assert seen_after_first == [["bucket/runs/job/checkpoint_000004/model/weights.bin"]]
+    assert checkpoint_files() == [
+        "bucket/runs/job/checkpoint_000004/COMPLETE",
+        "bucket/runs/job/checkpoint_000004/model/weights.bin",
+        "bucket/runs/job/checkpoint_000004/optimizer.pt",
+    ]
 
 
 def test_search_report_files_go_next_to_the_trials_on_s3(s3, tmp_path):

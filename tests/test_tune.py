@@ -16,7 +16,8 @@ import pytest
 import yaml
 from conftest import base_config
 
-from rerank_ray.config import Config, ConfigError
+from rerank_ray.config import Config
+from rerank_ray.errors import ConfigError
 from rerank_ray.tune.report import COMPLETED, FAILED, STOPPED
 
 pytestmark = pytest.mark.ray

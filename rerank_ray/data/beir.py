@@ -86,7 +86,7 @@ class BeirFiles:
     eval_queries: EvalQueries | None = None
     """Its queries counted (:mod:`rerank_ray.data.queries`)."""
     retrieval: Retrieval | None = None
-    """Where the candidates came from when a retriever chose them (:mod:`rerank_ray.data.candidates`);
+    """Where the candidates came from when a retriever chose them (:mod:`rerank_ray.evaluation.candidates`);
     None: the judged documents."""
 
     def query_texts(self) -> pa.Table:

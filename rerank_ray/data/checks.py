@@ -28,6 +28,7 @@ from rerank_ray.config import Config
 from rerank_ray.data.position import row_keys
 from rerank_ray.data.shapes import PAIRS, Shape
 from rerank_ray.errors import DataError
+from rerank_ray.losses import CLASS_ID, LabelRule, train_label_rule
 
 #: Why a row was skipped; its code in the ``skip`` column is the index + 1 (0: a good row).
 REASONS = (
@@ -82,50 +83,13 @@ SKIP_HINT = "or set data.on_bad_row=skip to train without such rows (they are co
 # Label rules
 
 
-@dataclass(frozen=True)
-class LabelRule:
-    """What a label of one split must be, after ``data.label_scale``."""
-
-    description: str
-    low: float | None = None
-    high: float | None = None
-    integer: bool = False
-    fix: str = ""
-
-    def violations(self, labels: np.ndarray) -> np.ndarray:
-        bad = np.zeros(len(labels), dtype=bool)
-        if self.low is not None:
-            bad |= labels < self.low
-        if self.high is not None:
-            bad |= labels > self.high
-        if self.integer:
-            bad |= labels != np.round(labels)
-        return bad
-
-
 def label_rule(config: Config, split: str) -> LabelRule:
     """Training labels must suit the loss; evaluation labels must suit the evaluator kind."""
     scale = f" after data.label_scale {config.data.label_scale:g}" if config.data.label_scale != 1 else ""
     classes = config.model.num_labels
     if split == "train":
-        loss = config.train.loss
-        if loss == "BinaryCrossEntropyLoss":
-            return LabelRule(
-                f"a number in [0, 1]{scale} for train.loss BinaryCrossEntropyLoss",
-                0.0,
-                1.0,
-                fix="scale the labels into [0, 1] with data.label_scale (0.2 for 0-5 scores), "
-                "or use train.loss MSELoss for unbounded scores",
-            )
-        if loss == "CrossEntropyLoss":
-            return LabelRule(
-                f"a class id 0..{classes - 1}{scale} for train.loss CrossEntropyLoss (model.num_labels {classes})",
-                0.0,
-                classes - 1.0,
-                integer=True,
-                fix="write class ids 0..N-1 and set model.num_labels to the number of classes",
-            )
-        return LabelRule(f"a finite number for train.loss {loss}")
+        # The loss table holds each loss's rule as data (rerank_ray.losses).
+        return train_label_rule(config.train.loss, classes, scale)
     return eval_label_rule(config.eval.kind, classes, scale)
 
 
@@ -142,13 +106,7 @@ def eval_label_rule(kind: str, classes: int, scale: str = "", setting: str = "ev
             fix=f"use {setting} correlation for graded labels, or turn the labels into 0 / 1",
         )
     if kind == "classification":
-        return LabelRule(
-            f"a class id 0..{classes - 1}{scale} for {setting} classification ({classes} classes)",
-            0.0,
-            classes - 1.0,
-            integer=True,
-            fix="write class ids 0..N-1 and set model.num_labels to the number of classes",
-        )
+        return CLASS_ID.for_head(classes, f"{scale} for {setting} classification")
     return LabelRule(f"a finite number for {setting} {kind}")
 
 

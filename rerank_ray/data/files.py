@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from rerank_ray.config import Config, DataConfig, DataSource, check_loss_shape
+from rerank_ray.config import Config, DataConfig, DataSource
 from rerank_ray.data import hub, reading
 from rerank_ray.data.checks import RowChecker, label_rule, tally, tally_dict
 from rerank_ray.data.queries import EvalQueries
 from rerank_ray.data.shapes import PAIRS, Shape, find_shape, shape_columns
 from rerank_ray.errors import ConfigError
+from rerank_ray.losses import check_loss_shape
 from rerank_ray.redaction import redact
 
 FORMAT_EXTENSIONS = {

@@ -14,10 +14,9 @@ import numpy as np
 import pyarrow as pa
 
 from rerank_ray import console, storage
-from rerank_ray.config import Config, integer_labels
+from rerank_ray.config import Config
 from rerank_ray.console import Relay
 from rerank_ray.data.beir import BeirFiles, Retrieval, inspect_beir, open_beir
-from rerank_ray.data.candidates import apply_candidates, read_run_file, retriever_metrics
 from rerank_ray.data.checks import describe_tally
 from rerank_ray.data.files import SplitFiles, inspect_split
 from rerank_ray.data.queries import count_queries, describe, read_queries
@@ -33,7 +32,10 @@ from rerank_ray.data.stream import (
     without_queries,
 )
 from rerank_ray.errors import DataError, Preempted, WorkerPreempted, clear_error, find_error
+from rerank_ray.evaluation.candidates import apply_candidates, read_run_file, retriever_metrics
 from rerank_ray.evaluation.ranking import QUERY_ID
+from rerank_ray.evaluation.retrieval import retrieve
+from rerank_ray.losses import integer_labels
 from rerank_ray.redaction import redact
 from rerank_ray.run.cluster import (
     check_cluster_cpus,
@@ -46,7 +48,6 @@ from rerank_ray.run.cluster import (
 from rerank_ray.run.export import TrainOutcome, export_run
 from rerank_ray.run.lock import RunLock
 from rerank_ray.run.paths import check_run_name, run_dir, run_name, storage_root
-from rerank_ray.run.retrieve import retrieve
 from rerank_ray.training import checkpointing, faults, preemption, tracking
 from rerank_ray.training.checkpointing import RestOfEpoch
 from rerank_ray.training.losses import loss_arguments
@@ -88,7 +89,7 @@ def run_file_candidates(config: Config, split: BeirFiles) -> pa.Table:
 
 
 def with_candidates(config: Config, split: BeirFiles, candidates: pa.Table) -> None:
-    """Rerank a retriever's ``candidates`` (:mod:`rerank_ray.data.candidates`): they become the eval
+    """Rerank a retriever's ``candidates`` (:mod:`rerank_ray.evaluation.candidates`): they become the eval
     pairs, the queries are counted, and the retriever's own ranking is scored once."""
     evaluation = config.eval
     source = f"run file {evaluation.run_file}" if evaluation.run_file else f"retriever {evaluation.retriever}"

@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from rerank_ray import storage
-from rerank_ray.config import Config, integer_labels
+from rerank_ray.config import Config
 from rerank_ray.data.beir import Retrieval
 from rerank_ray.data.stream import PairSource
+from rerank_ray.losses import integer_labels
 from rerank_ray.redaction import redact, redact_obj
 from rerank_ray.resources import peak_rss_mib, process_start_unix
 from rerank_ray.run.model_card import RunRecord, dataset_name, write_model_card

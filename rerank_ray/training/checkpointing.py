@@ -297,22 +297,13 @@ def _copy_once(local: str, filesystem: Any, destination: str, step: int) -> None
     # nothing restores from it (a complete one would have been restored from), so replace it.
     if filesystem.get_file_info(destination).type != pafs.FileType.NotFound:
         filesystem.delete_dir(destination)
-    filesystem.create_dir(destination, recursive=True)
-    local_fs = pafs.LocalFileSystem()
-    entries = sorted(os.listdir(local), key=lambda name: (name != MODEL_DIR, name))
-    for i, entry in enumerate(e for e in entries if e != MARKER):
-        source = os.path.join(local, entry)
-        target = f"{destination}/{entry}"
-        if os.path.isdir(source):
-            filesystem.create_dir(target, recursive=True)
-        pafs.copy_files(source, target, source_filesystem=local_fs, destination_filesystem=filesystem)
-        if i == 0:
-            faults.fire("checkpoint_upload", step=step)
-    pafs.copy_files(
-        os.path.join(local, MARKER),
-        f"{destination}/{MARKER}",
-        source_filesystem=local_fs,
-        destination_filesystem=filesystem,
+    storage.upload_folder(
+        local,
+        filesystem,
+        destination,
+        marker=MARKER,
+        first=MODEL_DIR,
+        after_first=lambda: faults.fire("checkpoint_upload", step=step),
     )
 
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import json
 import random
 import shutil
 import tempfile
@@ -30,7 +28,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,20 +38,12 @@ from rerank_ray.data.beir import Retrieval
 from rerank_ray.data.checks import REASONS, describe_tally, tally, tally_dict
 from rerank_ray.data.position import DataPosition, TrainedRows, merge_ranges, partial_epoch_batches
 from rerank_ray.errors import WorkerPreempted
-from rerank_ray.evaluation.metrics import compute_metrics
-from rerank_ray.resources import peak_rss_mib, process_start_unix, rss_parts_mib
-from rerank_ray.training import checkpointing, faults, preemption
-from rerank_ray.training.batching import (
-    Batch,
-    Collator,
-    GroupBatch,
-    GroupCollator,
-    iter_batches,
-    optimizer_steps,
-    prefetch,
-)
+from rerank_ray.training import checkpointing, early_stopping, faults, preemption
+from rerank_ray.training.audit import AuditLog, check_replicas
+from rerank_ray.training.batching import Batch, Collator, GroupBatch, GroupCollator, iter_batches, optimizer_steps
 from rerank_ray.training.checkpointing import CheckpointInfo, LoopState
 from rerank_ray.training.collectives import Collectives
+from rerank_ray.training.evaluate import ShardEvaluator
 from rerank_ray.training.losses import (
     GroupLoss,
     PointwiseLoss,
@@ -62,8 +51,10 @@ from rerank_ray.training.losses import (
     build_library_loss,
     cached_backward,
 )
+from rerank_ray.training.measures import resource_metrics
 from rerank_ray.training.models import load_cross_encoder, load_tokenizer, mask_kind
 from rerank_ray.training.plan import TrainPlan
+from rerank_ray.training.prefetch import prefetch, stall_message
 from rerank_ray.training.progress import ProgressLine, quiet_libraries
 from rerank_ray.training.tracking import Tracker
 
@@ -96,7 +87,6 @@ class Worker:
 
         self.config = config
         self.plan = plan
-        self.retrieval = Retrieval(**plan.eval_retrieval) if plan.eval_retrieval else None
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
@@ -118,7 +108,7 @@ class Worker:
         self.epoch_skips = np.zeros(len(REASONS) + 1, dtype=np.int64)  # this rank, since start/restore
         self.restored_skips = np.zeros(len(REASONS) + 1, dtype=np.int64)
         self.train_shard = ray.train.get_dataset_shard("train")
-        self.eval_shard = ray.train.get_dataset_shard("eval") if plan.eval_rows else None
+        self.audit = AuditLog(plan.audit_dir, self.rank)
         self.autocast_dtype = self._autocast_dtype()
         # Measurements for metrics.json (benchmarks read them): when the first step of this
         # session ended, and how long the step thread waited for batches.
@@ -144,6 +134,22 @@ class Worker:
         # tokenizing (and the prefetch thread padding) while the model loads, rather than after.
         self._stream = self._open_stream(0, resuming=False) if point is None else None
         self._build(point)
+        self.evaluator = (
+            ShardEvaluator(
+                config=config,
+                plan=plan,
+                shard=ray.train.get_dataset_shard("eval"),
+                collate=self.collate,
+                collectives=self.collectives,
+                rank=self.rank,
+                device=self.device,
+                mask=self.mask,
+                retrieval=Retrieval(**plan.eval_retrieval) if plan.eval_retrieval else None,
+                audit=self.audit,
+            )
+            if plan.eval_rows
+            else None
+        )
         # One id per worker-group attempt, shared by its ranks (audit files).
         self.session = self.collectives.broadcast_object(self.session)
 
@@ -286,8 +292,8 @@ class Worker:
             seconds_before=self.state.train_seconds,
             unit="pairs" if plan.train_shape == "pairs" else "queries",
         )
-        self._audit({"kind": "session", "session": self.session, "restored_from": self.restored_from})
-        if self.state.global_step == 0 and self.eval_shard is not None and config.eval.before_training:
+        self.audit.write({"kind": "session", "session": self.session, "restored_from": self.restored_from})
+        if self.state.global_step == 0 and self.evaluator is not None and config.eval.before_training:
             metrics = self.evaluate()
             self._record({"step": 0, "epoch": 0.0, **metrics})
             self._report(metrics, checkpoint=False)
@@ -464,7 +470,7 @@ class Worker:
                     self.scaler.scale(total * scale).backward()
                 total = total.detach()
             loss_sum += total
-            self._record_pair_ids(batch)
+            self.audit.pair_ids(batch, "pairs", self.session, self.state.epoch, self.state.global_step + 1)
             self._note_position(batch)
         if self.config.train.max_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)
@@ -529,89 +535,15 @@ class Worker:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
-        """Score this worker's eval shard, gather the scores (with labels and query ids: a few
-        bytes a pair) on rank 0, compute the metrics once with the library's evaluator, and share
-        them with every rank."""
-        import torch
-
-        with torch.no_grad():
-            return self._evaluate()
-
-    def _evaluate(self) -> dict[str, float]:
-        import torch
-
+        """Every rank scores its eval shard; rank 0 computes the metrics and shares them
+        (:mod:`rerank_ray.training.evaluate`)."""
+        assert self.evaluator is not None
         self.ddp_model.eval()
         self.progress.pause()
-        started = time.perf_counter()
-        scores, labels, weights, skips, groups = [], [], [], [], []
-        for batch in prefetch(
-            iter_batches(
-                self.eval_shard,
-                self.config.eval.batch_size,
-                self.collate,
-                window_batches=8,
-                group_by_length=True,
-                rng=None,
-            ),
-            self.config.data.prefetch_batches,
-            self.config.run.stall_timeout_s,
-            functools.partial(stall_message, "eval", "eval"),
-        ):
-            with (
-                self._autocast(),
-                faults.explain_oom("eval", self.config.eval.batch_size, max_length=self.plan.max_length),
-            ):
-                logits = self.model(batch.features(self.device, self.mask))["scores"]
-            # Kept on the device, copied to the host once after the last batch: a copy per batch
-            # would wait for each batch's kernels (a host sync per batch on a GPU).
-            scores.append(self.model.activation_fn(logits.float()))
-            labels.append(batch.labels)
-            weights.append(batch.weights)
-            skips.append(batch.skip if batch.skip is not None else np.zeros(len(batch), dtype=np.int8))
-            if batch.group_ids is not None:
-                groups.append(batch.group_ids)
-            self._record_pair_ids(batch, kind="eval")
-        device_scores = torch.cat(scores).cpu().numpy() if scores else np.zeros(0, dtype=np.float32)
-        local = (device_scores, _concat(labels), _concat(weights), _concat(skips), _concat(groups))
-        gathered = self.collectives.gather_objects(local)
-        metrics: dict[str, float] = {}
-        if self.rank == 0:
-            all_scores = np.concatenate([g[0] for g in gathered])
-            all_labels = np.concatenate([g[1] for g in gathered])
-            real = np.concatenate([g[2] for g in gathered]) > 0
-            skipped = tally_dict(tally(np.concatenate([g[3] for g in gathered])))
-            if real.sum() + sum(skipped.values()) != self.plan.eval_rows:
-                raise RuntimeError(
-                    f"evaluation saw {int(real.sum())} pairs and {sum(skipped.values())} skipped rows, "
-                    f"the eval set has {self.plan.eval_rows}"
-                )
-            if skipped and skipped != self.state.skipped_eval:
-                console.say(
-                    f"[rerank-ray] skipped {sum(skipped.values())} bad eval row(s) of {self.plan.eval_rows} "
-                    f"(data.on_bad_row=skip): {describe_tally(skipped)}"
-                )
-            self.state.skipped_eval = skipped
-            all_scores = all_scores[real]
-            if self.model.num_labels == 1:
-                all_scores = all_scores.reshape(-1)
-            all_groups = np.concatenate([g[4] for g in gathered])
-            metrics = compute_metrics(
-                self.config.eval.kind,
-                all_scores,
-                all_labels[real],
-                self.config.eval.name,
-                self.model.num_labels,
-                groups=all_groups[real] if len(all_groups) else None,
-                at_k=self.config.eval.at_k,
-                judged=self.retrieval.judged() if self.retrieval else None,
-            )
-            if self.retrieval:  # the retriever's own ranking beside the reranked one, as the library reports it
-                metrics.update(self.retrieval.base)
-            metrics[f"{self.config.eval.name}_runtime"] = time.perf_counter() - started
-        metrics, self.state.skipped_eval = self.collectives.broadcast_object((metrics, self.state.skipped_eval))
-        if self.rank == 0:
-            headline = self.plan.headline_metric
-            console.say(f"[rerank-ray] step {self.state.global_step}: {headline} = {metrics[headline]:.4f}")
+        where = {"session": self.session, "epoch": self.state.epoch, "step": self.state.global_step}
+        metrics, self.state.skipped_eval = self.evaluator.evaluate(
+            self.model, self._autocast, self.state.skipped_eval, where
+        )
         self.progress.resume()
         return metrics
 
@@ -662,7 +594,7 @@ class Worker:
         """Check the replicas, evaluate (when asked and there is an eval set), write a checkpoint."""
         self.check_replicas()
         metrics: dict[str, Any] = {}
-        if evaluate and self.eval_shard is not None:
+        if evaluate and self.evaluator is not None:
             metrics = self.evaluate()
             skipped = {"skipped_eval_rows": self.state.skipped_eval} if self.state.skipped_eval else {}
             self._record({"step": self.state.global_step, "epoch": self._epoch_float(), **metrics, **skipped})
@@ -670,27 +602,19 @@ class Worker:
         self._report(metrics, checkpoint=True)
 
     def _watch_for_early_stop(self, metrics: dict[str, float]) -> None:
-        """transformers' EarlyStoppingCallback rule on the headline: an evaluation that gains more
-        than the least delta over the best so far resets the count, any other adds one; the
-        count reaching the patience stops the run (after this evaluation's checkpoint)."""
+        """transformers' EarlyStoppingCallback rule on the headline (:mod:`rerank_ray.training.early_stopping`)."""
         patience = self.config.eval.early_stopping_patience
         if not patience:
             return
-        value, best = metrics[self.plan.headline_metric], self.state.best_headline
-        if best is None or value - best > self.config.eval.early_stopping_min_delta:
-            self.state.evaluations_without_gain = 0
-        else:
-            self.state.evaluations_without_gain += 1
-        if best is None or value > best:
-            self.state.best_headline = value
-        if self.state.evaluations_without_gain >= patience and self.state.global_step < self.plan.total_steps:
-            self.state.stopped_early = True
-            if self.rank == 0:
-                console.say(
-                    f"[rerank-ray] early stopping at step {self.state.global_step} of {self.plan.total_steps}: "
-                    f"{self.plan.headline_metric} gained no more than {self.config.eval.early_stopping_min_delta:g} "
-                    f"in {patience} evaluation(s) (best {self.state.best_headline:.4f})"
-                )
+        headline = self.plan.headline_metric
+        at_end = self.state.global_step >= self.plan.total_steps
+        min_delta = self.config.eval.early_stopping_min_delta
+        if early_stopping.watch(self.state, metrics[headline], patience, min_delta, at_end) and self.rank == 0:
+            console.say(
+                f"[rerank-ray] early stopping at step {self.state.global_step} of {self.plan.total_steps}: "
+                f"{headline} gained no more than {min_delta:g} in {patience} evaluation(s) "
+                f"(best {self.state.best_headline:.4f})"
+            )
 
     def _epoch_float(self) -> float:
         done = self.state.batches_done_in_epoch
@@ -742,32 +666,9 @@ class Worker:
             )
 
     def _resource_metrics(self) -> dict[str, float]:
-        """Peak resident memory of every rank, when the first step ended and the step thread's
-        wait for data: measured here so benchmarks read them from metrics.json rather than guess.
-
-        A collective (every rank reports at the same steps): Ray Train keeps rank 0's metrics."""
-        import torch
-
-        started = process_start_unix()
-        parts = rss_parts_mib()
-        mine = [
-            peak_rss_mib(),
-            self.data_wait_seconds,
-            (self.first_step_unix or started) - started,
-            parts.get("anon", 0.0),
-            parts.get("shmem", 0.0),
-        ]
-        values = torch.zeros(self.world_size, len(mine), dtype=torch.float64, device=self.device)
-        values[self.rank] = torch.tensor(mine, dtype=torch.float64)
-        values = self.collectives.sum(values).tolist()
-        metrics = {f"peak_rss_mib_rank{r}": row[0] for r, row in enumerate(values)}
-        metrics.update({f"rss_anon_mib_rank{r}": row[3] for r, row in enumerate(values)})
-        metrics.update({f"rss_shmem_mib_rank{r}": row[4] for r, row in enumerate(values)})
-        metrics["data_wait_seconds"] = max(row[1] for row in values)
-        if self.first_step_unix is not None:
-            metrics["first_step_unix"] = self.first_step_unix
-            metrics["first_step_seconds_since_worker_start"] = max(row[2] for row in values)
-        return metrics
+        return resource_metrics(
+            self.collectives, self.rank, self.world_size, self.data_wait_seconds, self.first_step_unix
+        )
 
     def _gather_for_checkpoint(self) -> dict[str, Any]:
         """What only all ranks together know: the pairs trained this epoch, the skipped-row
@@ -799,78 +700,17 @@ class Worker:
             folder, self.model, self.optimizer, self.scheduler, self.scaler, loop, shared["rng"], position, report
         )
 
-    def _audit(self, record: dict[str, Any]) -> None:
-        if not self.plan.audit_dir:
-            return
-        path = Path(self.plan.audit_dir, f"rank{self.rank}.jsonl")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def _record_pair_ids(self, batch: Batch | GroupBatch, kind: str = "pairs") -> None:
-        """Audit: the ids of the real pairs this rank trains in the coming step (``pairs``) or
-        scores in the evaluation at this step (``eval``)."""
-        if self.plan.audit_dir and batch.pair_ids is not None:
-            ids = [pid for pid, w in zip(batch.pair_ids, batch.weights) if w > 0]
-            self._audit(
-                {
-                    "kind": kind,
-                    "session": self.session,
-                    "epoch": self.state.epoch,
-                    "step": self.state.global_step + (1 if kind == "pairs" else 0),
-                    "ids": ids,
-                }
-            )
-
     def check_replicas(self) -> None:
-        """Fail loudly if the ranks' parameters differ: gradients were not synchronised.
-
-        Each rank reduces every parameter tensor to (sum, sum of squares) on its device; the
-        vectors are all-gathered and must match exactly. Cheap enough for every checkpoint.
-        """
-        import torch
-
-        with torch.no_grad():
-            fingerprint = torch.stack(
-                [torch.stack([p.double().sum(), p.double().square().sum()]) for p in self.model.parameters()]
-            ).cpu()
-        digest = hashlib.sha256(fingerprint.numpy().tobytes()).hexdigest()
-        self._audit({"kind": "params", "step": self.state.global_step, "digest": digest})
-        if not self.collectives.active:
-            return
-        digests = self.collectives.gather_objects(digest)
-        if len(set(digests)) != 1:
-            raise RuntimeError(
-                f"parameters differ across ranks at step {self.state.global_step} ({digests}): "
-                "gradients are not being synchronised"
-            )
+        """Fail loudly if the ranks' parameters differ (:func:`rerank_ray.training.audit.check_replicas`)."""
+        check_replicas(self.model, self.collectives, self.audit, self.state.global_step)
 
 
 #: What the batch stream yields between two epochs (:meth:`Worker._open_stream`).
 EPOCH_END = object()
 
 
-def stall_message(stream: str, dataset: str, seconds: float) -> str:
-    """What a worker says when its data stream delivered nothing for ``seconds``: the stream, its
-    stages, and the CPUs Ray has free for them (none free is the usual cause)."""
-    import ray
-
-    free = ray.available_resources().get("CPU", 0.0)
-    total = ray.cluster_resources().get("CPU", 0.0)
-    return (
-        f"the {stream} data stream (Ray Data dataset {dataset!r}: read, check and tokenize tasks) delivered no batch "
-        f"for {seconds:g} s (run.stall_timeout_s). The Ray cluster has {free:g} of {total:g} CPUs free"
-        + (
-            ": Ray Data's tasks need at least 1 beside the training workers' (lower scaling.cpus_per_worker or "
-            "scaling.num_workers, add a node, or stop what else holds the CPUs)"
-            if free < 1
-            else "; check that the data's storage answers, or raise run.stall_timeout_s for a slower source"
-        )
-    )
-
-
 def group_collator(config: Config, plan: TrainPlan, tokenizer: Any, pad: Collator) -> GroupCollator:
-    """The collator of a grouped training set; the epoch's draws are set per epoch (``_open_epoch``)."""
+    """The collator of a grouped training set; each epoch's draws are set by ``Worker._epoch_batches``."""
     import inspect
 
     from sentence_transformers.cross_encoder import losses
@@ -887,10 +727,6 @@ def group_collator(config: Config, plan: TrainPlan, tokenizer: Any, pad: Collato
         max_docs=config.data.max_docs_per_query,
         keep_first=plan.train_shape == "n-tuple",
     )
-
-
-def _concat(parts: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.zeros((0,), dtype=np.float32)
 
 
 def _seed_everything(seed: int) -> None:

@@ -4,7 +4,7 @@ By default a BEIR query's candidates are its judged documents. The standard prot
 reranking, sentence-transformers' CrossEncoderNanoBEIREvaluator) instead reranks the top-k
 documents a first-stage retriever returns from the whole corpus, an unjudged document counting as
 non-relevant. The candidates come from a TREC run file (``eval.run_file``, read here) or from a
-bi-encoder over the corpus (``eval.retriever``, :mod:`rerank_ray.run.retrieve`); either way they
+bi-encoder over the corpus (``eval.retriever``, :mod:`rerank_ray.evaluation.retrieval`); either way they
 are a table of (query_id, corpus_id, rank) that :func:`apply_candidates` turns into the eval
 pairs' judgements: each candidate labelled with its qrels judgement, 0 where unjudged.
 

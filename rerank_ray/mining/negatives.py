@@ -1,6 +1,6 @@
 """Choosing hard negatives from each query's nearest candidates, and the rows that hold them:
 the selection of ``sentence_transformers.util.mine_hard_negatives``, on candidates found
-elsewhere (:mod:`rerank_ray.run.mine` finds them with Ray).
+elsewhere (:mod:`rerank_ray.mining.mine` finds them with Ray).
 
 The library's function embeds, searches, selects and builds its dataset in one call, so its
 selection cannot be called on its own; this is the same selection, step for step (positives
@@ -13,29 +13,28 @@ de-duplicated corpus: equal texts are one candidate in both.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from rerank_ray.config import MineConfig
+from rerank_ray.inference.embedding import text_hashes
+from rerank_ray.mining.config import MineConfig
+
+__all__ = [
+    "FILTERS",
+    "Positives",
+    "Selection",
+    "check_range",
+    "derived_range_max",
+    "output_rows",
+    "select",
+    "text_hashes",
+]
 
 #: The filters in the order the library applies (and reports) them.
 FILTERS = ("absolute_margin", "relative_margin", "max_score", "min_score")
-
-
-def text_hashes(texts: list[str]) -> np.ndarray:
-    """A 64-bit hash of each text (BLAKE2b): the text's name as a candidate. Two different texts
-    share one with odds of about n^2 / 2^65 (1e-8 for a million documents)."""
-    return np.array(
-        [
-            int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
-            for t in texts
-        ],
-        dtype=np.int64,
-    )
 
 
 @dataclass

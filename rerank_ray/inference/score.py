@@ -22,21 +22,20 @@ sentence-transformers scores in one process; this spreads the pairs over the act
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 
-from rerank_ray import storage
 from rerank_ray.config import Config, DataConfig
 from rerank_ray.data.files import resolve_paths
 from rerank_ray.data.reading import open_local_or_uri, peek_columns
 from rerank_ray.data.rows import ORDER, READERS, flat_values, rows_datasource
 from rerank_ray.data.shapes import Shape, file_name, find_shape
 from rerank_ray.errors import ConfigError, DataError
+from rerank_ray.inference.jobs import actor_pool, check_output_is_new, write_summary
 from rerank_ray.run.cluster import ensure_ray
 
 SCORE_COLUMN = "score"
@@ -44,12 +43,17 @@ SCORE_COLUMN = "score"
 
 @dataclass
 class ScoreRequest:
-    """What ``rerank-ray score`` was asked for."""
+    """What ``rerank-ray score`` is asked for: its flags (``batch_size`` -> ``--batch-size``),
+    each field's docstring the flag's help."""
 
     model: str
+    """The teacher: a hub id or a saved CrossEncoder folder."""
     data: list[str]
+    """Files, folders or globs (parquet, jsonl, csv, tsv) of pairs, n-tuples or lists."""
     output: str
+    """A new folder (local or URI) for the scored rows, as Parquet parts."""
     columns: dict[str, str] = field(default_factory=dict)
+    """Your column names, as data.columns, e.g. query=question positive=answer."""
     batch_size: int = 64
     """Pairs per forward pass of the teacher (``CrossEncoder.predict``'s batch size)."""
     rows_per_batch: int = 256
@@ -57,12 +61,15 @@ class ScoreRequest:
     concurrency: int | None = None
     """Actors scoring at once. None: one per GPU of the cluster, else one."""
     cpus_per_actor: float = 1.0
-    precision: str = "fp32"
+    """CPUs of each actor (its torch threads on CPU)."""
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     """fp32, or fp16 / bf16 on GPU actors."""
-    activation: str = "model"
-    """``model``: the teacher's own activation, as ``predict`` applies it; ``identity``: raw logits."""
-    trust_remote_code: bool = False
+    activation: Literal["model", "identity"] = "model"
+    """``model``: the teacher's own activation, as ``CrossEncoder.predict`` applies it; ``identity``: raw logits."""
     max_length: int | None = None
+    """Longest pair in tokens. None: the teacher's own."""
+    trust_remote_code: bool = False
+    """Run modelling code shipped with the model."""
 
 
 def check_request(request: ScoreRequest) -> tuple[list[str], str, Shape]:
@@ -95,18 +102,6 @@ def check_request(request: ScoreRequest) -> tuple[list[str], str, Shape]:
     if SCORE_COLUMN in first:
         raise DataError(f"--data: {files[0]} has a {SCORE_COLUMN!r} column already: score the files it came from")
     return files, fmt, shape
-
-
-def check_output_is_new(output: str, what: str) -> None:
-    """The output folder must not hold files yet: new parts beside old ones would mix two runs."""
-    import pyarrow.fs as pafs
-
-    fs, path = storage.filesystem(output)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.File:
-        raise ConfigError(f"{what} {output} is a file: give a folder")
-    if info.type == pafs.FileType.Directory and fs.get_file_info(pafs.FileSelector(path)):
-        raise ConfigError(f"{what} {output} holds files already: give a new folder, or remove it")
 
 
 def pairs_of(batch: pa.Table, shape: Shape, data: DataConfig) -> tuple[list[tuple[str, str]], np.ndarray]:
@@ -167,18 +162,6 @@ class Scorer:
         return batch.append_column(SCORE_COLUMN, column)
 
 
-def actor_pool(size: int, gpus: int, cpus_per_actor: float) -> dict[str, Any]:
-    """``map_batches``' arguments for a pool of ``size`` actors: a GPU each when the cluster has
-    GPUs, else ``cpus_per_actor`` CPUs."""
-    import ray.data
-
-    return {
-        "compute": ray.data.ActorPoolStrategy(size=size),
-        "num_gpus": 1 if gpus else 0,
-        "num_cpus": cpus_per_actor if not gpus else None,
-    }
-
-
 def score(request: ScoreRequest) -> dict[str, Any]:
     """Score the rows of ``request.data`` and write them, scored, to ``request.output``; returns
     (and writes beside them, :func:`summary_path`) what was scored."""
@@ -234,15 +217,3 @@ def score(request: ScoreRequest) -> dict[str, Any]:
     }
     write_summary(request.output, summary)
     return summary
-
-
-def summary_path(output: str) -> str:
-    """Beside the output folder, not in it: a JSON file among the Parquet parts would make a mixed
-    folder that a training run refuses."""
-    return output.rstrip("/") + ".summary.json"
-
-
-def write_summary(output: str, summary: dict[str, Any]) -> None:
-    fs, path = storage.filesystem(summary_path(output))
-    with fs.open_output_stream(path) as handle:
-        handle.write(json.dumps(summary, indent=2).encode())

@@ -1,6 +1,6 @@
-"""``rerank-ray eval`` and ``rerank-ray rank``: a saved model on your own pairs or documents.
+"""``rerank-ray eval``: a saved model's metrics on your own pairs or a BEIR folder.
 
-Both run in this process, without Ray (``eval --retriever`` excepted: its first stage embeds the
+It runs in this process, without Ray (``eval --retriever`` excepted: its first stage embeds the
 corpus in Ray Data, as a training run's evaluation does): the pairs are read and checked by the training reader
 (:func:`rerank_ray.data.reading.read_file`, one file after another) and scored with
 ``CrossEncoder.predict`` (which batches them by length), and the metrics come from the same code
@@ -12,51 +12,81 @@ run's evaluation, which spreads it over the workers.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from rerank_ray.commands.options import add_flags, add_verbose, given
 from rerank_ray.config import PAIR_COLUMNS, Config, DataConfig, headline_metric_key
+from rerank_ray.config.sections import EvalKind
 from rerank_ray.data.beir import BeirFiles, inspect_beir, read_beir_pairs
-from rerank_ray.data.checks import LabelRule, RowChecker, eval_label_rule
+from rerank_ray.data.checks import RowChecker, eval_label_rule
 from rerank_ray.data.files import column_mapping, resolve_paths
 from rerank_ray.data.reading import open_local_or_uri, read_file
 from rerank_ray.errors import ConfigError, DataError
 from rerank_ray.evaluation.metrics import compute_metrics
 from rerank_ray.evaluation.ranking import QUERY_ID, query_hashes
+from rerank_ray.evaluation.retrieval import retrieve
+from rerank_ray.losses import LabelRule
 from rerank_ray.run.cluster import ensure_ray
 from rerank_ray.run.driver import run_file_candidates, with_candidates
-from rerank_ray.run.retrieve import retrieve
+from rerank_ray.training.progress import quiet_libraries
 
 
 @dataclass
 class EvalRequest:
-    """What ``rerank-ray eval`` was asked for."""
+    """What ``rerank-ray eval`` is asked for: its flags (``at_k`` -> ``--at-k``), each field's
+    docstring the flag's help."""
 
     model: str
-    kind: str
-    data: list[str]
+    """A saved CrossEncoder folder (e.g. runs/<run>/model)."""
+    kind: EvalKind
+    """The evaluator kind, as ``eval.kind``."""
+    data: list[str] = field(default_factory=list)
+    """Pair files, folders or globs (parquet, jsonl, csv, tsv); or give --beir."""
     beir: str | None = None
+    """Reranking: a BEIR folder (corpus.jsonl, queries.jsonl, qrels/) instead of --data."""
     beir_split: str = "test"
-    columns: dict[str, str] | None = None
+    """The qrels file of --beir: qrels/<split>.tsv."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Your column names, as data.columns, e.g. sentence_0=query label=score."""
     query_id_column: str | None = None
+    """Reranking: the column naming each pair's query."""
     label_scale: float = 1.0
+    """Every label is multiplied by this, as data.label_scale."""
     at_k: int = 10
+    """Reranking: k of MRR@k and nDCG@k."""
     name: str = "eval"
+    """The metrics' prefix."""
     batch_size: int = 64
+    """Pairs per scoring batch (and texts per batch of --retriever)."""
     output: str | None = None
+    """Where to write the metrics JSON. None: <model>/eval-<name>.json."""
     trust_remote_code: bool = False
+    """Run modelling code shipped with the model."""
     retriever: str | None = None
-    """With ``beir``: rerank this bi-encoder's top ``top_k`` of the corpus (as ``eval.retriever``)."""
+    """With --beir: rerank this bi-encoder's top-k of the corpus, as eval.retriever (starts Ray)."""
     run_file: str | None = None
-    """With ``beir``: rerank a TREC run file's top ``top_k`` (as ``eval.run_file``)."""
+    """With --beir: rerank a TREC run file's top-k, as eval.run_file."""
     top_k: int = 100
+    """Candidates per query of --retriever / --run-file."""
     always_rerank_positives: bool = False
+    """Also rerank the judged positives the retriever missed, as eval.always_rerank_positives."""
+
+    def check(self) -> None:
+        """What the flags must agree on (each error names the flags)."""
+        if not os.path.isdir(self.model):
+            raise ConfigError(f"--model {self.model}: no such model folder")
+        if (self.beir is None) == (not self.data):
+            raise ConfigError("give either --data FILES or --beir FOLDER")
+        if self.retriever is not None and self.run_file is not None:
+            raise ConfigError("give either --retriever or --run-file, not both")
 
     def as_config(self) -> Config:
         """The training config whose ``eval`` section this request is (checked as it is)."""
@@ -191,10 +221,7 @@ def default_output(request: EvalRequest) -> str:
 
 
 def run_eval(request: EvalRequest) -> tuple[dict[str, Any], str]:
-    if not os.path.isdir(request.model):
-        raise ConfigError(f"--model {request.model}: no such model folder")
-    if request.beir is None and not request.data:
-        raise ConfigError("give --data FILES or --beir FOLDER")
+    request.check()
     result = evaluate_saved_model(request)
     output = request.output or default_output(request)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
@@ -202,54 +229,20 @@ def run_eval(request: EvalRequest) -> tuple[dict[str, Any], str]:
     return result, output
 
 
-def read_documents(path: str, text_field: str = "text") -> list[str]:
-    """Documents to rank: a text file with one per line, or a JSONL file of objects with a
-    ``text`` field (and an optional ``title``, put first as BEIR does). Split on "\\n" only:
-    texts may hold other Unicode line separators."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"--docs {path}: no such file")
-    lines = [line for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
-    if not path.lower().endswith((".jsonl", ".json", ".ndjson")):
-        return lines
-    documents = []
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: line {number} is not JSON: {err}") from err
-        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-            raise DataError(f"{path}: line {number} has no text field {text_field!r}")
-        title = record.get("title")
-        documents.append(f"{title} {record[text_field]}".strip() if isinstance(title, str) else record[text_field])
-    return documents
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "eval", help="metrics of a saved model on pair files or a BEIR folder (in this process, no Ray)"
+    )
+    add_flags(parser, EvalRequest)
+    add_verbose(parser)
 
 
-def rank_documents(
-    model_path: str, query: str, documents: list[str], top_k: int | None = None, trust_remote_code: bool = False
-) -> list[dict[str, Any]]:
-    """The documents sorted by the model's score for ``query`` (CrossEncoder.rank)."""
-    from sentence_transformers import CrossEncoder
-
-    if not os.path.isdir(model_path):
-        raise ConfigError(f"--model {model_path}: no such model folder")
-    if not documents:
-        raise DataError("no documents to rank")
-    model = CrossEncoder(model_path, trust_remote_code=trust_remote_code, device=None)
-    if model.num_labels != 1:
-        raise ConfigError(f"--model {model_path} has {model.num_labels} outputs; ranking needs a 1-output reranker")
-    ranked = model.rank(query, documents, top_k=top_k, return_documents=True, show_progress_bar=False)
-    return [
-        {"rank": i + 1, "index": r["corpus_id"], "score": float(r["score"]), "text": r["text"]}
-        for i, r in enumerate(ranked)
-    ]
-
-
-def parse_columns(items: list[str] | None) -> dict[str, str]:
-    """``sentence_0=query`` items -> {canonical: file column}."""
-    columns = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or key not in PAIR_COLUMNS or not value:
-            raise ConfigError(f"--columns {item!r}: expected one of {', '.join(PAIR_COLUMNS)}=<your column>")
-        columns[key] = value
-    return columns
+def run(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    result, output = run_eval(EvalRequest(**given(args, EvalRequest)))
+    headline = result["headline_metric"]
+    print(f"[rerank-ray] {result['pairs']} pairs, eval.kind {result['kind']}")
+    for key, value in result["metrics"].items():
+        print(f"{'*' if key == headline else ' '} {key}: {value:.4f}")
+    print(f"[rerank-ray] metrics written to {output}")
+    return 0

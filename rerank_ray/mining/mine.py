@@ -4,18 +4,20 @@ sentence-transformers' ``util.mine_hard_negatives`` embeds, searches and selects
 process, holding the corpus, its embeddings and every candidate in memory. Here:
 
 1. The pairs are read on the driver (their size is the pairs', not the corpus') and
-   de-duplicated as the library does (:class:`rerank_ray.run.negatives.Positives`).
+   de-duplicated as the library does (:class:`rerank_ray.mining.negatives.Positives`).
 2. Ray Data embeds the queries, the positives and the corpus files in one ``map_batches`` with a
    pool of actors that each load the bi-encoder once (a GPU each when the cluster has GPUs),
-   with the library's calls (``encode_query`` / ``encode_document``, normalised, its prompts).
+   with the library's calls (``encode_query`` / ``encode_document``, normalised, its prompts;
+   :mod:`rerank_ray.inference.embedding`).
    The embedded blocks stay in Ray's object store.
 3. Exact search in blocks: Ray tasks, one per ``search_batch_size`` queries, each walk the
    blocks one at a time and keep each query's best ``range_max + max_positives + 1`` candidates
    (scores are the dot products of normalised embeddings: the library's cosine similarity; with
    ``use_faiss`` a faiss ``IndexFlatIP`` per block). A task holds its queries and one block,
-   whatever the corpus' size.
-4. An optional cross-encoder rescores each query's candidates in Ray Data (``score``'s actors).
-5. The library's selection (:func:`rerank_ray.run.negatives.select`), the chosen texts looked up
+   whatever the corpus' size (:mod:`rerank_ray.inference.search`).
+4. An optional cross-encoder rescores each query's candidates in Ray Data (``score``'s actors,
+   :mod:`rerank_ray.inference.score`).
+5. The library's selection (:func:`rerank_ray.mining.negatives.select`), the chosen texts looked up
    by hash in the embedded blocks, the rows in the asked format written as Parquet, and a
    summary printed and written beside them.
 """
@@ -29,14 +31,28 @@ import numpy as np
 import pyarrow as pa
 
 from rerank_ray import storage
-from rerank_ray.config import Config, DataConfig, MineConfig, ModelConfig
+from rerank_ray.config import Config, DataConfig
 from rerank_ray.data.files import resolve_paths
 from rerank_ray.data.reading import open_local_or_uri, peek_columns
 from rerank_ray.data.rows import ORDER, READERS, read_table, rows_datasource
 from rerank_ray.data.shapes import file_name, find_shape
 from rerank_ray.errors import ConfigError, DataError
-from rerank_ray.run.cluster import ensure_ray
-from rerank_ray.run.negatives import (
+from rerank_ray.inference.embedding import (
+    DOCUMENT,
+    HASH,
+    POSITIVE,
+    QUERY,
+    ROLE,
+    TEXT,
+    Embedder,
+    EmbedderSpec,
+    keep_roles,
+)
+from rerank_ray.inference.jobs import actor_pool, check_output_is_new, write_summary
+from rerank_ray.inference.score import Scorer, ScoreRequest
+from rerank_ray.inference.search import own_vectors, search
+from rerank_ray.mining.config import MineConfig
+from rerank_ray.mining.negatives import (
     FILTERS,
     Positives,
     Selection,
@@ -48,13 +64,9 @@ from rerank_ray.run.negatives import (
     statistics,
     text_hashes,
 )
-from rerank_ray.run.score import Scorer, ScoreRequest, actor_pool, check_output_is_new, write_summary
+from rerank_ray.run.cluster import ensure_ray
 from rerank_ray.training import faults
-from rerank_ray.training.models import model_source
 
-TEXT, ROLE, HASH, EMBEDDING = "text", "role", "hash", "embedding"
-#: What a row of the embedding stage is: a query, a positive, or a document of the corpus files.
-QUERY, POSITIVE, DOCUMENT = 0, 1, 2
 #: Mined rows per written Parquet part.
 ROWS_PER_PART = 100_000
 
@@ -163,137 +175,11 @@ def corpus_texts(batch: pa.Table, column: str, title: str | None) -> pa.Table:
     return table.filter(pc.greater(pc.utf8_length(table[TEXT]), 0))
 
 
-class Embedder:
-    """A Ray Data actor: the bi-encoder, loaded once, embedding blocks of texts."""
-
-    def __init__(self, config: dict[str, Any], test_faults: dict[str, Any] | None = None):
-        import torch
-        from sentence_transformers import SentenceTransformer
-
-        self.config = MineConfig(**config)
-        faults.install(test_faults, rank=0)
-        self.batches = 0
-        cuda = torch.cuda.is_available()
-        if not cuda:
-            torch.set_num_threads(max(1, int(self.config.cpus_per_actor)))
-        source = model_source(ModelConfig(name_or_path=self.config.embedder))
-        self.model = SentenceTransformer(
-            source, device="cuda" if cuda else "cpu", trust_remote_code=self.config.trust_remote_code
-        )
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        self.batches += 1
-        faults.fire("embed", self.batches)  # tests only: a real death of this actor at its n-th batch
-        texts = batch[TEXT].to_pylist()
-        roles = batch[ROLE].to_numpy()
-        dim = self.model.get_sentence_embedding_dimension()
-        vectors = np.zeros((len(texts), dim), dtype=np.float32)
-        config = self.config
-        for is_query in (True, False):
-            rows = np.flatnonzero((roles == QUERY) == is_query)
-            if not len(rows):
-                continue
-            encode = self.model.encode_query if is_query else self.model.encode_document
-            vectors[rows] = encode(
-                [texts[i] for i in rows],
-                batch_size=config.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-                prompt_name=config.query_prompt_name if is_query else config.corpus_prompt_name,
-                prompt=config.query_prompt if is_query else config.corpus_prompt,
-            )
-        flat = pa.array(vectors.reshape(-1), pa.float32())
-        return batch.append_column(HASH, pa.array(text_hashes(texts), pa.int64())).append_column(
-            EMBEDDING, pa.FixedSizeListArray.from_arrays(flat, dim)
-        )
-
-
-def matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A fixed-size-list column as a [rows, dim] float32 array."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    dim = array.type.list_size
-    return np.asarray(array.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
-
-
-def keep_roles(batch: pa.Table, roles: tuple[int, ...]) -> pa.Table:
-    import pyarrow.compute as pc
-
-    return batch.filter(pc.is_in(batch[ROLE], pa.array(roles, pa.int8())))
-
-
 def pick_texts(batch: pa.Table, wanted: np.ndarray) -> pa.Table:
     """The (hash, text) rows of a block whose hash is wanted: the chosen negatives' texts."""
     import pyarrow.compute as pc
 
     return batch.select([HASH, TEXT]).filter(pc.is_in(batch[HASH], pa.array(wanted, pa.int64())))
-
-
-# ---------------------------------------------------------------------------------------------
-# Exact search in blocks (Ray tasks)
-
-
-def block_top(
-    queries: np.ndarray, block: pa.Table, k: int, use_faiss: bool = False, key: str = HASH
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each query's best ``k`` distinct candidates (scores, ``key`` values: text hashes unless
-    said) of one embedded block."""
-    candidates = keep_roles(block, (POSITIVE, DOCUMENT))
-    hashes = candidates[key].to_numpy()
-    if not len(hashes):
-        return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-    # A text twice in a block (a positive that is also in the corpus, a repeated document) is one
-    # candidate, as in the library's de-duplicated corpus.
-    hashes, first = np.unique(hashes, return_index=True)
-    vectors = matrix(candidates[EMBEDDING])[first]
-    if use_faiss:
-        import faiss
-
-        index = faiss.IndexFlatIP(vectors.shape[1])
-        index.add(np.ascontiguousarray(vectors))
-        scores, found = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(hashes)))
-        return scores, hashes[found]
-    scores = queries @ vectors.T
-    if k < scores.shape[1]:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        return np.take_along_axis(scores, part, 1), hashes[part]
-    return scores, np.broadcast_to(hashes, scores.shape)
-
-
-def merge_top(
-    best: tuple[np.ndarray, np.ndarray], more: tuple[np.ndarray, np.ndarray], k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The best ``k`` distinct texts of two candidate lists per query, best first. Each list
-    holds distinct texts; a text in both (found in two blocks) is kept once."""
-    scores = np.concatenate([best[0], more[0]], axis=1)
-    hashes = np.concatenate([best[1], more[1]], axis=1)
-    by_hash = np.lexsort((-scores, hashes), axis=1)
-    scores = np.take_along_axis(scores, by_hash, 1)
-    hashes = np.take_along_axis(hashes, by_hash, 1)
-    repeated = np.zeros(hashes.shape, dtype=bool)
-    repeated[:, 1:] = hashes[:, 1:] == hashes[:, :-1]
-    scores[repeated] = -np.inf
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(scores, order, 1), np.take_along_axis(hashes, order, 1)
-
-
-def search_blocks(
-    queries: np.ndarray, blocks: list[Any], k: int, use_faiss: bool = False, key: str = HASH
-) -> tuple[np.ndarray, np.ndarray]:
-    """A Ray task: the best ``k`` candidates of every block for a chunk of queries, fetching one
-    block at a time; padded with ``-inf`` (hash 0) where the corpus has fewer than ``k``."""
-    import ray
-
-    best = (np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64))
-    for ref in blocks:
-        best = merge_top(best, block_top(queries, ray.get(ref), k, use_faiss, key), k)
-    missing = k - best[0].shape[1]
-    if missing > 0:
-        best = (
-            np.pad(best[0], ((0, 0), (0, missing)), constant_values=-np.inf),
-            np.pad(best[1], ((0, 0), (0, missing)), constant_values=0),
-        )
-    return best
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,6 +250,21 @@ def _filters_set(config: MineConfig) -> bool:
     return any(getattr(config, name) is not None for name in FILTERS)
 
 
+def embedder_spec(config: MineConfig) -> EmbedderSpec:
+    """The embedding actors' part of ``mine:``."""
+    return EmbedderSpec(
+        model=config.embedder,
+        batch_size=config.batch_size,
+        query_prompt=config.query_prompt,
+        query_prompt_name=config.query_prompt_name,
+        corpus_prompt=config.corpus_prompt,
+        corpus_prompt_name=config.corpus_prompt_name,
+        cpus_per_actor=config.cpus_per_actor,
+        rows_per_batch=config.rows_per_batch,
+        trust_remote_code=config.trust_remote_code,
+    )
+
+
 def _embed(
     config: MineConfig,
     queries: list[str],
@@ -392,39 +293,11 @@ def _embed(
         texts = texts.union(documents)
     return texts.map_batches(
         Embedder,
-        fn_constructor_kwargs={"config": config.__dict__, "test_faults": faults.from_environment()},
+        fn_constructor_kwargs={"spec": embedder_spec(config).as_dict(), "test_faults": faults.from_environment()},
         batch_size=config.rows_per_batch,
         batch_format="pyarrow",
         **actor_pool(concurrency, gpus, config.cpus_per_actor),
     ).materialize()
-
-
-def own_vectors(embedded: Any, queries: int, positives: int) -> tuple[np.ndarray, np.ndarray]:
-    """The queries' and the positives' embeddings, in the order they were given."""
-    own = embedded.map_batches(keep_roles, fn_kwargs={"roles": (QUERY, POSITIVE)}, batch_format="pyarrow")
-    tables = [t for t in own.iter_batches(batch_format="pyarrow", batch_size=None) if t.num_rows]
-    table = pa.concat_tables(tables).sort_by(ORDER)
-    vectors = matrix(table[EMBEDDING])
-    if len(vectors) != queries + positives:
-        raise RuntimeError(f"embedded {len(vectors)} queries and positives, expected {queries + positives}")
-    return vectors[:queries], vectors[queries:]
-
-
-def search(
-    embedded: Any, query_vectors: np.ndarray, k: int, chunk: int, use_faiss: bool, key: str = HASH
-) -> tuple[np.ndarray, np.ndarray]:
-    """Every query's best ``k`` candidates of the embedded blocks: Ray tasks of ``chunk`` queries."""
-    import ray
-
-    blocks = embedded.to_arrow_refs()
-    task = ray.remote(num_cpus=1)(search_blocks)
-    # The block references travel inside a list, so a task fetches them one at a time.
-    pending = [
-        task.remote(query_vectors[i : i + chunk], blocks, k, use_faiss, key)
-        for i in range(0, len(query_vectors), chunk)
-    ]
-    found = ray.get(pending)
-    return np.concatenate([s for s, _ in found]), np.concatenate([h for _, h in found])
 
 
 def _texts_of(embedded: Any, hashes: np.ndarray, known: dict[int, str] | None = None) -> dict[int, str]:

@@ -1,11 +1,11 @@
 """First-stage retrieval for retrieve-then-rerank evaluation (``eval.retriever``), in Ray Data.
 
 The BEIR split's queries and the whole corpus are embedded with the bi-encoder by the actors of
-``rerank-ray mine`` (:class:`rerank_ray.run.mine.Embedder`: the library's ``encode_query`` /
+``rerank-ray mine`` (:class:`rerank_ray.inference.embedding.Embedder`: the library's ``encode_query`` /
 ``encode_document``, normalised), and each query's top ``eval.top_k`` documents found by the
 same exact block search, here keyed by document id (two documents with one text stay two
 candidates, as they are two corpus entries). The result is the (query_id, corpus_id, rank) table
-:func:`rerank_ray.data.candidates.apply_candidates` takes; it is computed once per run, before
+:func:`rerank_ray.evaluation.candidates.apply_candidates` takes; it is computed once per run, before
 training, and equals ``sentence_transformers.util.semantic_search`` over the same embeddings
 (ties aside; tested).
 """
@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from rerank_ray.config import Config, MineConfig
+from rerank_ray.config import Config
 from rerank_ray.data.beir import BeirFiles, corpus_dataset, document_texts
 from rerank_ray.data.rows import ORDER
 from rerank_ray.evaluation.ranking import query_hashes
-from rerank_ray.run.mine import DOCUMENT, QUERY, ROLE, TEXT, Embedder, own_vectors, search
-from rerank_ray.run.score import actor_pool
+from rerank_ray.inference.embedding import DOCUMENT, QUERY, ROLE, TEXT, Embedder, EmbedderSpec
+from rerank_ray.inference.jobs import actor_pool
+from rerank_ray.inference.search import own_vectors, search
 from rerank_ray.training import faults
 
 #: The embedding stage's key of a document: a 64-bit hash of its corpus id; and the id itself.
@@ -32,10 +33,10 @@ DOC_KEY, CORPUS_ID = "doc_key", "corpus_id"
 SEARCH_CHUNK = 1024
 
 
-def retriever_config(config: Config) -> MineConfig:
+def retriever_spec(config: Config) -> EmbedderSpec:
     """The embedding actors' settings for ``eval.retriever``."""
-    return MineConfig(
-        embedder=config.eval.retriever or "",
+    return EmbedderSpec(
+        model=config.eval.retriever or "",
         batch_size=config.eval.retriever_batch_size,
         trust_remote_code=config.model.trust_remote_code,
     )
@@ -72,7 +73,7 @@ def retrieve(config: Config, beir: BeirFiles) -> pa.Table:
     queries = beir.query_texts()
     query_ids, query_texts = queries["query_id"].to_pylist(), queries["sentence_0"].to_pylist()
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    settings = retriever_config(config)
+    settings = retriever_spec(config)
     print(
         f"[rerank-ray] {beir.what}: embedding {len(query_texts)} queries and {beir.corpus} with "
         f"{config.eval.retriever} on {max(1, gpus)} {'GPU' if gpus else 'CPU'} actor(s), then the top "
@@ -91,7 +92,7 @@ def retrieve(config: Config, beir: BeirFiles) -> pa.Table:
     texts = ray.data.from_arrow(own).union(corpus_dataset(beir).map_batches(document_rows, batch_format="pyarrow"))
     embedded = texts.map_batches(
         Embedder,
-        fn_constructor_kwargs={"config": settings.__dict__, "test_faults": faults.from_environment()},
+        fn_constructor_kwargs={"spec": settings.as_dict(), "test_faults": faults.from_environment()},
         batch_size=settings.rows_per_batch,
         batch_format="pyarrow",
         **actor_pool(max(1, gpus), gpus, settings.cpus_per_actor),

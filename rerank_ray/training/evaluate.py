@@ -1,0 +1,141 @@
+"""Evaluation inside the workers: each rank scores its shard of the eval set, rank 0 computes the
+metrics once, with the library's evaluators' definitions (:mod:`rerank_ray.evaluation.metrics`),
+and every rank gets them."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rerank_ray import console
+from rerank_ray.config import Config
+from rerank_ray.data.beir import Retrieval
+from rerank_ray.data.checks import describe_tally, tally, tally_dict
+from rerank_ray.evaluation.metrics import compute_metrics
+from rerank_ray.training import faults
+from rerank_ray.training.audit import AuditLog
+from rerank_ray.training.batching import Collator, iter_batches
+from rerank_ray.training.collectives import Collectives
+from rerank_ray.training.plan import TrainPlan
+from rerank_ray.training.prefetch import prefetch, stall_message
+
+
+@dataclass
+class ShardEvaluator:
+    """Scores this rank's eval shard and turns all ranks' scores into the run's metrics."""
+
+    config: Config
+    plan: TrainPlan
+    shard: Any
+    """This rank's Ray Data iterator of the eval set (``get_dataset_shard("eval")``)."""
+    collate: Collator
+    collectives: Collectives
+    rank: int
+    device: Any
+    mask: str
+    """The attention mask's form (:func:`rerank_ray.training.models.mask_kind`)."""
+    retrieval: Retrieval | None
+    audit: AuditLog
+
+    def evaluate(
+        self,
+        model: Any,
+        autocast: Callable[[], contextlib.AbstractContextManager],
+        skipped_before: dict[str, int],
+        where: dict[str, Any],
+    ) -> tuple[dict[str, float], dict[str, int]]:
+        """(metrics, skipped eval rows by reason), the same on every rank. ``skipped_before``:
+        the skips the last evaluation reported (said again only when they change); ``where``:
+        the session, epoch and step, for the audit."""
+        import torch
+
+        with torch.no_grad():
+            started = time.perf_counter()
+            local = self._score(model, autocast, where)
+            gathered = self.collectives.gather_objects(local)
+            metrics: dict[str, float] = {}
+            skipped = skipped_before
+            if self.rank == 0:
+                metrics, skipped = self._metrics(gathered, skipped_before, model.num_labels)
+                metrics[f"{self.config.eval.name}_runtime"] = time.perf_counter() - started
+            metrics, skipped = self.collectives.broadcast_object((metrics, skipped))
+        if self.rank == 0:
+            headline = self.plan.headline_metric
+            console.say(f"[rerank-ray] step {where['step']}: {headline} = {metrics[headline]:.4f}")
+        return metrics, skipped
+
+    def _score(self, model: Any, autocast: Callable[[], Any], where: dict[str, Any]) -> tuple[np.ndarray, ...]:
+        """This rank's (scores, labels, weights, skip reasons, query ids), scores after the
+        model's activation, as ``CrossEncoder.predict`` gives them."""
+        import torch
+
+        model.eval()
+        scores, labels, weights, skips, groups = [], [], [], [], []
+        batches = iter_batches(
+            self.shard, self.config.eval.batch_size, self.collate, window_batches=8, group_by_length=True, rng=None
+        )
+        for batch in prefetch(
+            batches,
+            self.config.data.prefetch_batches,
+            self.config.run.stall_timeout_s,
+            functools.partial(stall_message, "eval", "eval"),
+        ):
+            with autocast(), faults.explain_oom("eval", self.config.eval.batch_size, max_length=self.plan.max_length):
+                logits = model(batch.features(self.device, self.mask))["scores"]
+            # Kept on the device, copied to the host once after the last batch: a copy per batch
+            # would wait for each batch's kernels (a host sync per batch on a GPU).
+            scores.append(model.activation_fn(logits.float()))
+            labels.append(batch.labels)
+            weights.append(batch.weights)
+            skips.append(batch.skip if batch.skip is not None else np.zeros(len(batch), dtype=np.int8))
+            if batch.group_ids is not None:
+                groups.append(batch.group_ids)
+            self.audit.pair_ids(batch, "eval", where["session"], where["epoch"], where["step"])
+        device_scores = torch.cat(scores).cpu().numpy() if scores else np.zeros(0, dtype=np.float32)
+        return device_scores, _concat(labels), _concat(weights), _concat(skips), _concat(groups)
+
+    def _metrics(
+        self, gathered: list[tuple[np.ndarray, ...]], skipped_before: dict[str, int], num_labels: int
+    ) -> tuple[dict[str, float], dict[str, int]]:
+        """Rank 0: every rank's scores, checked against the eval set's size, to metrics."""
+        all_scores = np.concatenate([g[0] for g in gathered])
+        all_labels = np.concatenate([g[1] for g in gathered])
+        real = np.concatenate([g[2] for g in gathered]) > 0
+        skipped = tally_dict(tally(np.concatenate([g[3] for g in gathered])))
+        if real.sum() + sum(skipped.values()) != self.plan.eval_rows:
+            raise RuntimeError(
+                f"evaluation saw {int(real.sum())} pairs and {sum(skipped.values())} skipped rows, "
+                f"the eval set has {self.plan.eval_rows}"
+            )
+        if skipped and skipped != skipped_before:
+            console.say(
+                f"[rerank-ray] skipped {sum(skipped.values())} bad eval row(s) of {self.plan.eval_rows} "
+                f"(data.on_bad_row=skip): {describe_tally(skipped)}"
+            )
+        all_scores = all_scores[real]
+        if num_labels == 1:
+            all_scores = all_scores.reshape(-1)
+        all_groups = np.concatenate([g[4] for g in gathered])
+        metrics = compute_metrics(
+            self.config.eval.kind,
+            all_scores,
+            all_labels[real],
+            self.config.eval.name,
+            num_labels,
+            groups=all_groups[real] if len(all_groups) else None,
+            at_k=self.config.eval.at_k,
+            judged=self.retrieval.judged() if self.retrieval else None,
+        )
+        if self.retrieval:  # the retriever's own ranking beside the reranked one, as the library reports it
+            metrics.update(self.retrieval.base)
+        return metrics, skipped
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros((0,), dtype=np.float32)

@@ -275,7 +275,7 @@ def test_training_reranks_the_retrievers_top_k_and_reports_both(ray_local, tiny_
     from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
     from tiny import write_parquet
 
-    from rerank_ray.commands import EvalRequest, run_eval
+    from rerank_ray.commands.evaluate import EvalRequest, run_eval
     from rerank_ray.run.driver import train
 
     beir = _graded_beir(tmp_path)

@@ -1,7 +1,8 @@
 # Developer commands. `make check` is what CI checks before the tests; `make test` is CI itself.
+# `make docs` builds the documentation site strictly (as CI does); `make docs-serve` serves it.
 VENV := .venv/bin
 
-.PHONY: setup check format test test-unit test-slow
+.PHONY: setup check format test test-unit test-slow docs docs-serve
 
 setup:
 	bash scripts/setup.sh
@@ -25,3 +26,10 @@ test-unit:
 
 test-slow:
 	bash scripts/test.sh -m slow
+
+# The site goes to /tmp, not into the repository (a Ray job's working dir would carry it).
+docs:
+	NO_MKDOCS_2_WARNING=1 $(VENV)/mkdocs build --strict --site-dir /tmp/rerank-ray-site
+
+docs-serve:
+	NO_MKDOCS_2_WARNING=1 $(VENV)/mkdocs serve

@@ -55,7 +55,7 @@ NEGATIVES_PER_TUPLE = 7
 
 
 def grouped_rows(pairs: list[dict], negatives: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """The training pairs in the grouped shapes (README, "Data shapes and losses"): one row per
+    """The training pairs in the grouped shapes (docs/data.md, "Shapes and columns"): one row per
     query with its judged documents and their judgements (0, 1, 2), and one row per judged
     positive with ``negatives`` of the query's non-relevant documents drawn (seeded) and the
     judgements of all of them as ``label`` (stand-ins for a teacher's scores)."""

@@ -98,7 +98,7 @@ class DataConfig:
     ``{sentence_0: query, sentence_1: passage, label: score}`` for pairs, ``{positive: pos,
     negative_1: neg}`` for an n-tuple, ``{documents: passages, labels: scores}`` for a list.
     Unmapped keys keep their canonical name. The columns present decide the training set's
-    shape (README, "Data shapes and losses")."""
+    shape (docs: "Your data", shapes and columns)."""
 
     label_scale: float = 1.0
     """Every label is multiplied by this on read (0.2 turns 0-5 similarity scores into 0-1)."""
@@ -159,7 +159,7 @@ class TrainConfig:
     (and hard negatives): ``MultipleNegativesRankingLoss``, ``CachedMultipleNegativesRankingLoss``,
     ``MarginMSELoss`` (teacher scores); on a query's list of documents and labels: ``LambdaLoss``,
     ``ListNetLoss``, ``ListMLELoss``, ``PListMLELoss``, ``RankNetLoss``, ``ADRMSELoss``. The
-    training set's columns must have the loss's shape (README, "Data shapes and losses")."""
+    training set's columns must have the loss's shape (docs: "Your data", shapes and columns)."""
 
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for the loss, as its class takes them, e.g. ``{pos_weight: 4.0}`` for

@@ -31,7 +31,7 @@ every file before Ray started.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -103,21 +103,21 @@ _ENCODER_CACHE: dict[str, Any] = {}
 
 
 class EncoderHandle:
-    """Carries a :class:`~rerank_ray.data.encoding.PairEncoder` to Ray Data tasks once per
-    process: the object store holds one copy and each worker process deserializes it the first
-    time only."""
+    """How Ray Data tasks get the :class:`~rerank_ray.data.encoding.PairEncoder`: ``build`` (a
+    picklable callable, e.g. ``functools.partial(load_encoder, model_config, max_length)``) makes
+    it in each process the first time it is needed, and the process keeps it.
 
-    def __init__(self, encoder: PairEncoder, key: str):
-        import ray
+    Built there rather than pickled on the driver: a model with its own code
+    (``trust_remote_code``) has a config class from transformers' dynamic modules, which only a
+    process that loaded the model can unpickle."""
 
-        self.ref = ray.put(encoder)
+    def __init__(self, build: Callable[[], PairEncoder], key: str):
+        self.build = build
         self.key = key
 
     def get(self) -> PairEncoder:
         if self.key not in _ENCODER_CACHE:
-            import ray
-
-            _ENCODER_CACHE[self.key] = ray.get(self.ref)
+            _ENCODER_CACHE[self.key] = self.build()
         return _ENCODER_CACHE[self.key]
 
 

@@ -8,6 +8,7 @@ the Ray it runs on :mod:`rerank_ray.run.cluster`.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -168,7 +169,10 @@ def prepare_datasets(
     seed = config.train.seed if config.data.shuffle else None
     # The library's preprocessing of this model, carried to the tokenize tasks (rerank_ray.data.encoding).
     encoder = load_encoder(config.model, max_length)
-    handle = EncoderHandle(encoder, key=f"{config.model.name_or_path}@{config.model.revision}/{max_length}")
+    key = f"{config.model.name_or_path}@{config.model.revision}/{max_length}/{config.model.max_query_length}"
+    handle = EncoderHandle(
+        functools.partial(load_encoder, config.model, max_length), key=key + repr(config.model.prompts)
+    )
     class_ids = integer_labels(config.train.loss)
     has_ids = bool(config.data.id_column)
     train_split = splits["train"]

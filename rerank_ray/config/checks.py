@@ -69,6 +69,37 @@ def check_sections(
         )
     # The loss and the evaluator kind must fit the head; fail here rather than in a worker.
     check_loss_fits(train.loss, model.num_labels, evaluation.kind, train.loss_kwargs)
+    check_memory_settings(model, train, scaling)
+
+
+def check_memory_settings(model: ModelConfig, train: TrainConfig, scaling: ScalingConfig) -> None:
+    """LoRA, activation checkpointing and FSDP: their ranges, and what they do not combine with."""
+    lora = model.lora
+    if lora.r < 0:
+        raise ConfigError(f"model.lora.r must be 0 (no LoRA) or a positive rank, got {lora.r}")
+    if lora.alpha is not None and not lora.alpha > 0:
+        raise ConfigError(f"model.lora.alpha must be positive, got {lora.alpha}")
+    if not 0 <= lora.dropout < 1:
+        raise ConfigError(f"model.lora.dropout must be in [0, 1), got {lora.dropout}")
+    if lora.r == 0 and (lora.save_adapter or lora.target_modules or lora.modules_to_save):
+        raise ConfigError(
+            "model.lora settings are set but model.lora.r is 0 (no LoRA): set a rank, e.g. model.lora.r=16"
+        )
+    if lora.r:
+        try:
+            import peft  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "model.lora needs peft: pip install 'rerank-ray[lora]' (on a cluster, in the job's runtime env too)"
+            ) from None
+    if scaling.strategy == "fsdp":
+        if train.precision == "fp16":
+            raise ConfigError(
+                "scaling.strategy fsdp trains in fp32 or bf16 (train.precision bf16): fp16 would need a gradient "
+                "scaler for sharded gradients"
+            )
+        if train.torch_compile:
+            raise ConfigError("train.torch_compile is not supported with scaling.strategy fsdp: set one of them off")
 
 
 def check_ranges(

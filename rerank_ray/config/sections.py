@@ -49,6 +49,36 @@ def is_canonical_column(name: str) -> bool:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters (peft) instead of full fine-tuning: only the adapters, and an encoder's new
+    scoring head, are trained and kept in the optimizer; the base weights stay frozen."""
+
+    r: int = 0
+    """The adapters' rank. 0: no LoRA, every weight is trained."""
+
+    alpha: float | None = None
+    """LoRA's scaling numerator (``lora_alpha``): the update is scaled by alpha / r. None: 2 x r."""
+
+    dropout: float = 0.05
+    """Dropout on the adapters' input (``lora_dropout``)."""
+
+    target_modules: list[str] | None = None
+    """Module names (or name suffixes) that get adapters, e.g. ``[q_proj, k_proj, v_proj, o_proj,
+    gate_proj, up_proj, down_proj]`` for a Qwen3 reranker, ``[query, key, value, dense]`` for BERT.
+    None: every linear layer but the output head (peft's ``all-linear``)."""
+
+    modules_to_save: list[str] | None = None
+    """Modules trained in full beside the adapters, and saved with them. None: an encoder's scoring
+    head (``classifier`` / ``score``, added as peft adds it for sequence classification), so a new
+    head is trained and saved, not left at its random start; a causal-LM reranker has none."""
+
+    save_adapter: bool = False
+    """Also write the adapter alone (with its head) to ``<output_dir>/adapter``: a folder
+    ``CrossEncoder(path)`` loads on top of the base model. The export itself is always the merged
+    model, which loads without peft."""
+
+
+@dataclass
 class ModelConfig:
     name_or_path: str = ""
     """Base model: a Hugging Face hub id (``cross-encoder/ms-marco-MiniLM-L6-v2``) or a local folder.
@@ -92,6 +122,10 @@ class ModelConfig:
     attn_implementation: str | None = None
     """Attention kernel passed to transformers (``sdpa``, ``eager``, ``flash_attention_2``). None:
     the library's default."""
+
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters instead of full fine-tuning (``model.lora.r`` > 0; needs ``pip install
+    'rerank-ray[lora]'``)."""
 
 
 @dataclass
@@ -242,6 +276,12 @@ class TrainConfig:
     logging_steps: int = 10
     """Optimizer steps between progress lines (step/total, loss, pairs/s, ETA)."""
 
+    gradient_checkpointing: bool = False
+    """Activation (gradient) checkpointing: keep only each transformer block's input in the forward
+    and recompute the rest in the backward, for about half a step's peak memory at the cost of a
+    second forward (sentence-transformers' ``activation_checkpointing``; the same loss and
+    gradients)."""
+
     torch_compile: bool = False
     """Compile the model's training forward and backward with ``torch.compile`` (opt-in). The first
     steps take longer while it compiles; token lengths are then padded to multiples of 16 and an
@@ -328,7 +368,15 @@ class EvalConfig:
 @dataclass
 class ScalingConfig:
     num_workers: int = 2
-    """Ray Train workers (DDP ranks)."""
+    """Ray Train workers (data-parallel ranks)."""
+
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """How the workers hold the model: ``ddp`` (each a whole replica, gradients all-reduced) or
+    ``fsdp`` (PyTorch's FSDP2: each transformer block and the rest sharded across the workers,
+    gathered for its forward and backward; parameters, gradients and optimizer state take 1 /
+    ``num_workers`` of the memory each). With ``train.precision`` bf16 the sharded weights are
+    gathered in bf16 and gradients reduced in fp32. Checkpoints are sharded (torch's distributed
+    checkpoint) and restore on any number of workers."""
 
     use_gpu: bool = False
     """One GPU per worker (NCCL); CPU workers use gloo."""

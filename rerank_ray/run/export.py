@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +36,10 @@ from rerank_ray.redaction import redact, redact_obj
 from rerank_ray.resources import peak_rss_mib, process_start_unix
 from rerank_ray.run.model_card import RunRecord, dataset_name, write_model_card
 from rerank_ray.run.paths import run_dir, run_name, storage_root
-from rerank_ray.training import checkpointing
+from rerank_ray.training import adapters, checkpointing
 from rerank_ray.training.checkpointing import CheckpointInfo
 from rerank_ray.training.plan import TrainPlan
+from rerank_ray.training.strategy import exported_model
 from rerank_ray.training.tracking import TrackingRun, finish, metric_tag
 
 CARD_SAMPLE_ROWS = 1000
@@ -187,7 +189,6 @@ def export_run(
     """``search_summary``: a markdown section appended to the model card (``rerank-ray tune``
     passes the summary of the search that picked this run); ``tracking``: the trackers' runs, which
     get the card and metrics.json as artifacts and are closed."""
-    from sentence_transformers import CrossEncoder
 
     name = run_name(config)
     run_folder = run_dir(config, name)
@@ -208,9 +209,9 @@ def export_run(
             (int(final_report["step"]), float(final_report["epoch"])) if final_report.get("stopped_early") else None
         )
 
-        model = CrossEncoder(
-            checkpointing.model_dir(chosen), trust_remote_code=config.model.trust_remote_code, device="cpu"
-        )
+        # One plain CrossEncoder, whatever the checkpoint holds (the whole model, LoRA adapters,
+        # FSDP shards): rerank_ray.training.strategy.
+        model = exported_model(chosen, config, plan.max_length)
         train_source, eval_source = sources["train"], sources.get("eval")
         assert train_source is not None
         evaluating = bool(plan.eval_rows and eval_source is not None)
@@ -230,11 +231,20 @@ def export_run(
             stopped_at=stopped_at,
             dropped_queries=eval_source.dropped_queries if eval_source else {},
             train_shape=train_source.shape.describe(),
+            trained_parameters=(adapters.trainable_parameters(model), sum(p.numel() for p in model.parameters()))
+            if config.model.lora.r
+            else None,
         )
         # Written whole in a scratch folder, then published in one step (storage.publish_dir):
         # the driver is the only process that writes the export.
         local_out = os.path.join(scratch, "out")
+        if config.model.lora.r:
+            if config.model.lora.save_adapter:  # the adapter alone, before it is merged
+                model.save(os.path.join(scratch, "adapter"))
+            adapters.merge(model)  # the export loads without peft
         write_model_card(model, record, local_out, search_summary)
+        if config.model.lora.r and config.model.lora.save_adapter:
+            shutil.move(os.path.join(scratch, "adapter"), os.path.join(local_out, "adapter"))
 
         headline = plan.headline_metric
         before = next((e for e in history if e["step"] == 0 and headline in e), None)

@@ -64,6 +64,8 @@ class RunRecord:
     """Reranking eval queries left out by ``eval.drop_unrankable``, by reason."""
     train_shape: str = "labelled pairs"
     """The training set's shape, in words (:meth:`rerank_ray.data.shapes.Shape.describe`)."""
+    trained_parameters: tuple[int, int] | None = None
+    """With LoRA: (parameters trained, parameters of the model with its adapters)."""
 
 
 def hyperparameters(config: Config, plan: TrainPlan) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -249,8 +251,13 @@ def distributed_section(record: RunRecord, search: str | None = None, inputs: st
     lines = [
         DISTRIBUTED_HEADING,
         "",
-        f"- Workers: {scaling.num_workers} x {kind} (DDP, {'NCCL' if scaling.use_gpu else 'gloo'}), "
-        f"{scaling.cpus_per_worker:g} CPU each" + (", 1 GPU each" if scaling.use_gpu else ""),
+        f"- Workers: {scaling.num_workers} x {kind} ("
+        + ("FSDP2, each transformer block sharded" if scaling.strategy == "fsdp" else "DDP")
+        + f", {'NCCL' if scaling.use_gpu else 'gloo'}), "
+        f"{scaling.cpus_per_worker:g} CPU each"
+        + (", 1 GPU each" if scaling.use_gpu else "")
+        + ("; activation checkpointing" if config.train.gradient_checkpointing else ""),
+        *([lora_line(config, record.trained_parameters)] if config.model.lora.r else []),
         (
             f"- Training pairs: {plan.train_rows:,}"
             if plan.train_shape == "pairs"
@@ -299,6 +306,18 @@ def add_ray_version(card_text: str) -> str:
     if match is None:
         return card_text
     return card_text[: match.end()] + f"- Ray: {ray.__version__}\n" + card_text[match.end() :]
+
+
+def lora_line(config: Config, trained: tuple[int, int] | None) -> str:
+    """What LoRA trained, and that the export holds the merged weights."""
+    lora = config.model.lora
+    targets = ", ".join(lora.target_modules) if lora.target_modules else "every linear layer but the head"
+    counts = f": {trained[0]:,} of {trained[1]:,} parameters trained" if trained else ""
+    return (
+        f"- LoRA: rank {lora.r}, alpha {lora.alpha if lora.alpha is not None else 2 * lora.r:g}, dropout "
+        f"{lora.dropout:g}, on {targets}{counts}; merged into the exported weights"
+        + (" (the adapter alone in `adapter/`)" if lora.save_adapter else "")
+    )
 
 
 def inputs_line(model: Any, config: Config) -> str:

@@ -37,26 +37,46 @@ class AuditLog:
 
 
 def parameter_digest(model: torch.nn.Module) -> str:
-    """A digest of every parameter: each tensor reduced to (sum, sum of squares) in float64 on
-    its device, hashed. Cheap enough for every checkpoint."""
+    """A digest of every parameter this rank holds: each tensor (a sharded one's local shard)
+    reduced to (sum, sum of squares) in float64 on its device, hashed. Cheap enough for every
+    checkpoint."""
     import torch
 
     with torch.no_grad():
         fingerprint = torch.stack(
-            [torch.stack([p.double().sum(), p.double().square().sum()]) for p in model.parameters()]
+            [torch.stack([p.double().sum(), p.double().square().sum()]) for p in map(_local, model.parameters())]
         ).cpu()
     return hashlib.sha256(fingerprint.numpy().tobytes()).hexdigest()
 
 
+def _local(parameter: Any) -> Any:
+    """A DTensor's local shard (FSDP), else the tensor."""
+    return parameter.to_local() if hasattr(parameter, "to_local") else parameter
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    return any(hasattr(p, "to_local") for p in model.parameters())
+
+
 def check_replicas(model: torch.nn.Module, collectives: Collectives, audit: AuditLog, step: int) -> None:
     """Fail loudly if the ranks' parameters differ: gradients were not synchronised. The
-    digests of :func:`parameter_digest` are all-gathered and must match exactly."""
+    digests of :func:`parameter_digest` are all-gathered and must match exactly.
+
+    Under FSDP each rank holds other shards by design, so there is nothing to compare once the
+    model is sharded: the digest of this rank's shards goes to the audit, and the check that
+    matters, an identical start on every rank, runs before sharding (FSDP does not broadcast
+    rank 0's weights as DDP does)."""
     digest = parameter_digest(model)
     audit.write({"kind": "params", "step": step, "digest": digest})
-    if not collectives.active:
+    if not collectives.active or is_sharded(model):
         return
     digests = collectives.gather_objects(digest)
     if len(set(digests)) != 1:
+        if step < 0:
+            raise RuntimeError(
+                f"the ranks start from different weights ({digests}): under scaling.strategy fsdp every rank "
+                "must load the same model (a new head or adapters seeded alike)"
+            )
         raise RuntimeError(
             f"parameters differ across ranks at step {step} ({digests}): gradients are not being synchronised"
         )

@@ -2,8 +2,11 @@
 
 A checkpoint is a folder ``<storage_path>/<run>/checkpoint-<step>/`` with
 
-- ``model/``: the CrossEncoder (sentence-transformers' own save format);
-- ``training_state.pt``: optimizer, scheduler, grad scaler, loop state, every rank's RNG states;
+- ``model/``: the CrossEncoder (sentence-transformers' own save format; with LoRA its adapter and
+  saved modules only, peft's format);
+- under FSDP instead, ``model_shards/`` and ``optimizer_shards/``: the sharded state dicts in torch's
+  distributed checkpoint format, every rank's shard its own file (:mod:`rerank_ray.training.sharding`);
+- ``training_state.pt``: optimizer (unless sharded), scheduler, grad scaler, loop state, every rank's RNG states;
 - ``data_position.npz``: the pairs already trained in the current epoch (:mod:`rerank_ray.data.position`);
 - ``history.json``: the logged losses and metrics so far;
 - ``checkpoint.json``: the completion marker, written last. It lists every other file with its size,
@@ -55,6 +58,7 @@ from rerank_ray.data.stream import PairStream
 from rerank_ray.errors import CheckpointError, DataError, StorageUnavailable
 from rerank_ray.redaction import redact
 from rerank_ray.training import faults
+from rerank_ray.training.sharding import MODEL_SHARDS
 
 if TYPE_CHECKING:
     import ray.data
@@ -97,15 +101,12 @@ class CheckpointInfo:
 # Writing
 
 
-def write_marker(folder: str, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
-    """Write ``checkpoint.json`` into a finished local checkpoint folder: the files and their sizes."""
-    files = {}
-    for root, _, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(root, name)
-            relative = os.path.relpath(path, folder).replace(os.sep, "/")
-            if relative != MARKER:
-                files[relative] = os.path.getsize(path)
+def write_marker(
+    folder: str, step: int, metrics: dict[str, Any], files: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """Write ``checkpoint.json`` into a finished local checkpoint folder: the files and their sizes
+    (``files``: every rank's, for a sharded checkpoint; else the folder's own)."""
+    files = local_files(folder) if files is None else files
     manifest = {
         "format": FORMAT_VERSION,
         "step": step,
@@ -146,7 +147,8 @@ class LoopState:
 class TrainingState:
     """What :func:`load_state` reads back from a checkpoint folder, besides the model."""
 
-    optimizer: dict[str, Any]
+    optimizer: dict[str, Any] | None
+    """None for a sharded checkpoint: the optimizer's state is in its shards."""
     scheduler: dict[str, Any]
     scaler: dict[str, Any]
     loop: LoopState
@@ -165,16 +167,20 @@ def save(
     rng: list[dict[str, Any]],
     position: DataPosition,
     metrics: dict[str, Any],
+    write_complete_marker: bool = True,
 ) -> None:
     """Write a checkpoint into the local ``folder``: the CrossEncoder (``model`` is one), the
     optimizer, scheduler and grad scaler states, the loop state, every rank's RNG states, the data
-    position, the history, and last the marker that lists them all."""
+    position, the history, and last the marker that lists them all. Sharded (FSDP): ``model`` and
+    ``optimizer`` None, their shards already in the folder, and the marker written once every
+    rank's files are in storage (:func:`upload_sharded`)."""
     import torch
 
-    model.save(os.path.join(folder, MODEL_DIR), create_model_card=False)
+    if model is not None:  # None: the model is in the sharded files (sharding.save_shards)
+        model.save(os.path.join(folder, MODEL_DIR), create_model_card=False)
     torch.save(
         {
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
             "loop": asdict(loop),
@@ -184,12 +190,23 @@ def save(
     )
     Path(folder, POSITION_FILE).write_bytes(position.to_bytes())
     Path(folder, HISTORY_FILE).write_text(json.dumps(loop.history, indent=1))
-    write_marker(folder, loop.global_step, metrics)  # last: it lists the files above
+    if write_complete_marker:
+        write_marker(folder, loop.global_step, metrics)  # last: it lists the files above
 
 
 def model_dir(folder: str) -> str:
     """The CrossEncoder folder inside a checkpoint folder."""
     return os.path.join(folder, MODEL_DIR)
+
+
+def model_format(folder: str) -> str:
+    """What a (downloaded) checkpoint holds of the model: ``full`` (the whole CrossEncoder),
+    ``adapter`` (LoRA adapters and saved modules) or ``shards`` (FSDP's sharded state)."""
+    if os.path.isdir(os.path.join(folder, MODEL_SHARDS)):
+        return "shards"
+    if os.path.isfile(os.path.join(folder, MODEL_DIR, "adapter_config.json")):
+        return "adapter"
+    return "full"
 
 
 def _numpy_array_globals() -> list[Any]:
@@ -253,12 +270,22 @@ def upload(checkpoint: Any, checkpoint_dir_name: str, retry_s: float = 300.0, st
     return ray.train.Checkpoint(path=destination, filesystem=filesystem)
 
 
+#: A marker name no file has: every file of the folder is uploaded, none held back.
+_NO_MARKER = "\0"
+
 #: Waits between upload attempts: doubling from the first, capped at the last.
 RETRY_FIRST_S, RETRY_MAX_S = 1.0, 30.0
 
 
 def copy_checkpoint(
-    local: str, filesystem: Any, destination: str, retry_s: float, storage_uri: str, step: int = -1
+    local: str,
+    filesystem: Any,
+    destination: str,
+    retry_s: float,
+    storage_uri: str,
+    step: int = -1,
+    replace: bool = True,
+    marker: bool = True,
 ) -> None:
     """Copy the checkpoint folder ``local`` to ``destination`` (marker last). Object storage that
     throttles or drops connections fails an upload with an ``OSError`` (pyarrow's own retries,
@@ -271,7 +298,7 @@ def copy_checkpoint(
     attempt = 1
     while True:
         try:
-            _copy_once(local, filesystem, destination, step)
+            _copy_once(local, filesystem, destination, step, replace, marker)
             return
         except OSError as err:
             left = deadline - time.monotonic()
@@ -292,19 +319,84 @@ def copy_checkpoint(
             attempt += 1
 
 
-def _copy_once(local: str, filesystem: Any, destination: str, step: int) -> None:
+def _copy_once(local: str, filesystem: Any, destination: str, step: int, replace: bool, marker: bool) -> None:
     # A folder of this name holds what an earlier attempt left (a partial upload, or a tombstone);
     # nothing restores from it (a complete one would have been restored from), so replace it.
-    if filesystem.get_file_info(destination).type != pafs.FileType.NotFound:
+    # (A sharded checkpoint's ranks share the folder: rank 0 cleared it before any uploads.)
+    if replace and filesystem.get_file_info(destination).type != pafs.FileType.NotFound:
         filesystem.delete_dir(destination)
     storage.upload_folder(
         local,
         filesystem,
         destination,
-        marker=MARKER,
+        marker=MARKER if marker else _NO_MARKER,
         first=MODEL_DIR,
         after_first=lambda: faults.fire("checkpoint_upload", step=step),
     )
+
+
+def local_files(folder: str) -> dict[str, int]:
+    """Every file under ``folder`` (relative path -> size), the marker left out."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, folder).replace(os.sep, "/")
+            if relative != MARKER:
+                files[relative] = os.path.getsize(path)
+    return files
+
+
+def upload_sharded(
+    folder: str,
+    checkpoint_dir_name: str,
+    collectives: Any,
+    rank: int,
+    metrics: dict[str, Any],
+    step: int,
+    retry_s: float = 300.0,
+    storage_uri: str = "",
+) -> Any:
+    """Every rank: put a sharded checkpoint in storage, the marker last. Each rank uploads its own
+    files (its model and optimizer shards; rank 0 also the metadata and the training state) into
+    the one checkpoint folder, retrying flaky storage as :func:`copy_checkpoint` does; once every
+    rank has succeeded, rank 0 writes the marker, listing every rank's files. Returns the
+    registered ``ray.train.Checkpoint`` on rank 0 (reported with Ray Train's ``NO_UPLOAD``), None
+    elsewhere. A collective: every rank calls it."""
+    import ray.train
+    import torch
+
+    train_storage = ray.train.get_context().get_storage()
+    filesystem = train_storage.storage_filesystem
+    destination = train_storage.build_checkpoint_path_from_name(checkpoint_dir_name)
+    every_rank_files = collectives.gather_objects(local_files(folder))
+    if rank == 0 and filesystem.get_file_info(destination).type != pafs.FileType.NotFound:
+        filesystem.delete_dir(destination)  # what an earlier attempt left: never restored
+    collectives.sum(1.0)  # a barrier: nothing is uploaded into the folder before it is cleared
+    failure = ""
+    try:
+        copy_checkpoint(
+            folder, filesystem, destination, retry_s, storage_uri or destination, step, replace=False, marker=False
+        )
+    except StorageUnavailable as err:
+        failure = str(err)
+    failed = collectives.sum(1.0 if failure else 0.0, dtype=torch.float64)
+    if float(failed) > 0:
+        raise StorageUnavailable(failure or f"checkpoint {checkpoint_dir_name}: another rank's upload failed")
+    if rank != 0:
+        return None
+    merged: dict[str, int] = {}
+    for files in every_rank_files:
+        merged.update(files)
+    write_marker(folder, step, metrics, files=merged)
+    pafs.copy_files(
+        os.path.join(folder, MARKER),
+        f"{destination}/{MARKER}",
+        source_filesystem=pafs.LocalFileSystem(),
+        destination_filesystem=filesystem,
+        use_threads=False,
+    )
+    return ray.train.Checkpoint(path=destination, filesystem=filesystem)
 
 
 def _step_of(name: str) -> int:

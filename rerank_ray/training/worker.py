@@ -39,7 +39,7 @@ from rerank_ray.data.checks import REASONS, describe_tally, tally, tally_dict
 from rerank_ray.data.encoding import PairEncoder
 from rerank_ray.data.position import DataPosition, TrainedRows, merge_ranges, partial_epoch_batches
 from rerank_ray.errors import WorkerPreempted
-from rerank_ray.training import checkpointing, early_stopping, faults, preemption
+from rerank_ray.training import checkpointing, early_stopping, faults, preemption, sharding, strategy
 from rerank_ray.training.audit import AuditLog, check_replicas
 from rerank_ray.training.batching import Batch, Collator, GroupBatch, GroupCollator, iter_batches, optimizer_steps
 from rerank_ray.training.checkpointing import CheckpointInfo, LoopState
@@ -53,7 +53,7 @@ from rerank_ray.training.losses import (
     cached_backward,
 )
 from rerank_ray.training.measures import resource_metrics
-from rerank_ray.training.models import forward_extras, load_cross_encoder, load_encoder, mask_kind
+from rerank_ray.training.models import forward_extras, load_encoder, mask_kind
 from rerank_ray.training.plan import TrainPlan
 from rerank_ray.training.prefetch import prefetch, stall_message
 from rerank_ray.training.progress import ProgressLine, quiet_libraries
@@ -189,8 +189,19 @@ class Worker:
                     f"[rerank-ray] restoring {point.name}, the newest complete checkpoint "
                     f"(Ray Train's latest registered one is {ray_latest.path.rstrip('/').rsplit('/', 1)[-1]})"
                 )
-        restored_model = checkpointing.model_dir(restored_dir) if restored_dir else None
-        self.model = load_cross_encoder(self.config.model, self.plan.max_length, path=restored_model)
+        # The model as the config holds it: LoRA or every weight, activation checkpointing, DDP
+        # or FSDP shards (rerank_ray.training.strategy); a restored checkpoint's weights in it.
+        self.prepared = strategy.prepare(
+            self.config,
+            self.plan.max_length,
+            self.device,
+            self.world_size,
+            self.collectives,
+            self.audit,
+            restored_dir,
+            self.autocast_dtype,
+        )
+        self.model, self.ddp_model = self.prepared.model, self.prepared.wrapped
         self.mask = mask_kind(self.model)  # the attention mask in the form that needs no host sync
         self.extras = forward_extras(self.model)  # what the library's preprocess adds besides tensors
         self.library_loss = build_library_loss(self.model, train.loss, train.loss_kwargs)
@@ -200,28 +211,14 @@ class Worker:
             else PointwiseObjective(PointwiseLoss.from_library(self.library_loss).to(self.device))
         )
 
-        # transformers' own rule for which parameters get weight decay (not biases, not norms).
+        # transformers' own rule for which parameters get weight decay (not biases, not norms);
+        # only the trainable ones reach the optimizer (with LoRA: the adapters and saved modules).
         decay = set(Trainer.get_decay_parameter_names(None, self.model))
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         groups = [
             {"params": [p for n, p in named if n in decay], "weight_decay": train.weight_decay},
             {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
         ]
-        self.ddp_model = ray.train.torch.prepare_model(
-            self.model,
-            parallel_strategy_kwargs={
-                # A CrossEncoder uses every parameter in every step; "find unused" would add a
-                # graph walk per step and fails with "mark a variable ready only once".
-                "find_unused_parameters": False,
-                # The model's buffers (position ids) are constants: no broadcast per forward.
-                "broadcast_buffers": False,
-            },
-        )
-        if train.torch_compile:
-            # Compile the DDP-wrapped module (DDP's optimizer splits the graph at its gradient
-            # buckets, so all-reduce still overlaps backward). Checkpoints and evaluation use
-            # self.model, the uncompiled module holding the same parameters.
-            self.ddp_model = torch.compile(self.ddp_model)
         self.optimizer = torch.optim.AdamW(
             groups,
             lr=train.learning_rate,
@@ -248,7 +245,10 @@ class Worker:
 
     def _restore(self, folder: str, name: str) -> None:
         saved = checkpointing.load_state(folder, name)
-        self.optimizer.load_state_dict(saved.optimizer)
+        if self.prepared.sharded:
+            strategy.restore_sharded(self.prepared, folder, self.optimizer)  # on this world size
+        else:
+            self.optimizer.load_state_dict(saved.optimizer)
         self.scheduler.load_state_dict(saved.scheduler)
         self.scaler.load_state_dict(saved.scaler)
         self.state = saved.loop
@@ -461,7 +461,7 @@ class Worker:
         loss_sum = torch.zeros((), device=self.device)
         for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
-            sync = contextlib.nullcontext() if last or self.world_size == 1 else self.ddp_model.no_sync()
+            sync = contextlib.nullcontext() if last else self.prepared.no_sync(self.world_size)
             features = batch.features(self.device, self.mask, keep_mask=self.config.train.torch_compile)
             if isinstance(self.objective, GroupLoss) and self.objective.cached:
                 total = self._cached_micro_batch(features, batch, scale, sync_last=last)
@@ -499,7 +499,7 @@ class Worker:
             with self._autocast():
                 return (self.ddp_model if grad else self.model)({**chunk, **self.extras})["scores"]
 
-        no_sync = self.ddp_model.no_sync if self.world_size > 1 else contextlib.nullcontext
+        no_sync = functools.partial(self.prepared.no_sync, self.world_size)
         return cached_backward(
             forward,
             features,
@@ -548,6 +548,7 @@ class Worker:
         metrics, self.state.skipped_eval = self.evaluator.evaluate(
             self.model, self._autocast, self.state.skipped_eval, where
         )
+        self.prepared.after_evaluation()
         self.progress.resume()
         return metrics
 
@@ -646,21 +647,24 @@ class Worker:
             return
         shared = self._gather_for_checkpoint()  # collectives: every rank takes part
         with tempfile.TemporaryDirectory(prefix="rerank-ckpt-") as folder:
-            ray_checkpoint = None
-            if self.rank == 0:
-                self._save_checkpoint(folder, shared, report)
-                ray_checkpoint = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(
-                report,
-                checkpoint=ray_checkpoint,
-                checkpoint_dir_name=checkpointing.dir_name(self.state.global_step),
-                # Our upload writes the completion marker last (see rerank_ray.training.checkpointing).
-                checkpoint_upload_fn=functools.partial(
-                    checkpointing.upload,
-                    retry_s=self.config.run.storage_retry_s,
-                    storage_uri=storage.join(self.config.run.storage_path, self.config.run.name or ""),
-                ),
-            )
+            if self.prepared.sharded:
+                self._report_sharded(folder, shared, report)
+            else:
+                ray_checkpoint = None
+                if self.rank == 0:
+                    self._save_checkpoint(folder, shared, report)
+                    ray_checkpoint = ray.train.Checkpoint.from_directory(folder)
+                ray.train.report(
+                    report,
+                    checkpoint=ray_checkpoint,
+                    checkpoint_dir_name=checkpointing.dir_name(self.state.global_step),
+                    # Our upload writes the completion marker last (see rerank_ray.training.checkpointing).
+                    checkpoint_upload_fn=functools.partial(
+                        checkpointing.upload,
+                        retry_s=self.config.run.storage_retry_s,
+                        storage_uri=storage.join(self.config.run.storage_path, self.config.run.name or ""),
+                    ),
+                )
         if self.rank == 0:
             checkpointing.prune(
                 self.config.run.storage_path,
@@ -687,7 +691,36 @@ class Worker:
             "skipped_in_epoch": [int(x) for x in skips.long().tolist()],
         }
 
-    def _save_checkpoint(self, folder: str, shared: dict[str, Any], report: dict[str, Any]) -> None:
+    def _report_sharded(self, folder: str, shared: dict[str, Any], report: dict[str, Any]) -> None:
+        """FSDP: every rank writes its model and optimizer shards, rank 0 the rest; every rank
+        uploads its own files, the marker goes last (:func:`checkpointing.upload_sharded`), and the
+        checkpoint is registered with Ray Train as already in storage."""
+        import ray.train
+
+        sharding.save_shards(folder, self.model, self.optimizer)  # a collective
+        if self.rank == 0:
+            self._save_checkpoint(folder, shared, report, sharded=True)
+        name = checkpointing.dir_name(self.state.global_step)
+        registered = checkpointing.upload_sharded(
+            folder,
+            name,
+            self.collectives,
+            self.rank,
+            report,
+            self.state.global_step,
+            retry_s=self.config.run.storage_retry_s,
+            storage_uri=storage.join(self.config.run.storage_path, self.config.run.name or ""),
+        )
+        ray.train.report(
+            report,
+            checkpoint=registered,
+            checkpoint_dir_name=name,
+            checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD,
+        )
+
+    def _save_checkpoint(
+        self, folder: str, shared: dict[str, Any], report: dict[str, Any], sharded: bool = False
+    ) -> None:
         loop = replace(
             self.state,
             pairs_seen=self.progress.pairs_total,
@@ -701,7 +734,16 @@ class Worker:
             train_rows=self.plan.train_rows,
         )
         checkpointing.save(
-            folder, self.model, self.optimizer, self.scheduler, self.scaler, loop, shared["rng"], position, report
+            folder,
+            None if sharded else self.model,
+            None if sharded else self.optimizer,
+            self.scheduler,
+            self.scaler,
+            loop,
+            shared["rng"],
+            position,
+            report,
+            write_complete_marker=not sharded,
         )
 
     def check_replicas(self) -> None:

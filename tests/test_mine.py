@@ -18,11 +18,11 @@ from tiny import mining_pairs, write_jsonl, write_parquet
 from rerank_ray.cli import main
 from rerank_ray.config import Config
 from rerank_ray.errors import ConfigError, DataError
+from rerank_ray.inference import embedding, search
 from rerank_ray.inference.jobs import summary_path
+from rerank_ray.mining import mine as mining
 from rerank_ray.mining.config import MINE_FORMATS, MineConfig, load_mine_config
 from rerank_ray.mining.negatives import Positives, derived_range_max, output_rows, select, text_hashes
-from rerank_ray.inference import embedding, search
-from rerank_ray.mining import mine as mining
 from rerank_ray.training.faults import FAULTS_ENV
 
 #: Filter settings, each tried with every output format.

@@ -19,6 +19,7 @@ from tiny import (  # noqa: E402
     synthetic_pairs,
     write_jsonl,
 )
+from tiny_causal import build_tiny_causal_reranker  # noqa: E402
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -53,6 +54,12 @@ def tiny_deberta_v2(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_custom_code(tmp_path_factory) -> Path:
     return build_tiny_custom_code(tmp_path_factory.mktemp("models") / "tiny-custom-code")
+
+
+@pytest.fixture(scope="session")
+def tiny_causal(tmp_path_factory) -> Path:
+    """A 2-layer Qwen3-shaped causal-LM reranker with a chat template and "yes"/"no" tokens."""
+    return build_tiny_causal_reranker(tmp_path_factory.mktemp("models") / "tiny-causal")
 
 
 @pytest.fixture(scope="session")

@@ -6,13 +6,9 @@ import threading
 import time
 
 import numpy as np
-import pyarrow as pa
 import pytest
-import torch
-from tiny import synthetic_pairs
 
-from rerank_ray.data.stream import encode_pairs
-from rerank_ray.training.batching import Collator, pad, stratified_window_batches, window_order
+from rerank_ray.training.batching import pad, stratified_window_batches, window_order
 from rerank_ray.training.prefetch import prefetch
 
 
@@ -77,31 +73,6 @@ def test_pad_left_and_right():
     np.testing.assert_array_equal(pad(values, lengths, 0), [[1, 2, 0, 0], [3, 4, 5, 6]])
     np.testing.assert_array_equal(pad(values, lengths, 0, left=True), [[0, 0, 1, 2], [3, 4, 5, 6]])
     assert pad(values, lengths, 0, multiple=8).shape == (2, 8)
-
-
-def test_tokenize_and_collate_give_the_features_crossencoder_builds(tiny_bert):
-    """What the model sees in training is exactly what CrossEncoder.preprocess would build."""
-    from sentence_transformers import CrossEncoder
-
-    model = CrossEncoder(str(tiny_bert), max_length=12)
-    rows = synthetic_pairs(9)
-    first, second = [r["sentence_0"] for r in rows], [r["sentence_1"] + " the a is" for r in rows]
-    encoded = encode_pairs(model.tokenizer, first, second, max_length=12)
-    table = pa.table(
-        {
-            "input_ids": pa.array(encoded["input_ids"], type=pa.list_(pa.int32())),
-            "token_type_ids": pa.array(encoded["token_type_ids"], type=pa.list_(pa.int8())),
-            "label": pa.array([r["label"] for r in rows], type=pa.float32()),
-            "weight": pa.array([1.0] * len(rows), type=pa.float32()),
-        }
-    )
-    batch = Collator.for_tokenizer(model.tokenizer)(table)
-    ours = batch.features(torch.device("cpu"))
-    theirs = model.preprocess(list(zip(first, second)))
-    assert set(ours) == {k for k in theirs if k != "modality"}
-    for key in ours:
-        torch.testing.assert_close(ours[key], theirs[key].long(), msg=key)
-    assert max(len(ids) for ids in encoded["input_ids"]) == 12  # truncation applied
 
 
 @pytest.mark.parametrize("depth", [0, 1, 4])

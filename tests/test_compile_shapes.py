@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 from tiny import WORDS
 
+from rerank_ray.data.encoding import PairEncoder
 from rerank_ray.data.stream import tokenize_batch
 from rerank_ray.training.batching import COMPILE_LENGTH_MULTIPLE, Collator, row_lengths, window_order
 
@@ -18,16 +19,16 @@ ROWS, BATCH = 203, 8
 
 
 class _Handle:
-    """What tokenize_batch takes from the driver (a tokenizer in Ray's object store), in this process."""
+    """What tokenize_batch takes from the driver (a PairEncoder in Ray's object store), in this process."""
 
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
+    def __init__(self, encoder):
+        self.encoder = encoder
 
     def get(self):
-        return self.tokenizer
+        return self.encoder
 
 
-def _epoch_rows(tokenizer) -> pa.Table:
+def _epoch_rows(model) -> pa.Table:
     """Pairs from 1 to 55 words: token lengths across four buckets of 16."""
     rng = random.Random(3)
     pairs = pa.table(
@@ -39,7 +40,7 @@ def _epoch_rows(tokenizer) -> pa.Table:
             "row_key": pa.array(np.arange(ROWS), pa.int64()),
         }
     )
-    return tokenize_batch(pairs, _Handle(tokenizer), max_length=128)
+    return tokenize_batch(pairs, _Handle(PairEncoder(preprocessor=model)))
 
 
 def _batches(rows: pa.Table, collate: Collator) -> list:
@@ -64,8 +65,8 @@ def test_compiled_runs_see_one_batch_size_and_a_graph_per_length_bucket(tiny_ber
     pytest.importorskip("torch._dynamo")
     from sentence_transformers import CrossEncoder
 
-    encoder = CrossEncoder(str(tiny_bert), device="cpu")
-    rows = _epoch_rows(encoder.tokenizer)
+    encoder = CrossEncoder(str(tiny_bert), device="cpu", max_length=128)
+    rows = _epoch_rows(encoder)
     plain = Collator.for_tokenizer(encoder.tokenizer)
     compiled_shapes = plain.for_compile(BATCH)
     batches = _batches(rows, compiled_shapes)

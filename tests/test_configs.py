@@ -65,6 +65,17 @@ def test_reference_recipes_hold_the_reference_hyperparameters(
     assert config.model.trust_remote_code == (hub_id == "Alibaba-NLP/gte-multilingual-reranker-base")
 
 
+def test_the_causal_lm_recipe_trains_qwen3_reranker_with_its_instruction():
+    """Reference 6: a decoder reranker in bf16, its instruction as the default prompt (saved with the
+    export, so predict applies it), the rendered chat capped at 512 tokens."""
+    config = load_config(REFERENCE / "ref6-qwen3-reranker-0.6b-reranking.yaml")
+    model = config.model
+    assert model.name_or_path == "Qwen/Qwen3-Reranker-0.6B" and model.num_labels == 1 and model.max_length == 512
+    assert model.prompts and model.default_prompt_name in model.prompts
+    assert (config.train.precision, config.eval.kind, config.headline_metric) == ("bf16", "reranking", "eval_ndcg@10")
+    assert config.scaling.use_gpu and not model.trust_remote_code
+
+
 def test_trust_remote_code_is_off_by_default():
     from rerank_ray.config import ModelConfig
 

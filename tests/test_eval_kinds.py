@@ -172,7 +172,7 @@ def test_query_hashes_are_stable_64_bit_ids():
 
 
 class _LocalHandle:
-    """Hands the tokenizer to tokenize_batch in this process (Ray Data would ship it via the store)."""
+    """Hands the encoder to tokenize_batch in this process (Ray Data would ship it via the store)."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -187,10 +187,10 @@ def test_class_labels_stay_integers_through_tokenize_and_batches(tiny_bert, tmp_
     from rerank_ray.config import Config, ModelConfig
     from rerank_ray.run.driver import inspect_data
     from rerank_ray.training.batching import Collator
-    from rerank_ray.training.models import load_tokenizer
+    from rerank_ray.training.models import load_encoder
 
-    tokenizer = load_tokenizer(ModelConfig(name_or_path=str(tiny_bert)))
-    handle = _LocalHandle(tokenizer)
+    encoder = load_encoder(ModelConfig(name_or_path=str(tiny_bert)), 32)
+    handle = _LocalHandle(encoder)
     rows = class_pairs(6)
     # JSON readers often give 0.0, 1.0, 2.0, and the row checks pass labels on as float32: whole
     # class ids become int64 exactly.
@@ -203,11 +203,11 @@ def test_class_labels_stay_integers_through_tokenize_and_batches(tiny_bert, tmp_
             "row_key": pa.array(range(6), type=pa.int64()),
         }
     )
-    tokenized = tokenize_batch(table, handle, 32, class_ids=True)
+    tokenized = tokenize_batch(table, handle, class_ids=True)
     assert tokenized.column("label").type == pa.int64()
-    batch = Collator.for_tokenizer(tokenizer)(tokenized)
+    batch = Collator.for_encoder(encoder)(tokenized)
     assert batch.labels.dtype == np.int64 and batch.labels.tolist() == [r["label"] for r in rows]
-    assert tokenize_batch(table, handle, 32).column("label").type == pa.float32()  # BCE/MSE targets
+    assert tokenize_batch(table, handle).column("label").type == pa.float32()  # BCE/MSE targets
 
     # A label that is no class id fails in the row checks, before Ray, naming the row and the rule.
     def error_for(label):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from tiny import WORDS
 
+from rerank_ray.data.encoding import PairEncoder
 from rerank_ray.losses import LOSSES
 from rerank_ray.training.batching import Collator, GroupCollator, in_batch_negatives
 from rerank_ray.training.losses import GroupLoss, build_library_loss
@@ -69,11 +70,10 @@ def _grads(model) -> list[torch.Tensor]:
 
 
 def _ours(model, library, table, seed: int, **collator) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    tokenizer = model.tokenizer
+    encoder = PairEncoder(preprocessor=model)  # the loaded model's own preprocess
     collate = GroupCollator(
-        tokenizer=tokenizer,
-        max_length=128,
-        pad=Collator.for_tokenizer(tokenizer),
+        encoder=encoder,
+        pad=Collator.for_encoder(encoder),
         generator=torch.Generator().manual_seed(seed),
         **collator,
     )
@@ -206,8 +206,7 @@ def test_the_gradient_cache_gives_the_gradients_of_the_library(tiny_bert):
 
     def cached(model, library):
         collate = GroupCollator(
-            tokenizer=model.tokenizer,
-            max_length=128,
+            encoder=PairEncoder(preprocessor=model),
             pad=Collator.for_tokenizer(model.tokenizer),
             in_batch=True,
             num_negatives=2,

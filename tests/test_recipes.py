@@ -1,4 +1,4 @@
-"""The five reference recipes, each run as shipped with a tiny stand-in of its model's family
+"""The reference recipes, each run as shipped with a tiny stand-in of its model's family
 (BERT, XLM-RoBERTa, DeBERTa-v2, a custom-code model) and tiny data with its label type and
 evaluator, on real Ray with CPU workers. Only the model, the data, the workers and the storage
 are overridden (and, where a test compares metrics, a learning rate the tiny model learns with).

@@ -27,6 +27,7 @@ from rerank_ray.config import PAIR_COLUMNS, Config, DataConfig, headline_metric_
 from rerank_ray.config.sections import EvalKind
 from rerank_ray.data.beir import BeirFiles, inspect_beir, read_beir_pairs
 from rerank_ray.data.checks import RowChecker, eval_label_rule
+from rerank_ray.data.encoding import cut_queries, saved_max_query_length
 from rerank_ray.data.files import column_mapping, resolve_paths
 from rerank_ray.data.reading import open_local_or_uri, read_file
 from rerank_ray.errors import ConfigError, DataError
@@ -167,7 +168,11 @@ def evaluate_saved_model(request: EvalRequest) -> dict[str, Any]:
         raise DataError("the eval pairs are empty")
     if request.kind == "classification":
         labels = labels.astype(np.int64)
-    pairs = list(zip(table["sentence_0"].to_pylist(), table["sentence_1"].to_pylist()))
+    queries = table["sentence_0"].to_pylist()
+    limit = saved_max_query_length(request.model)  # the run's model.max_query_length, as it trained
+    if limit:
+        queries = cut_queries(model.tokenizer, queries, limit)
+    pairs = list(zip(queries, table["sentence_1"].to_pylist()))
     scores = model.predict(pairs, batch_size=request.batch_size, show_progress_bar=False)
     groups = None
     if request.kind == "reranking":

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rerank_ray.commands.options import add_flags, given
+from rerank_ray.data.encoding import cut_queries, saved_max_query_length
 from rerank_ray.errors import ConfigError, DataError
 from rerank_ray.training.progress import quiet_libraries
 
@@ -67,6 +68,9 @@ def rank_documents(
     model = CrossEncoder(model_path, trust_remote_code=trust_remote_code, device=None)
     if model.num_labels != 1:
         raise ConfigError(f"--model {model_path} has {model.num_labels} outputs; ranking needs a 1-output reranker")
+    limit = saved_max_query_length(model_path)  # the run's model.max_query_length, as it trained
+    if limit:
+        query = cut_queries(model.tokenizer, [query], limit)[0]
     ranked = model.rank(query, documents, top_k=top_k, return_documents=True, show_progress_bar=False)
     return [
         {"rank": i + 1, "index": r["corpus_id"], "score": float(r["score"]), "text": r["text"]}

@@ -97,6 +97,26 @@ def check_ranges(
             raise ConfigError(f"{key} must be at least 1, got {value}")
     if model.max_length is not None and model.max_length < 2:
         raise ConfigError(f"model.max_length must be at least 2 tokens, got {model.max_length}")
+    if model.max_query_length is not None and model.max_query_length < 1:
+        raise ConfigError(f"model.max_query_length must be at least 1 token, got {model.max_query_length}")
+    if (
+        model.max_query_length is not None
+        and model.max_length is not None
+        and model.max_query_length >= model.max_length
+    ):
+        raise ConfigError(
+            f"model.max_query_length ({model.max_query_length}) must be below model.max_length "
+            f"({model.max_length}): the pair needs room for its document"
+        )
+    if (
+        model.default_prompt_name is not None
+        and model.prompts is not None
+        and model.default_prompt_name not in model.prompts
+    ):
+        raise ConfigError(
+            f"model.default_prompt_name {model.default_prompt_name!r} is not a key of model.prompts "
+            f"({sorted(model.prompts)})"
+        )
     if not 0 <= train.warmup_ratio < 1:
         raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {train.warmup_ratio}")
     if not train.learning_rate > 0 or not math.isfinite(train.learning_rate):

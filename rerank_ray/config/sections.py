@@ -60,8 +60,28 @@ class ModelConfig:
     the number of classes for multi-class classification."""
 
     max_length: int | None = None
-    """Longest pair in tokens; longer pairs are truncated (longest first). None: the tokenizer's own
-    limit, capped at 512."""
+    """Longest pair in tokens; longer pairs are truncated (longest first; a causal-LM reranker's
+    rendered chat from the right, keeping the template's closing tokens, as sentence-transformers
+    does). None: the tokenizer's own limit, capped at 512."""
+
+    max_query_length: int | None = None
+    """Cut each query to this many tokens before the pair is formed, so a long document cannot
+    crowd the query out (FlagEmbedding's ``query_max_len``). Applied in training and evaluation, and
+    by ``rerank-ray eval`` / ``rank`` on the exported model (it is saved in its
+    ``rerank_ray.json``); ``CrossEncoder.predict`` itself does not cut queries. None: no cut."""
+
+    prompts: dict[str, str] | None = None
+    """Prompts by name, as ``CrossEncoder(prompts=...)`` takes them, e.g. ``{web: "Given a web
+    search query, retrieve relevant passages that answer the query"}``. For an encoder the prompt
+    is glued before the query (end it with a space); a causal-LM reranker gets it as the system
+    message its chat template renders (its instruction). Saved with the exported model. None: the
+    base model's own prompts, if it ships any."""
+
+    default_prompt_name: str | None = None
+    """The prompt (a key of ``prompts``) applied to every pair in training and evaluation, and saved
+    as the exported model's default, so ``CrossEncoder.predict`` applies the same one. None: the
+    base model's own default, if it has one (training with it, unlike sentence-transformers'
+    trainer, which ignores a model's default prompt)."""
 
     trust_remote_code: bool = False
     """Run modelling code shipped with the model on the hub. Off unless you have read that code."""

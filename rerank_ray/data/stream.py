@@ -9,7 +9,9 @@ alone.
 Every dataset that reaches the workers has these columns:
 
 - ``input_ids`` (list<int32>) and, when the tokenizer makes them, ``token_type_ids`` (list<int8>):
-  the pair, tokenized and truncated, not padded (padding happens per batch, on the worker);
+  the pair as the library's own preprocessing gives it for ``CrossEncoder.predict`` (prompt,
+  chat template, truncation: :mod:`rerank_ray.data.encoding`), not padded (padding happens per
+  batch, on the worker, on the side the library pads);
 - ``label``: float32, or int64 class ids for a multi-class head (CrossEntropyLoss), so class
   labels stay integers from the file to the loss and the evaluator;
 - ``weight`` (float32): 1 for a real pair, 0 for the filler rows that make the row count a
@@ -29,7 +31,7 @@ every file before Ray started.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +40,7 @@ import pyarrow as pa
 
 from rerank_ray.config import DataConfig
 from rerank_ray.data.checks import RowChecker
+from rerank_ray.data.encoding import PairEncoder
 from rerank_ray.data.files import SplitFiles
 from rerank_ray.data.hub import hub_filesystem
 from rerank_ray.data.position import count_in_ranges, drop_trained, files_digest
@@ -96,50 +99,35 @@ def open_pairs(split: SplitFiles, data: DataConfig, seed: int | None) -> PairSou
 # ---------------------------------------------------------------------------------------------
 # Tokenization (runs inside Ray Data tasks)
 
-_TOKENIZER_CACHE: dict[str, Any] = {}
+_ENCODER_CACHE: dict[str, Any] = {}
 
 
-class TokenizerHandle:
-    """Carries a tokenizer to Ray Data tasks once per process: the object store holds one copy
-    and each worker process deserializes it the first time only."""
+class EncoderHandle:
+    """How Ray Data tasks get the :class:`~rerank_ray.data.encoding.PairEncoder`: ``build`` (a
+    picklable callable, e.g. ``functools.partial(load_encoder, model_config, max_length)``) makes
+    it in each process the first time it is needed, and the process keeps it.
 
-    def __init__(self, tokenizer: Any, key: str):
-        import ray
+    Built there rather than pickled on the driver: a model with its own code
+    (``trust_remote_code``) has a config class from transformers' dynamic modules, which only a
+    process that loaded the model can unpickle."""
 
-        self.ref = ray.put(tokenizer)
+    def __init__(self, build: Callable[[], PairEncoder], key: str):
+        self.build = build
         self.key = key
 
-    def get(self) -> Any:
-        if self.key not in _TOKENIZER_CACHE:
-            import ray
-
-            _TOKENIZER_CACHE[self.key] = ray.get(self.ref)
-        return _TOKENIZER_CACHE[self.key]
+    def get(self) -> PairEncoder:
+        if self.key not in _ENCODER_CACHE:
+            _ENCODER_CACHE[self.key] = self.build()
+        return _ENCODER_CACHE[self.key]
 
 
-def encode_pairs(tokenizer: Any, first: list[str], second: list[str], max_length: int) -> dict[str, list]:
-    """The tokenizer call sentence-transformers' CrossEncoder makes, without padding."""
-    return tokenizer(
-        first,
-        second,
-        truncation="longest_first",
-        max_length=max_length,
-        padding=False,
-        return_attention_mask=False,
-        return_token_type_ids="token_type_ids" in tokenizer.model_input_names,
-    )
-
-
-def tokenize_batch(batch: pa.Table, handle: TokenizerHandle, max_length: int, class_ids: bool = False) -> pa.Table:
+def tokenize_batch(batch: pa.Table, handle: EncoderHandle, class_ids: bool = False) -> pa.Table:
     """Ray Data map: checked rows -> token ids, label, weight, skip, row_key (and pair_id, group_id).
 
     Skipped rows arrive with empty texts; they are tokenized like filler rows and weigh 0.
     ``class_ids``: labels are class ids of a multi-class head (already checked to be whole numbers
     in range, :func:`rerank_ray.data.checks.label_rule`) and become int64 for the loss."""
-    tokenizer = handle.get()
-    encoded = encode_pairs(
-        tokenizer, batch.column("sentence_0").to_pylist(), batch.column("sentence_1").to_pylist(), max_length
-    )
+    encoded = handle.get().encode(batch.column("sentence_0").to_pylist(), batch.column("sentence_1").to_pylist())
     columns: dict[str, pa.Array] = {
         "input_ids": pa.array(encoded["input_ids"], type=pa.list_(pa.int32())),
     }
@@ -185,22 +173,22 @@ def label_type(class_ids: bool) -> pa.DataType:
 
 
 def tokenize(
-    dataset: ray.data.Dataset, handle: TokenizerHandle, max_length: int, data: DataConfig, class_ids: bool = False
+    dataset: ray.data.Dataset, handle: EncoderHandle, data: DataConfig, class_ids: bool = False
 ) -> ray.data.Dataset:
     return dataset.map_batches(
         tokenize_batch,  # type: ignore[arg-type]  # Ray's stub wants a one-argument function; fn_kwargs fill the rest
         batch_format="pyarrow",
         batch_size=data.tokenize_batch_size,
-        fn_kwargs={"handle": handle, "max_length": max_length, "class_ids": class_ids},
+        fn_kwargs={"handle": handle, "class_ids": class_ids},
     )
 
 
 def filler_rows(
-    tokenizer: Any, count: int, max_length: int, id_column: bool, *, class_ids: bool = False, group_ids: bool = False
+    encoder: PairEncoder, count: int, id_column: bool, *, class_ids: bool = False, group_ids: bool = False
 ) -> pa.Table:
     """``count`` rows of weight 0: an empty pair, label 0. They never change a gradient or a metric."""
     wanted, count = count, max(count, 1)  # a tokenizer refuses an empty batch
-    encoded = encode_pairs(tokenizer, [""] * count, [""] * count, max_length)
+    encoded = encoder.encode([""] * count, [""] * count)
     columns: dict[str, pa.Array] = {"input_ids": pa.array(encoded["input_ids"], type=pa.list_(pa.int32()))}
     if "token_type_ids" in encoded:
         columns["token_type_ids"] = pa.array(encoded["token_type_ids"], type=pa.list_(pa.int8()))
@@ -241,8 +229,7 @@ class PairStream:
     epoch (:class:`rerank_ray.training.checkpointing.RestOfEpoch`)."""
 
     source: PairSource
-    handle: TokenizerHandle
-    max_length: int
+    handle: EncoderHandle
     data: DataConfig
     world_size: int
     filler: pa.Table
@@ -276,7 +263,7 @@ class PairStream:
         if self.grouped:
             weighed = dataset.map_batches(weigh_groups, batch_format="pyarrow")
             return pad_to_multiple(weighed, rows, self.world_size, self.filler)
-        tokenized = tokenize(dataset, self.handle, self.max_length, self.data, self.class_ids)
+        tokenized = tokenize(dataset, self.handle, self.data, self.class_ids)
         return pad_to_multiple(tokenized, rows, self.world_size, self.filler)
 
 

@@ -8,6 +8,7 @@ the Ray it runs on :mod:`rerank_ray.run.cluster`.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -21,9 +22,9 @@ from rerank_ray.data.checks import describe_tally
 from rerank_ray.data.files import SplitFiles, inspect_split
 from rerank_ray.data.queries import count_queries, describe, read_queries
 from rerank_ray.data.stream import (
+    EncoderHandle,
     PairSource,
     PairStream,
-    TokenizerHandle,
     default_max_length,
     filler_rows,
     group_filler_rows,
@@ -51,7 +52,7 @@ from rerank_ray.run.paths import check_run_name, run_dir, run_name, storage_root
 from rerank_ray.training import checkpointing, faults, preemption, tracking
 from rerank_ray.training.checkpointing import RestOfEpoch
 from rerank_ray.training.losses import loss_arguments
-from rerank_ray.training.models import check_base_model, load_tokenizer
+from rerank_ray.training.models import check_base_model, load_encoder, load_tokenizer
 from rerank_ray.training.plan import TrainPlan
 from rerank_ray.training.progress import quiet_libraries
 from rerank_ray.training.tracking import TrackingRun
@@ -166,7 +167,12 @@ def prepare_datasets(
     world = config.scaling.num_workers
     max_length = default_max_length(tokenizer, config.model.max_length)
     seed = config.train.seed if config.data.shuffle else None
-    handle = TokenizerHandle(tokenizer, key=f"{config.model.name_or_path}@{config.model.revision}")
+    # The library's preprocessing of this model, carried to the tokenize tasks (rerank_ray.data.encoding).
+    encoder = load_encoder(config.model, max_length)
+    key = f"{config.model.name_or_path}@{config.model.revision}/{max_length}/{config.model.max_query_length}"
+    handle = EncoderHandle(
+        functools.partial(load_encoder, config.model, max_length), key=key + repr(config.model.prompts)
+    )
     class_ids = integer_labels(config.train.loss)
     has_ids = bool(config.data.id_column)
     train_split = splits["train"]
@@ -175,12 +181,10 @@ def prepare_datasets(
     if shape.grouped:
         filler = group_filler_rows(world - 1, has_ids)
     else:
-        filler = filler_rows(tokenizer, world - 1, max_length, has_ids, class_ids=class_ids)
+        filler = filler_rows(encoder, world - 1, has_ids, class_ids=class_ids)
     train_src = open_pairs(train_split, config.data, seed=seed)
     eval_src = open_eval_pairs(config, splits["eval"]) if "eval" in splits else None
-    train_stream = PairStream(
-        train_src, handle, max_length, config.data, world, filler, class_ids, grouped=shape.grouped
-    )
+    train_stream = PairStream(train_src, handle, config.data, world, filler, class_ids, grouped=shape.grouped)
     train_ds, train_padded = train_stream.build()
     datasets = {
         "train": train_ds,
@@ -189,16 +193,13 @@ def prepare_datasets(
     eval_rows = eval_padded = 0
     if eval_src is not None:
         eval_filler = filler_rows(
-            tokenizer,
+            encoder,
             world - 1,
-            max_length,
             has_ids and config.eval.beir is None,  # BEIR pairs carry no id column
             class_ids=class_ids,
             group_ids=config.eval.kind == "reranking",
         )
-        datasets["eval"], eval_padded = PairStream(
-            eval_src, handle, max_length, config.data, world, eval_filler, class_ids
-        ).build()
+        datasets["eval"], eval_padded = PairStream(eval_src, handle, config.data, world, eval_filler, class_ids).build()
         eval_rows = eval_src.num_rows
     audit_dir = storage.join(run_dir(config, run_name(config)), "audit") if config.run.audit else None
     plan = TrainPlan.build(
@@ -289,6 +290,9 @@ def _train_locked(config: Config, name: str) -> TrainOutcome:
     check_base_model(config.model)
     loss_arguments(config.train.loss_kwargs)  # a module named in train.loss_kwargs that is none: exit 2 here
     tokenizer = load_tokenizer(config.model)
+    # The library's preprocessing of this model, checked on a pair before Ray starts (a chat
+    # template without query and document roles fails here, with the library's fix).
+    load_encoder(config.model, default_max_length(tokenizer, config.model.max_length))
     started = ensure_ray(config, forward_logs=False)
     check_cluster_cpus(config)
     quiet_ray_data()

@@ -17,6 +17,7 @@ hyperparameter search selected, what that search tried (the section ``rerank-ray
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import time
@@ -27,6 +28,7 @@ from typing import Any
 from rerank_ray.config import Config
 from rerank_ray.data import hub
 from rerank_ray.data.beir import Retrieval
+from rerank_ray.data.encoding import CAUSAL_TASK, INFERENCE_FILE
 from rerank_ray.data.stream import PairSource
 from rerank_ray.evaluation.metrics import build_evaluator
 from rerank_ray.redaction import redact
@@ -224,8 +226,9 @@ def candidates_line(record: RunRecord) -> str:
     )
 
 
-def distributed_section(record: RunRecord, search: str | None = None) -> str:
-    """What only a Ray run knows: workers, throughput, the checkpoint choice, the search."""
+def distributed_section(record: RunRecord, search: str | None = None, inputs: str | None = None) -> str:
+    """What only a Ray run knows: workers, throughput, the checkpoint choice, the search;
+    ``inputs``: how the model reads a pair (:func:`inputs_line`)."""
     config, plan = record.config, record.plan
     scaling = config.scaling
     kind = "GPU" if scaling.use_gpu else "CPU"
@@ -261,6 +264,7 @@ def distributed_section(record: RunRecord, search: str | None = None) -> str:
             + ")"
         )
         + f"; steps: {plan.total_steps:,} ({plan.steps_per_epoch:,} per epoch)",
+        *([inputs] if inputs else []),
         f"- Loss: `{config.train.loss}`" + (f" with `{config.train.loss_kwargs}`" if config.train.loss_kwargs else ""),
         *(
             [
@@ -297,11 +301,44 @@ def add_ray_version(card_text: str) -> str:
     return card_text[: match.end()] + f"- Ray: {ray.__version__}\n" + card_text[match.end() :]
 
 
+def inputs_line(model: Any, config: Config) -> str:
+    """How the model reads a pair: an encoder's pair of texts, or a causal LM's chat with its
+    yes/no score; the prompt, the lengths."""
+    module = model[0]
+    prompt = model.prompts.get(model.default_prompt_name) if model.default_prompt_name else None
+    if getattr(module, "transformer_task", None) == CAUSAL_TASK:
+        head = model[-1]
+        kind = (
+            f"a causal-LM reranker (`{type(module.model).__name__}`): each (query, document) pair is rendered "
+            "through its chat template as `query` and `document` messages, padded on the left, and scored by "
+            f"`LogitScore` (the logit of token {head.true_token_id} minus that of token {head.false_token_id}: "
+            '"yes" and "no")'
+        )
+    else:
+        kind = f"a cross-encoder (`{type(module.model).__name__}`): each (query, document) pair is tokenized together"
+    return (
+        f"- Inputs: {kind}; at most {model.max_seq_length} tokens"
+        + (
+            f", queries cut to {config.model.max_query_length} tokens first (saved in `{INFERENCE_FILE}`: "
+            "`rerank-ray eval` and `rank` apply it; cut queries yourself before `CrossEncoder.predict`)"
+            if config.model.max_query_length
+            else ""
+        )
+        + (f"; default prompt `{model.default_prompt_name}` ({prompt!r}), applied by `predict`" if prompt else "")
+    )
+
+
 def write_model_card(model: Any, record: RunRecord, folder: str, search: str | None = None) -> None:
     """Save ``model`` to ``folder`` with its filled card (``README.md``); ``search``: the markdown
-    section of the search that selected this run. No secret reaches the card (:func:`redact`)."""
+    section of the search that selected this run. No secret reaches the card (:func:`redact`).
+    With ``model.max_query_length``, :data:`INFERENCE_FILE` records it beside the model."""
     fill_card_data(model, record)
     model.save(folder)
+    if record.config.model.max_query_length:
+        Path(folder, INFERENCE_FILE).write_text(
+            json.dumps({"max_query_length": record.config.model.max_query_length}), encoding="utf-8"
+        )
     readme = Path(folder, "README.md")
     text = add_ray_version(readme.read_text(encoding="utf-8"))
-    readme.write_text(redact(text.rstrip() + "\n\n" + distributed_section(record, search)), encoding="utf-8")
+    section = distributed_section(record, search, inputs=inputs_line(model, record.config))
+    readme.write_text(redact(text.rstrip() + "\n\n" + section), encoding="utf-8")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from rerank_ray.data.stream import encode_pairs
+from rerank_ray.data.encoding import PairEncoder
 
 if TYPE_CHECKING:
     import torch
@@ -101,7 +101,7 @@ def pad(values: np.ndarray, lengths: np.ndarray, pad_value: int, left: bool = Fa
 
 @dataclass
 class Collator:
-    """Pads rows into a :class:`Batch` the way the model's tokenizer would."""
+    """Pads rows into a :class:`Batch` the way the library pads the model's batches."""
 
     pad_token_id: int
     pad_token_type_id: int = 0
@@ -119,6 +119,13 @@ class Collator:
             left_padding=getattr(tokenizer, "padding_side", "right") == "left",
             pad_to_multiple_of=pad_to_multiple_of,
         )
+
+    @classmethod
+    def for_encoder(cls, encoder: PairEncoder, pad_to_multiple_of: int = 1) -> Collator:
+        """Pads as the library pads the model's batches: with the tokenizer of its Transformer
+        module, on that tokenizer's side (the library sets a causal-LM reranker's to the left:
+        its score reads the last position)."""
+        return cls.for_tokenizer(encoder.tokenizer, pad_to_multiple_of)
 
     def for_compile(self, batch_size: int) -> Collator:
         """This collator with shapes ``torch.compile`` compiles a bounded number of graphs for:
@@ -241,14 +248,13 @@ class GroupCollator:
     """Grouped rows -> a :class:`GroupBatch`: draws each query's documents (``max_docs``), the
     in-batch negatives (``in_batch``), then tokenizes and pads the pairs.
 
-    Runs in the prefetch thread (:func:`prefetch`), which is why it tokenizes: the in-batch
-    negatives pair a query with other queries' documents, so those pairs exist only once the
-    batch does, and a capped list is tokenized for the documents drawn this epoch only. The
-    tokenizer call and the padding are the pointwise path's (:func:`rerank_ray.data.stream.encode_pairs`,
-    :class:`Collator`), which are the CrossEncoder's."""
+    Runs in the prefetch thread (:mod:`rerank_ray.training.prefetch`), which is why it tokenizes:
+    the in-batch negatives pair a query with other queries' documents, so those pairs exist only
+    once the batch does, and a capped list is tokenized for the documents drawn this epoch only.
+    The tokenization and the padding are the pointwise path's
+    (:class:`~rerank_ray.data.encoding.PairEncoder`, :class:`Collator`), which are the CrossEncoder's."""
 
-    tokenizer: Any
-    max_length: int
+    encoder: PairEncoder
     pad: Collator
     in_batch: bool = False
     """Score every query against the batch's other candidates (MultipleNegativesRankingLoss)."""
@@ -344,7 +350,7 @@ class GroupCollator:
         return firsts, seconds, np.full(n, columns, np.int64), np.zeros(0, np.float32), np.zeros(n, np.int64), columns
 
     def _encode(self, firsts: list[str], seconds: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        encoded = encode_pairs(self.tokenizer, firsts, seconds, self.max_length)
+        encoded = self.encoder.encode(firsts, seconds)
         lengths = np.fromiter((len(x) for x in encoded["input_ids"]), dtype=np.int64, count=len(firsts))
         flat = np.fromiter((t for x in encoded["input_ids"] for t in x), dtype=np.int64, count=int(lengths.sum()))
         types = None

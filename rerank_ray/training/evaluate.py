@@ -40,6 +40,8 @@ class ShardEvaluator:
     device: Any
     mask: str
     """The attention mask's form (:func:`rerank_ray.training.models.mask_kind`)."""
+    extras: dict[str, Any]
+    """What the forward takes besides the tensors (:func:`rerank_ray.training.models.forward_extras`)."""
     retrieval: Retrieval | None
     audit: AuditLog
 
@@ -87,7 +89,7 @@ class ShardEvaluator:
             functools.partial(stall_message, "eval", "eval"),
         ):
             with autocast(), faults.explain_oom("eval", self.config.eval.batch_size, max_length=self.plan.max_length):
-                logits = model(batch.features(self.device, self.mask))["scores"]
+                logits = model({**batch.features(self.device, self.mask), **self.extras})["scores"]
             # Kept on the device, copied to the host once after the last batch: a copy per batch
             # would wait for each batch's kernels (a host sync per batch on a GPU).
             scores.append(model.activation_fn(logits.float()))

@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 from rerank_ray.config import ModelConfig
+from rerank_ray.data.encoding import CAUSAL_TASK, PairEncoder
 from rerank_ray.errors import ConfigError
 
 PACKAGE_PREFIX = "pkg:"
@@ -87,13 +88,35 @@ def check_base_model(model: ModelConfig) -> None:
             f"({', '.join(files)}, named by auto_map in its config.json); loading it runs that code. "
             "Read it, then set model.trust_remote_code: true to allow it"
         )
-    if replaces_head(model, config):
+    if is_causal_lm(config):
+        if model.num_labels != 1:
+            raise ConfigError(
+                f"model.name_or_path {model.name_or_path!r} is a causal LM ({config['architectures'][0]}): "
+                "sentence-transformers scores it with one yes/no logit difference, so model.num_labels must be 1 "
+                f"(got {model.num_labels})"
+            )
+        print(
+            f"[rerank-ray] {model.name_or_path} is a causal-LM reranker: each pair is rendered through its chat "
+            "template and scored by the logits of 'yes' and 'no' (as sentence-transformers' LogitScore)",
+            flush=True,
+        )
+    elif replaces_head(model, config):
         print(f"[rerank-ray] the base model's head is replaced by a new {model.num_labels}-label head", flush=True)
+
+
+def is_causal_lm(config: dict[str, Any]) -> bool:
+    """A ``*ForCausalLM`` checkpoint: the library loads it as a text-generation backbone with a
+    ``LogitScore`` head (``CrossEncoder._load_default_modules``, the same rule)."""
+    architectures = config.get("architectures") or []
+    return bool(architectures) and str(architectures[0]).endswith("ForCausalLM")
 
 
 def replaces_head(model: ModelConfig, config: dict[str, Any]) -> bool:
     """Whether the base model's classification head has another size than ``model.num_labels``
-    (e.g. a 3-label NLI cross-encoder fine-tuned as a 1-label reranker): then the head is new."""
+    (e.g. a 3-label NLI cross-encoder fine-tuned as a 1-label reranker): then the head is new. A
+    causal LM has no such head (its score is its yes/no logits)."""
+    if is_causal_lm(config):
+        return False
     labels = len(config["id2label"]) if config.get("id2label") else config.get("num_labels")
     return labels is not None and labels != model.num_labels
 
@@ -116,19 +139,54 @@ def load_cross_encoder(model: ModelConfig, max_length: int, path: str | None = N
     model_kwargs: dict[str, Any] = (
         {"attn_implementation": model.attn_implementation} if model.attn_implementation else {}
     )
-    if path is None and replaces_head(model, base_config(model)):
+    base = base_config(model) if path is None else base_config(ModelConfig(name_or_path=path))
+    if path is None and replaces_head(model, base):
         # transformers refuses to load a checkpoint whose head has another shape unless told to;
         # the new head is initialised from the seed, the same on every rank.
         model_kwargs["ignore_mismatched_sizes"] = True
     return CrossEncoder(
         source,
-        num_labels=model.num_labels,
+        # A causal LM's score is its LogitScore head: it has no num_labels to set.
+        num_labels=None if is_causal_lm(base) else model.num_labels,
         max_length=max_length,
         trust_remote_code=model.trust_remote_code,
         revision=model.revision if path is None else None,
         model_kwargs=model_kwargs or None,
+        # Saved with every checkpoint, and so with the export: predict applies the default prompt.
+        prompts=model.prompts if path is None else None,
+        default_prompt_name=model.default_prompt_name if path is None else None,
         device="cpu",
     )
+
+
+def load_encoder(model: ModelConfig, max_length: int, path: str | None = None) -> PairEncoder:
+    """The library's preprocessing of the base model (or a saved one at ``path``), without its
+    weights (:mod:`rerank_ray.data.encoding`), with the run's prompts and query length. A chat
+    template that cannot carry a query and a document fails here, before Ray starts, with the
+    library's message."""
+    source = path or model_source(model)
+    try:
+        encoder = PairEncoder.build(
+            source,
+            max_length,
+            trust_remote_code=model.trust_remote_code,
+            revision=model.revision if path is None else None,
+            prompts=model.prompts if path is None else None,
+            default_prompt_name=model.default_prompt_name if path is None else None,
+            max_query_length=model.max_query_length,
+        )
+        encoder.encode(["query"], ["document"])  # the library checks a causal model's template here
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.name_or_path {model.name_or_path!r}: cannot prepare its inputs: {err}") from err
+    return encoder
+
+
+def forward_extras(cross_encoder: Any) -> dict[str, Any]:
+    """What the library's ``preprocess`` adds to a batch besides the tensors, for the forward: a
+    causal LM computes the logits of the last position only (``logits_to_keep=1``: the yes/no
+    score reads nothing else, and the full logits would be batch x length x vocabulary)."""
+    module = cross_encoder[0]
+    return {"logits_to_keep": 1} if getattr(module, "transformer_task", None) == CAUSAL_TASK else {}
 
 
 #: Families whose encoder builds its attention mask with transformers' ``masking_utils``: handed a

@@ -36,6 +36,7 @@ from rerank_ray import console, storage
 from rerank_ray.config import Config
 from rerank_ray.data.beir import Retrieval
 from rerank_ray.data.checks import REASONS, describe_tally, tally, tally_dict
+from rerank_ray.data.encoding import PairEncoder
 from rerank_ray.data.position import DataPosition, TrainedRows, merge_ranges, partial_epoch_batches
 from rerank_ray.errors import WorkerPreempted
 from rerank_ray.training import checkpointing, early_stopping, faults, preemption
@@ -52,7 +53,7 @@ from rerank_ray.training.losses import (
     cached_backward,
 )
 from rerank_ray.training.measures import resource_metrics
-from rerank_ray.training.models import load_cross_encoder, load_tokenizer, mask_kind
+from rerank_ray.training.models import forward_extras, load_cross_encoder, load_encoder, mask_kind
 from rerank_ray.training.plan import TrainPlan
 from rerank_ray.training.prefetch import prefetch, stall_message
 from rerank_ray.training.progress import ProgressLine, quiet_libraries
@@ -119,8 +120,9 @@ class Worker:
         # RestOfEpoch makes for the train_rest dataset too, so both pick the same one. A fresh run
         # never finds one (the driver refuses an existing run name without --resume).
         point = checkpointing.latest_complete(self.config.run.storage_path, self.config.run.name or "")
-        tokenizer = load_tokenizer(config.model)
-        self.collate = Collator.for_tokenizer(tokenizer)
+        # The library's preprocessing of this model (prompt, chat template, truncation, padding side).
+        encoder = load_encoder(config.model, plan.max_length)
+        self.collate = Collator.for_encoder(encoder)
         # Compiled: length buckets and full batches, a bounded number of graphs (tests/test_compile_shapes.py).
         self.train_collate = (
             self.collate.for_compile(config.train.per_device_batch_size) if config.train.torch_compile else self.collate
@@ -128,7 +130,7 @@ class Worker:
         # Grouped shapes: the pairs are formed and tokenized per batch, in the prefetch thread
         # (the only user of this tokenizer: eval batches and pairs arrive tokenized).
         self.group_collate = (
-            group_collator(config, plan, tokenizer, self.collate) if plan.train_shape != "pairs" else None
+            group_collator(config, plan, encoder, self.collate) if plan.train_shape != "pairs" else None
         )
         # A fresh run opens its first epoch's stream now, so that Ray Data starts reading and
         # tokenizing (and the prefetch thread padding) while the model loads, rather than after.
@@ -144,6 +146,7 @@ class Worker:
                 rank=self.rank,
                 device=self.device,
                 mask=self.mask,
+                extras=self.extras,
                 retrieval=Retrieval(**plan.eval_retrieval) if plan.eval_retrieval else None,
                 audit=self.audit,
             )
@@ -189,6 +192,7 @@ class Worker:
         restored_model = checkpointing.model_dir(restored_dir) if restored_dir else None
         self.model = load_cross_encoder(self.config.model, self.plan.max_length, path=restored_model)
         self.mask = mask_kind(self.model)  # the attention mask in the form that needs no host sync
+        self.extras = forward_extras(self.model)  # what the library's preprocess adds besides tensors
         self.library_loss = build_library_loss(self.model, train.loss, train.loss_kwargs)
         self.objective: PointwiseObjective | GroupLoss = (
             GroupLoss(self.library_loss)
@@ -464,7 +468,7 @@ class Worker:
             else:
                 with sync:
                     with self._autocast():
-                        logits = self.ddp_model(features)["scores"]
+                        logits = self.ddp_model({**features, **self.extras})["scores"]
                     # The loss summed over the batch's real rows (pairs, or queries): scaled to the mean over the step's.
                     total = self.objective(logits, batch, self.device)
                     self.scaler.scale(total * scale).backward()
@@ -493,7 +497,7 @@ class Worker:
 
         def forward(chunk: dict, grad: bool):
             with self._autocast():
-                return (self.ddp_model if grad else self.model)(chunk)["scores"]
+                return (self.ddp_model if grad else self.model)({**chunk, **self.extras})["scores"]
 
         no_sync = self.ddp_model.no_sync if self.world_size > 1 else contextlib.nullcontext
         return cached_backward(
@@ -709,7 +713,7 @@ class Worker:
 EPOCH_END = object()
 
 
-def group_collator(config: Config, plan: TrainPlan, tokenizer: Any, pad: Collator) -> GroupCollator:
+def group_collator(config: Config, plan: TrainPlan, encoder: PairEncoder, pad: Collator) -> GroupCollator:
     """The collator of a grouped training set; each epoch's draws are set by ``Worker._epoch_batches``."""
     import inspect
 
@@ -719,8 +723,7 @@ def group_collator(config: Config, plan: TrainPlan, tokenizer: Any, pad: Collato
     in_batch = loss in ("MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss")
     default = inspect.signature(getattr(losses, loss)).parameters.get("num_negatives")
     return GroupCollator(
-        tokenizer=tokenizer,
-        max_length=plan.max_length,
+        encoder=encoder,
         pad=pad,
         in_batch=in_batch,
         num_negatives=config.train.loss_kwargs.get("num_negatives", default.default if default else None),

@@ -26,12 +26,13 @@ import time
 from typing import Any
 
 from rerank_ray.config import Config
+from rerank_ray.data.stream import default_max_length
 from rerank_ray.errors import ConfigError
 from rerank_ray.run.cluster import DATA_CPUS, ensure_ray, quiet_ray_data, worker_resources
 from rerank_ray.run.driver import build_trainer, inspect_data, prepare_datasets
 from rerank_ray.run.paths import check_resume
 from rerank_ray.training import tracking
-from rerank_ray.training.models import load_tokenizer
+from rerank_ray.training.models import load_encoder, load_tokenizer
 from rerank_ray.training.progress import quiet_libraries
 from rerank_ray.tune.report import TUNE_DIR, SearchOutcome, SearchPaths, collect_trials, report_search
 from rerank_ray.tune.space import (
@@ -253,7 +254,7 @@ def run_search(config: Config) -> SearchOutcome:
     restoring = check_search_name(config, paths)
     inspect_data(config)
     tracking.check_installed(config)
-    load_tokenizer(config.model)
+    load_encoder(config.model, default_max_length(load_tokenizer(config.model), config.model.max_length))
     ensure_ray(config, num_cpus=local_cpus_needed(config))
     quiet_ray_data()  # the export reads samples of the data for the model card
     concurrency = config.tune.max_concurrent_trials or trials_that_fit(config, ray.cluster_resources())

@@ -274,6 +274,7 @@ def test_an_embedded_ray_leaves_a_neighbours_default_ports_free(tmp_path):
     marker = uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     env[MARKER] = marker  # every process either Ray starts carries it: all are ended below
+    env["RAY_AUTH_MODE"] = "disabled"  # a plain neighbour (`ray start` turns token authentication on by default)
     embedded = subprocess.Popen(
         [sys.executable, "-c", EMBEDDED_RAY_UNTIL_STDIN_CLOSES],
         env=env,

@@ -67,17 +67,18 @@ def ray_local():
     """One local Ray for every test that trains: starting Ray costs seconds, a test should not."""
     import ray
 
-    from rerank_ray.run.cluster import pinned_state_api
+    from rerank_ray.run.cluster import free_port, own_agent_port, pinned_state_api
 
     if not ray.is_initialized():
         dashboard_port, api_env = pinned_state_api()
-        ray.init(
-            num_cpus=4,
-            include_dashboard=True,
-            dashboard_port=dashboard_port,
-            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **api_env}},
-            log_to_driver=True,
-        )
+        with own_agent_port(free_port()):  # as the embedded Ray does: Ray's default ports left to others
+            ray.init(
+                num_cpus=4,
+                include_dashboard=True,
+                dashboard_port=dashboard_port,
+                runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **api_env}},
+                log_to_driver=True,
+            )
     yield ray
     ray.shutdown()
 

@@ -232,14 +232,28 @@ class LocalCluster:
 
     def marked_pids(self) -> list[int]:
         """Processes whose environment carries this cluster's marker: only ours."""
-        needle = f"{MARKER}={self.marker}".encode()
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            if needle in _environ(int(entry.name)):
-                found.append(int(entry.name))
-        return found
+        return marked_pids(self.marker)
+
+
+def marked_pids(marker: str) -> list[int]:
+    """Processes whose environment carries ``MARKER=marker`` (this process left out)."""
+    needle = f"{MARKER}={marker}".encode()
+    return [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and int(entry.name) != os.getpid() and needle in _environ(int(entry.name))
+    ]
+
+
+def kill_marked(marker: str) -> None:
+    """SIGKILL every process that carries ``MARKER=marker``, until none is left."""
+    for _ in range(40):
+        left = marked_pids(marker)
+        if not left:
+            return
+        for pid in left:
+            _signal(pid, signal.SIGKILL)
+        time.sleep(0.25)
 
 
 def _environ(pid: int) -> list[bytes]:

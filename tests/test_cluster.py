@@ -11,6 +11,7 @@ middle of a run: the run restores on the node left and trains each remaining pai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from urllib.parse import quote
 
@@ -245,6 +247,74 @@ def test_a_running_local_cluster_is_not_joined_by_accident(cluster):
     gets a Ray of its own: joining a cluster is said with run.ray_address or RAY_ADDRESS."""
     started = _embedded_ray_with_address_file(cluster.gcs_address)
     assert started["gcs"] != cluster.gcs_address
+
+
+EMBEDDED_RAY_UNTIL_STDIN_CLOSES = (
+    "import json, sys, ray\n"
+    "from rerank_ray.config import Config\n"
+    "from rerank_ray.run.cluster import ensure_ray\n"
+    "config = Config.from_dict({'model': {'name_or_path': 'm'}, 'data': {'train': 't.jsonl'},"
+    " 'scaling': {'num_workers': 1}})\n"
+    "ensure_ray(config)\n"
+    "print(json.dumps({'gcs': ray.get_runtime_context().gcs_address}), flush=True)\n"
+    "sys.stdin.read()\n"
+    "ray.shutdown()\n"
+)
+
+
+@pytest.mark.ray
+def test_an_embedded_ray_leaves_a_neighbours_default_ports_free(tmp_path):
+    """rerank-ray's embedded Ray and a `ray start --head` on the same machine: the neighbour keeps
+    Ray's default dashboard-agent port (52365, which the embedded Ray used to hold: the
+    neighbour's job server then answered every submission with "No available agent to submit
+    job"), and a trivial `ray job submit` to it succeeds while the embedded Ray runs."""
+    from local_cluster import MARKER, free_ports, kill_marked
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    marker = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    env[MARKER] = marker  # every process either Ray starts carries it: all are ended below
+    env["RAY_AUTH_MODE"] = "disabled"  # a plain neighbour (`ray start` turns token authentication on by default)
+    embedded = subprocess.Popen(
+        [sys.executable, "-c", EMBEDDED_RAY_UNTIL_STDIN_CLOSES],
+        env=env,
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert embedded.stdout is not None
+        json.loads(embedded.stdout.readline())  # the embedded Ray is up
+        # The neighbour's `ray start --block` (ended with everything else that carries the marker).
+        gcs_port, dashboard_port = free_ports(2)
+        root = Path(tempfile.mkdtemp(prefix="rr-", dir="/tmp"))
+        subprocess.Popen(
+            [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats",
+             f"--port={gcs_port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+             f"--dashboard-port={dashboard_port}", f"--temp-dir={root}"],  # the agent's port left at its default
+            env=env, stdout=(root / "neighbour.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        client = None
+        deadline = time.monotonic() + 180
+        while client is None and time.monotonic() < deadline:
+            try:
+                client = JobSubmissionClient(f"http://127.0.0.1:{dashboard_port}")
+            except Exception:  # noqa: BLE001 - the dashboard answers once it is up
+                time.sleep(1)
+        assert client is not None, (root / "neighbour.log").read_text()[-3000:]
+        job = client.submit_job(entrypoint="python -c \"print('neighbour ok')\"")
+        while time.monotonic() < deadline and client.get_job_status(job) not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            time.sleep(1)
+        assert client.get_job_status(job) == JobStatus.SUCCEEDED, client.get_job_logs(job)
+        assert "neighbour ok" in client.get_job_logs(job)
+    finally:
+        if embedded.stdin is not None:
+            embedded.stdin.close()  # the embedded Ray shuts down
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            embedded.wait(timeout=30)
+        kill_marked(marker)
 
 
 def test_a_lost_node_restores_on_the_node_left_and_trains_each_remaining_pair_once(cluster, tiny_bert, tmp_path):

@@ -61,7 +61,7 @@ def _rows(queries: list[str], documents: list[str]) -> pa.Table:
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("prompt", [None, PROMPT])
-def test_our_batches_equal_the_librarys_preprocessing(family, prompt, request):
+def test_our_batches_equal_the_library_preprocessing(family, prompt, request):
     """The stream's tokens (a Ray Data task's work: the encoder built without weights on the driver)
     padded by the worker's collator are the tensors CrossEncoder.preprocess builds for predict, on
     a model loaded with its weights: ids, attention mask, token types, padding side."""

@@ -56,7 +56,7 @@ def load_preprocessor(
     # The library's loader, minus the weights: patched only while this one constructor runs.
     with _LOADING:
         original = Transformer._load_model
-        Transformer._load_model = config_only  # type: ignore[method-assign]
+        Transformer._load_model = config_only
         try:
             return CrossEncoder(
                 source,
@@ -68,7 +68,7 @@ def load_preprocessor(
                 device="cpu",
             )
         finally:
-            Transformer._load_model = original  # type: ignore[method-assign]
+            Transformer._load_model = original
 
 
 def _config_only_class() -> type:

@@ -7,10 +7,12 @@ job, the job's runtime env decides what the run may set and where its files may 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 from rerank_ray import console, storage
@@ -55,7 +57,14 @@ def ensure_ray(config: Config, num_cpus: int | None = None, forward_logs: bool =
     needed = max(num_cpus or 0, math.ceil(scaling.num_workers * scaling.cpus_per_worker) + DATA_CPUS)
     dashboard_port, api_env = pinned_state_api()
     logical_cpus = max(os.cpu_count() or 1, needed)
-    context = ray.init(
+    with own_agent_port(free_port()):
+        context = _init_local(ray, logical_cpus, dashboard_port, {**env_vars, **api_env}, forward_logs)
+    dashboard = f" (dashboard http://{context.dashboard_url})" if context.dashboard_url else ""
+    return f"started an embedded local Ray of {logical_cpus} logical CPUs{dashboard}"
+
+
+def _init_local(ray: Any, logical_cpus: int, dashboard_port: int, env_vars: dict[str, str], forward_logs: bool) -> Any:
+    return ray.init(
         # "local": a Ray of our own even where another runs on this machine or left its address
         # file behind (ray.init would otherwise join that one, and refuse num_cpus when it does).
         # Joining a cluster is said with run.ray_address or RAY_ADDRESS.
@@ -70,11 +79,45 @@ def ensure_ray(config: Config, num_cpus: int | None = None, forward_logs: bool =
         # worker logs "Failed to query Ray Train Controller actor state" in a loop.
         include_dashboard=True,
         dashboard_port=dashboard_port,
-        runtime_env={"env_vars": {**env_vars, **api_env}},
+        runtime_env={"env_vars": env_vars},
         log_to_driver=forward_logs,
     )
-    dashboard = f" (dashboard http://{context.dashboard_url})" if context.dashboard_url else ""
-    return f"started an embedded local Ray of {logical_cpus} logical CPUs{dashboard}"
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (the OS picks it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def own_agent_port(port: int) -> Iterator[None]:
+    """Start the embedded Ray's dashboard agent on ``port`` instead of Ray's fixed default (52365).
+
+    Every other listener of a local Ray takes a free port already (GCS, raylet, object manager,
+    runtime-env agent, metrics; the dashboard through :func:`pinned_state_api`), but the agent's
+    HTTP port is fixed and ``ray.init`` has no argument for it (only ``ray start
+    --dashboard-agent-listen-port``). Holding 52365 breaks a neighbour: a ``ray start --head``
+    on the same machine comes up, but its agent cannot bind, and its job server answers every
+    ``ray job submit`` with "No available agent to submit job". So, while ``ray.init`` builds its
+    parameters, Ray's own ``RayParams`` gets the port as its default (Ray 2.60:
+    ``ray._private.worker.init`` constructs ``ray._private.parameter.RayParams`` without the
+    argument; tests/test_cluster.py checks that a neighbour's job still runs)."""
+    import ray._private.parameter as parameter
+
+    original = parameter.RayParams
+
+    class RayParams(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any):
+            kwargs.setdefault("dashboard_agent_listen_port", port)
+            super().__init__(*args, **kwargs)
+
+    parameter.RayParams = RayParams  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        parameter.RayParams = original  # type: ignore[misc]
 
 
 def check_cluster_cpus(config: Config) -> None:
@@ -144,9 +187,7 @@ def pinned_state_api() -> tuple[int, dict[str, str]]:
     group stays, and its CPUs are lost to the rest of a search. Set for the whole job, the
     variable reaches every actor, the cleaner included.
     """
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     return port, {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
 
 

@@ -161,7 +161,7 @@ def build_shapes(folder: Path) -> dict[str, Path]:
     from tiny_causal import build_tiny_causal_reranker
     from transformers import BertForSequenceClassification, Qwen3Config, Qwen3ForCausalLM
 
-    tokenizer, config = _bert_parts(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    tokenizer, config = _bert_parts(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=1)
     for key, value in {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
                        "intermediate_size": 1024, "max_position_embeddings": 512}.items():  # fmt: skip
         setattr(config, key, value)
@@ -171,6 +171,7 @@ def build_shapes(folder: Path) -> dict[str, Path]:
     tokenizer.save_pretrained(folder / "bert")
     causal = build_tiny_causal_reranker(folder / "qwen3")
     settings = Qwen3Config.from_pretrained(causal).to_dict()
+    settings.pop("layer_types", None)  # derived again for the new depth
     settings.update(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
                     intermediate_size=1024, max_position_embeddings=1024)  # fmt: skip
     Qwen3ForCausalLM(Qwen3Config(**settings)).save_pretrained(causal)

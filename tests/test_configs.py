@@ -74,6 +74,7 @@ def test_the_causal_lm_recipe_trains_qwen3_reranker_with_its_instruction():
     assert model.prompts and model.default_prompt_name in model.prompts
     assert (config.train.precision, config.eval.kind, config.headline_metric) == ("bf16", "reranking", "eval_ndcg@10")
     assert config.scaling.use_gpu and not model.trust_remote_code
+    assert model.lora.r == 16 and config.train.gradient_checkpointing
 
 
 def test_trust_remote_code_is_off_by_default():

@@ -58,6 +58,11 @@ class DataStalled(RuntimeError):
     message names the stream, its stages and the cluster's free CPUs."""
 
 
+class WorkersUnavailable(RuntimeError):
+    """The cluster did not hold the workers' resources within ``run.wait_for_workers_s`` (at the
+    start, or after a failure, waiting for lost capacity). The message names the resources."""
+
+
 class Preempted(RuntimeError):
     """The run stopped on request (SIGTERM) after writing a checkpoint; the message says how to
     continue. The command exits with 143."""
@@ -81,7 +86,15 @@ class StopRetrying(RuntimeError):
 
 
 #: Errors whose message is the whole story: shown alone, never retried.
-CLEAR_ERRORS = (ConfigError, DataError, OutOfMemory, CheckpointError, StorageUnavailable, DataStalled)
+CLEAR_ERRORS = (
+    ConfigError,
+    DataError,
+    OutOfMemory,
+    CheckpointError,
+    StorageUnavailable,
+    DataStalled,
+    WorkersUnavailable,
+)
 
 
 def inner_errors(error: BaseException, context: bool = True) -> Iterator[BaseException]:

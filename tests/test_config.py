@@ -7,7 +7,7 @@ import pytest
 from rerank_ray.config import Config, field_docs, load_config
 from rerank_ray.errors import ConfigError
 from rerank_ray.mining.config import MineConfig
-from rerank_ray.training.worker import matmul_precision
+from rerank_ray.training.setup import matmul_precision
 
 
 def _write(tmp_path, text: str):

@@ -56,6 +56,10 @@ def check_sections(
         )
     if train.torch_compile:
         check_torch_compile()
+    if run.wait_for_workers_s is not None and not run.wait_for_workers_s > 0:
+        raise ConfigError(
+            f"run.wait_for_workers_s must be positive (or null: wait for ever), got {run.wait_for_workers_s}"
+        )
     if run.max_failures < -1:
         raise ConfigError(f"run.max_failures must be -1 (no limit) or at least 0, got {run.max_failures}")
     # Credentials written into a path would reach Ray's logs, error messages and the model card.

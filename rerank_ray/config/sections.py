@@ -426,6 +426,13 @@ class RunConfig:
     scaler, RNG states and the position in the data). 0: only at evaluations (``eval.steps``) and
     at the end. A restarted worker group or ``--resume`` continues from the newest complete one."""
 
+    checkpoint_upload: Literal["async", "sync"] = "async"
+    """``async``: training goes on while a checkpoint uploads (Ray Train's asynchronous upload
+    mode; one upload at a time, the completion marker still written last); the step waits only
+    for the checkpoint to be written to local disk. The checkpoint that ends a run (its last step,
+    early stopping, a stop by SIGTERM) is always awaited. ``sync``: every step waits for the
+    upload too. Sharded (FSDP) checkpoints upload synchronously: each rank uploads its shards."""
+
     storage_retry_s: float = 300.0
     """How long a checkpoint upload keeps retrying storage that fails it (object storage
     throttling or dropping connections), waiting 1, 2, 4 ... 30 s between whole-folder attempts,
@@ -435,6 +442,12 @@ class RunConfig:
     """A worker that waits this long for its next batch (Ray Data's read and tokenize tasks given
     no CPU, a data store that stopped answering) ends the run, naming the stream that stalled and
     the cluster's free CPUs, rather than hanging it; exit code 2. 0: wait for ever."""
+
+    wait_for_workers_s: float | None = None
+    """How long the run waits for its workers' resources (CPUs, GPUs, ``scaling.resources_per_worker``)
+    to be free, at the start and after a failure (a lost node's capacity coming back), before it
+    fails naming the resources it waits for; exit code 2. None: wait for ever (Ray Train's own
+    behaviour: it tries again every 60 s)."""
 
     max_failures: int = 2
     """Worker-group failures (a dead worker, a lost node) survived by restoring the newest complete

@@ -8,7 +8,12 @@ the Ray it runs on :mod:`rerank_ray.run.cluster`.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
+import json
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -32,7 +37,7 @@ from rerank_ray.data.stream import (
     with_group_ids,
     without_queries,
 )
-from rerank_ray.errors import DataError, Preempted, WorkerPreempted, clear_error, find_error
+from rerank_ray.errors import DataError, Preempted, WorkerPreempted, WorkersUnavailable, clear_error, find_error
 from rerank_ray.evaluation.candidates import apply_candidates, read_run_file, retriever_metrics
 from rerank_ray.evaluation.ranking import QUERY_ID
 from rerank_ray.evaluation.retrieval import retrieve
@@ -169,10 +174,10 @@ def prepare_datasets(
     seed = config.train.seed if config.data.shuffle else None
     # The library's preprocessing of this model, carried to the tokenize tasks (rerank_ray.data.encoding).
     encoder = load_encoder(config.model, max_length)
-    key = f"{config.model.name_or_path}@{config.model.revision}/{max_length}/{config.model.max_query_length}"
-    handle = EncoderHandle(
-        functools.partial(load_encoder, config.model, max_length), key=key + repr(config.model.prompts)
-    )
+    # One encoder per process and model settings (a search's trials may differ in them, and one
+    # Ray Data worker process serves several).
+    key = json.dumps([dataclasses.asdict(config.model), max_length], sort_keys=True)
+    handle = EncoderHandle(functools.partial(load_encoder, config.model, max_length), key=key)
     class_ids = integer_labels(config.train.loss)
     has_ids = bool(config.data.id_column)
     train_split = splits["train"]
@@ -233,7 +238,7 @@ def build_trainer(
     the one that forwards its reports to Tune); ``console_queue``: where the workers send their
     lines (a :class:`rerank_ray.console.Relay`'s queue; None: they print them); ``tracking``: the
     trackers' runs rank 0 logs into."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     scaling = config.scaling
@@ -261,10 +266,63 @@ def build_trainer(
             checkpoint_config=CheckpointConfig(num_to_keep=None),
             # A dead worker restarts the worker group from the newest complete checkpoint; bad
             # input, config errors and out-of-memory end the run at once (no retry cures them).
-            failure_config=FailureConfig(max_failures=config.run.max_failures),
+            failure_config=failure_config(config),
             callbacks=[faults.stop_retrying_callback(), *(callbacks or [])],
         ),
         datasets=datasets,
+    )
+
+
+#: Ray Train's limit on one attempt to start the worker group (its placement group scheduled),
+#: read from the driver's environment when the trainer starts (Ray 2.60, train/v2/_internal/constants.py).
+GROUP_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+
+
+def failure_config(config: Config) -> Any:
+    """Ray Train's FailureConfig: ``run.max_failures`` retries of a failed worker group; with
+    ``run.wait_for_workers_s``, one attempt of that long to place the workers, not retried (Ray
+    Train retries a group that did not start every 60 s, for ever, by default)."""
+    from ray.train import FailureConfig
+
+    if config.run.wait_for_workers_s is None:
+        return FailureConfig(max_failures=config.run.max_failures)
+    return FailureConfig(max_failures=config.run.max_failures, controller_failure_limit=0)
+
+
+@contextlib.contextmanager
+def group_start_timeout(config: Config) -> Iterator[None]:
+    """While a trainer's ``fit`` starts its controller: ``run.wait_for_workers_s`` as Ray Train's
+    limit on placing the workers (an environment variable the trainer hands its controller)."""
+    if config.run.wait_for_workers_s is None:
+        yield
+        return
+    before = os.environ.get(GROUP_START_TIMEOUT_ENV)
+    os.environ[GROUP_START_TIMEOUT_ENV] = f"{config.run.wait_for_workers_s:g}"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(GROUP_START_TIMEOUT_ENV, None)
+        else:
+            os.environ[GROUP_START_TIMEOUT_ENV] = before
+
+
+def workers_unavailable(config: Config, err: BaseException) -> WorkersUnavailable | None:
+    """The clear error for a worker group Ray Train could not place within ``run.wait_for_workers_s``."""
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    if config.run.wait_for_workers_s is None or find_error(err, WorkerGroupStartupTimeoutError) is None:
+        return None
+    import ray
+
+    scaling = config.scaling
+    free = {k: v for k, v in ray.available_resources().items() if not k.startswith(("node:", "memory", "object_"))}
+    return WorkersUnavailable(
+        f"waited {config.run.wait_for_workers_s:g} s (run.wait_for_workers_s) for {scaling.num_workers} worker(s) "
+        f"of {worker_resources(config)} each (scaling.num_workers, scaling.cpus_per_worker, scaling.use_gpu, "
+        f"scaling.resources_per_worker), and the Ray cluster never held them: it has {free} free. Fix: add the "
+        "capacity (or wait for the lost node to come back and run the same command with --resume), ask for "
+        "fewer or smaller workers, or raise run.wait_for_workers_s"
     )
 
 
@@ -321,9 +379,13 @@ def _train_locked(config: Config, name: str) -> TrainOutcome:
     with Relay() as relay, preemption.stop_on_sigterm(folder):
         trainer = build_trainer(config, plan, datasets, name, console_queue=relay.queue, tracking=tracked)
         try:
-            result = trainer.fit()  # raises ray.train.TrainingFailedError when the run failed
+            with group_start_timeout(config):
+                result = trainer.fit()  # raises ray.train.TrainingFailedError when the run failed
         except Exception as err:
             tracking.finish(tracked, "", {}, ok=False)
+            unavailable = workers_unavailable(config, err)
+            if unavailable is not None:
+                raise unavailable from err
             cause = clear_error(err)
             if cause is not None:
                 raise cause from err  # bad input / config / out of memory: the message names the fix

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,10 +31,11 @@ class AuditLog:
 
     def pair_ids(self, batch: Batch | GroupBatch, kind: str, session: str, epoch: int, step: int) -> None:
         """The ids of the real pairs of ``batch``: trained in step ``step`` (``pairs``) or scored
-        in the evaluation at it (``eval``)."""
+        in the evaluation at it (``eval``), and when (what ran while a checkpoint uploaded)."""
         if self.path is not None and batch.pair_ids is not None:
             ids = [pid for pid, w in zip(batch.pair_ids, batch.weights) if w > 0]
-            self.write({"kind": kind, "session": session, "epoch": epoch, "step": step, "ids": ids})
+            record = {"kind": kind, "session": session, "epoch": epoch, "step": step, "ids": ids, "time": time.time()}
+            self.write(record)
 
 
 def parameter_digest(model: torch.nn.Module) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import random
 import shutil
 import tempfile
 import time
@@ -36,7 +35,6 @@ from rerank_ray import console, storage
 from rerank_ray.config import Config
 from rerank_ray.data.beir import Retrieval
 from rerank_ray.data.checks import REASONS, describe_tally, tally, tally_dict
-from rerank_ray.data.encoding import PairEncoder
 from rerank_ray.data.position import DataPosition, TrainedRows, merge_ranges, partial_epoch_batches
 from rerank_ray.errors import WorkerPreempted
 from rerank_ray.training import checkpointing, early_stopping, faults, preemption, sharding, strategy
@@ -57,6 +55,7 @@ from rerank_ray.training.models import forward_extras, load_encoder, mask_kind
 from rerank_ray.training.plan import TrainPlan
 from rerank_ray.training.prefetch import prefetch, stall_message
 from rerank_ray.training.progress import ProgressLine, quiet_libraries
+from rerank_ray.training.setup import group_collator, matmul_precision, seed_everything
 from rerank_ray.training.tracking import Tracker
 
 if TYPE_CHECKING:
@@ -115,6 +114,7 @@ class Worker:
         # session ended, and how long the step thread waited for batches.
         self.first_step_unix: float | None = None
         self.data_wait_seconds = 0.0
+        self.checkpoint_wait_seconds = 0.0  # the step thread held by checkpoints (writing; uploading unless async)
         self.epoch_data_wait = 0.0  # the same, in the current epoch
         # The newest complete checkpoint in the run folder, found by listing storage: the call
         # RestOfEpoch makes for the train_rest dataset too, so both pick the same one. A fresh run
@@ -178,7 +178,7 @@ class Worker:
         train = self.config.train
         # Same seed on every rank: the new scoring head starts identical everywhere (DDP would
         # broadcast rank 0's anyway); dropout and shuffles get per-rank seeds below.
-        _seed_everything(train.seed)
+        seed_everything(train.seed)
         restored_dir = None
         if point is not None:
             restored_dir = tempfile.mkdtemp(prefix="rerank-restore-")
@@ -238,7 +238,7 @@ class Worker:
         )
         use_scaler = self.autocast_dtype == torch.float16 and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-        _seed_everything(train.seed * 1000 + self.rank + self.state.global_step)
+        seed_everything(train.seed * 1000 + self.rank + self.state.global_step)
         if restored_dir:
             self._restore(restored_dir, point.name)
             shutil.rmtree(restored_dir, ignore_errors=True)  # everything is loaded in memory now
@@ -326,7 +326,7 @@ class Worker:
                 if step % config.train.logging_steps == 0 or step == plan.total_steps:
                     self._log_progress()
                     if step != plan.total_steps and self._stop_requested():
-                        self._checkpoint(evaluate=False)
+                        self._checkpoint(evaluate=False, wait=True)
                         last_report_step = step
                         if not self.preempted:  # a worker's SIGTERM: Ray Train restarts from that checkpoint
                             raise self._preempted_worker_error()
@@ -338,7 +338,7 @@ class Worker:
                 if self.state.stopped_early:  # every rank decides alike: the metrics were broadcast
                     break
         if last_report_step != self.state.global_step:
-            self._checkpoint(evaluate=True)
+            self._checkpoint(evaluate=True, wait=True)
 
     def _open_stream(self, first_epoch: int, resuming: bool) -> Iterator[Any]:
         """This worker's padded batches from ``first_epoch`` to the last, each epoch followed by
@@ -595,8 +595,9 @@ class Worker:
         if summary is not None:
             self._record({"step": self.state.global_step, **summary})
 
-    def _checkpoint(self, evaluate: bool) -> None:
-        """Check the replicas, evaluate (when asked and there is an eval set), write a checkpoint."""
+    def _checkpoint(self, evaluate: bool, wait: bool = False) -> None:
+        """Check the replicas, evaluate (when asked and there is an eval set), write a checkpoint.
+        ``wait``: the run ends after it (its upload is awaited however ``run.checkpoint_upload`` is set)."""
         self.check_replicas()
         metrics: dict[str, Any] = {}
         if evaluate and self.evaluator is not None:
@@ -604,7 +605,7 @@ class Worker:
             skipped = {"skipped_eval_rows": self.state.skipped_eval} if self.state.skipped_eval else {}
             self._record({"step": self.state.global_step, "epoch": self._epoch_float(), **metrics, **skipped})
             self._watch_for_early_stop(metrics)
-        self._report(metrics, checkpoint=True)
+        self._report(metrics, checkpoint=True, wait=wait or self.state.stopped_early)
 
     def _watch_for_early_stop(self, metrics: dict[str, float]) -> None:
         """transformers' EarlyStoppingCallback rule on the headline (:mod:`rerank_ray.training.early_stopping`)."""
@@ -627,7 +628,10 @@ class Worker:
             return float(self.state.epoch)
         return self.state.epoch + done / self.plan.batches_per_epoch
 
-    def _report(self, metrics: dict[str, Any], checkpoint: bool) -> None:
+    def _report(self, metrics: dict[str, Any], checkpoint: bool, wait: bool = True) -> None:
+        """Report to Ray Train; with ``checkpoint``, a checkpoint too. Its upload runs in the
+        background (``run.checkpoint_upload: async``) unless ``wait``: the step thread is held only
+        while the checkpoint is written locally, which ``checkpoint_wait_seconds`` measures."""
         import ray.train
 
         report = {
@@ -640,31 +644,47 @@ class Worker:
             "skipped_eval_rows": sum(self.state.skipped_eval.values()),
             "stopped_early": self.state.stopped_early,
             "preempted": self.preempted,
+            "checkpoint_wait_seconds": self.checkpoint_wait_seconds,
             **self._resource_metrics(),
         }
         if not checkpoint:
             ray.train.report(report)
             return
+        started = time.perf_counter()
         shared = self._gather_for_checkpoint()  # collectives: every rank takes part
-        with tempfile.TemporaryDirectory(prefix="rerank-ckpt-") as folder:
-            if self.prepared.sharded:
+        if self.prepared.sharded:
+            with tempfile.TemporaryDirectory(prefix="rerank-ckpt-") as folder:
                 self._report_sharded(folder, shared, report)
-            else:
-                ray_checkpoint = None
-                if self.rank == 0:
-                    self._save_checkpoint(folder, shared, report)
-                    ray_checkpoint = ray.train.Checkpoint.from_directory(folder)
-                ray.train.report(
-                    report,
-                    checkpoint=ray_checkpoint,
-                    checkpoint_dir_name=checkpointing.dir_name(self.state.global_step),
-                    # Our upload writes the completion marker last (see rerank_ray.training.checkpointing).
-                    checkpoint_upload_fn=functools.partial(
-                        checkpointing.upload,
-                        retry_s=self.config.run.storage_retry_s,
-                        storage_uri=storage.join(self.config.run.storage_path, self.config.run.name or ""),
-                    ),
-                )
+        else:
+            background = self.config.run.checkpoint_upload == "async" and not wait
+            # Not a `with` block: an upload in the background outlives this call; Ray Train deletes
+            # the folder once it is uploaded (delete_local_checkpoint_after_upload).
+            folder = tempfile.mkdtemp(prefix="rerank-ckpt-")
+            ray_checkpoint = None
+            if self.rank == 0:
+                self._save_checkpoint(folder, shared, report)
+                ray_checkpoint = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(
+                report,
+                checkpoint=ray_checkpoint,
+                checkpoint_dir_name=checkpointing.dir_name(self.state.global_step),
+                # Our upload writes the completion marker last (see rerank_ray.training.checkpointing).
+                checkpoint_upload_fn=functools.partial(
+                    checkpointing.upload,
+                    retry_s=self.config.run.storage_retry_s,
+                    storage_uri=storage.join(self.config.run.storage_path, self.config.run.name or ""),
+                ),
+                checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC
+                if background
+                else ray.train.CheckpointUploadMode.SYNC,
+                delete_local_checkpoint_after_upload=True,
+            )
+            if self.rank != 0:
+                shutil.rmtree(folder, ignore_errors=True)
+        held = time.perf_counter() - started
+        self.checkpoint_wait_seconds += held
+        # In the history (and so in the next checkpoint and metrics.json): benchmarks/checkpoint_upload.py.
+        self._record({"step": self.state.global_step, "checkpoint_wait_s": held})
         if self.rank == 0:
             checkpointing.prune(
                 self.config.run.storage_path,
@@ -753,39 +773,3 @@ class Worker:
 
 #: What the batch stream yields between two epochs (:meth:`Worker._open_stream`).
 EPOCH_END = object()
-
-
-def group_collator(config: Config, plan: TrainPlan, encoder: PairEncoder, pad: Collator) -> GroupCollator:
-    """The collator of a grouped training set; each epoch's draws are set by ``Worker._epoch_batches``."""
-    import inspect
-
-    from sentence_transformers.cross_encoder import losses
-
-    loss = config.train.loss
-    in_batch = loss in ("MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss")
-    default = inspect.signature(getattr(losses, loss)).parameters.get("num_negatives")
-    return GroupCollator(
-        encoder=encoder,
-        pad=pad,
-        in_batch=in_batch,
-        num_negatives=config.train.loss_kwargs.get("num_negatives", default.default if default else None),
-        max_docs=config.data.max_docs_per_query,
-        keep_first=plan.train_shape == "n-tuple",
-    )
-
-
-def _seed_everything(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def matmul_precision(device_type: str, tf32: bool) -> str | None:
-    """The fp32 matmul precision to set for ``train.tf32`` on this device: "high" (TF32) or
-    "highest" (full fp32) on CUDA; None elsewhere (a CPU worker keeps PyTorch's setting, which
-    only CUDA's tensor cores would change)."""
-    if device_type != "cuda":
-        return None
-    return "high" if tf32 else "highest"

@@ -29,7 +29,7 @@ from rerank_ray.config import Config
 from rerank_ray.data.stream import default_max_length
 from rerank_ray.errors import ConfigError
 from rerank_ray.run.cluster import DATA_CPUS, ensure_ray, quiet_ray_data, worker_resources
-from rerank_ray.run.driver import build_trainer, inspect_data, prepare_datasets
+from rerank_ray.run.driver import build_trainer, group_start_timeout, inspect_data, prepare_datasets
 from rerank_ray.run.paths import check_resume
 from rerank_ray.training import tracking
 from rerank_ray.training.models import load_encoder, load_tokenizer
@@ -91,7 +91,8 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], trials_dir: str) -> 
     quiet_ray_data()
     datasets, plan, _ = prepare_datasets(config, tokenizer, splits)
     trainer = build_trainer(config, plan, datasets, trial_id, callbacks=[plan_report(plan.total_steps)])
-    trainer.fit()
+    with group_start_timeout(config):
+        trainer.fit()
 
 
 def _trial_dirname(trial: Any) -> str:

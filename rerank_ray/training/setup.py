@@ -1,0 +1,49 @@
+"""How a worker sets itself up before the model: its seeds, its fp32 matmul precision, and the
+collator of a grouped training set."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from rerank_ray.config import Config
+from rerank_ray.data.encoding import PairEncoder
+from rerank_ray.training.batching import Collator, GroupCollator
+from rerank_ray.training.plan import TrainPlan
+
+
+def group_collator(config: Config, plan: TrainPlan, encoder: PairEncoder, pad: Collator) -> GroupCollator:
+    """The collator of a grouped training set; each epoch's draws are set by ``Worker._epoch_batches``."""
+    import inspect
+
+    from sentence_transformers.cross_encoder import losses
+
+    loss = config.train.loss
+    in_batch = loss in ("MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss")
+    default = inspect.signature(getattr(losses, loss)).parameters.get("num_negatives")
+    return GroupCollator(
+        encoder=encoder,
+        pad=pad,
+        in_batch=in_batch,
+        num_negatives=config.train.loss_kwargs.get("num_negatives", default.default if default else None),
+        max_docs=config.data.max_docs_per_query,
+        keep_first=plan.train_shape == "n-tuple",
+    )
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def matmul_precision(device_type: str, tf32: bool) -> str | None:
+    """The fp32 matmul precision to set for ``train.tf32`` on this device: "high" (TF32) or
+    "highest" (full fp32) on CUDA; None elsewhere (a CPU worker keeps PyTorch's setting, which
+    only CUDA's tensor cores would change)."""
+    if device_type != "cuda":
+        return None
+    return "high" if tf32 else "highest"

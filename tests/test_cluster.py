@@ -370,3 +370,78 @@ def test_a_lost_node_restores_on_the_node_left_and_trains_each_remaining_pair_on
     sessions = sessions_in_order(records)
     assert [restored for _, restored in sessions] == [None, 16]
     assert_every_pair_once_per_epoch(trained_per_epoch(records, sessions), epochs=2, pairs=203)
+
+
+@pytest.mark.slow  # about 3 minutes: a node lost and brought back, two resizes
+def test_an_elastic_run_trains_on_through_a_lost_node_and_grows_back(cluster, tiny_bert, tmp_path):
+    """Spot capacity going and coming back, on the two-node local cluster: an elastic run of 1 to 2
+    workers (2 CPUs each: one per node) pauses its worker on the second node after step 6 and the
+    node is killed; Ray Train restarts the group on the one worker the head node holds, which
+    restores the newest complete checkpoint and takes the planned global batch (8 x 2
+    accumulated). Its worker pauses after step 16 while the node is started again; the group grows
+    back to 2 workers from the newest checkpoint. Every pair is trained once per epoch over the
+    three worker groups, and the ranks agree at every checkpoint."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+    from test_faults import assert_every_pair_once_per_epoch, read_audit, sessions_in_order, trained_per_epoch
+
+    from rerank_ray.training.faults import FAULTS_ENV
+
+    rows = [{**row, "pair_id": f"p{i}"} for i, row in enumerate(synthetic_pairs(203, seed=1))]
+    faults_dir = tmp_path / "faults"
+    faults_dir.mkdir()
+    spec = {"dir": str(faults_dir), "faults": [
+        {"name": "lose", "at": "step", "node": "worker", "step": 6, "action": "pause", "seconds": 600},
+        {"name": "regrow", "at": "step", "node": "head", "step": 16, "action": "pause", "seconds": 90},
+    ]}  # fmt: skip
+    config = {
+        "model": {"name_or_path": str(tiny_bert)},
+        "data": {"train": str(write_jsonl(rows, tmp_path / "train.jsonl")), "id_column": "pair_id"},
+        "train": {"epochs": 2, "per_device_batch_size": 8, "learning_rate": 3e-3, "logging_steps": 2},
+        "scaling": {"num_workers": 2, "min_workers": 1, "cpus_per_worker": 2, "placement_strategy": "SPREAD",
+                    "resize_check_s": 5},
+        "run": {"storage_path": str(tmp_path / "runs"), "name": "elastic", "audit": True, "checkpoint_steps": 2,
+                "checkpoint_upload": "sync", "max_failures": 3},
+    }  # fmt: skip
+    config_file = tmp_path / "elastic.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    client = JobSubmissionClient(cluster.dashboard_url, headers=cluster.auth_headers)
+    runtime_env = job_runtime_env()
+    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), FAULTS_ENV: json.dumps(spec)}
+    submission_id = client.submit_job(
+        entrypoint=f"python jobs/train.py --config {config_file}", runtime_env=runtime_env
+    )
+
+    def wait_for_fault(name: str) -> None:
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while not (faults_dir / name).exists():
+            status = client.get_job_info(submission_id).status
+            assert not status.is_terminal() and time.monotonic() < deadline, (
+                f"fault {name} never fired ({status}): {client.get_job_logs(submission_id)[-3000:]}"
+            )
+            time.sleep(0.5)
+
+    try:
+        wait_for_fault("lose")
+        assert cluster.kill_node("worker") >= 2
+        wait_for_fault("regrow")  # training on the head node alone
+        cluster.start_worker_node()
+        info, logs = wait_for(client, submission_id)
+        assert info.status == JobStatus.SUCCEEDED, f"{info.message}\n{logs[-5000:]}"
+    finally:
+        if len(cluster.alive_nodes()) < 2:
+            cluster.start_worker_node()
+
+    records = read_audit(tmp_path / "runs" / "elastic")
+    sessions = sessions_in_order(records)
+    ranks = [
+        {r["rank"] for r in records if r["session"] == session and r["kind"] == "pairs"} for session, _ in sessions
+    ]
+    assert len(sessions) == 3 and ranks == [{0, 1}, {0}, {0, 1}], (sessions, ranks)
+    assert sessions[1][1] <= 6 and sessions[2][1] <= 16
+    assert_every_pair_once_per_epoch(trained_per_epoch(records, sessions), epochs=2, pairs=203)
+    digests: dict[tuple[str, int], set[str]] = {}
+    for record in records:
+        if record["kind"] == "params":
+            digests.setdefault((record["session"], record["step"]), set()).add(record["digest"])
+    assert all(len(found) == 1 for found in digests.values())
+    assert "1 worker(s) of 2 planned: a batch of 8 x 2 accumulated" in logs

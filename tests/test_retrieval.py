@@ -422,3 +422,77 @@ def test_eval_command_reranks_a_run_file(tiny_bert, tmp_path):
         "added_positives": 0,
         "queries_without_candidates": 0,
     }
+
+
+@pytest.mark.ray
+def test_a_search_of_the_listwise_config_reranks_a_retrievers_top_k_computed_once(
+    ray_local, tiny_bert, tiny_bi_encoder, tmp_path
+):
+    """``rerank-ray tune`` on every shape and evaluation: jobs/configs/dbpedia-listwise.yaml
+    (LambdaLoss on judged lists) evaluated on a BEIR folder reranking a bi-encoder's top 10,
+    3 learning rates. The retriever's candidates are computed once for the search (a run file
+    beside the trials, which every trial and the export read); the exported best trial reports
+    the metric the search chose it by, and its figures are the library's evaluator's on the
+    exported model given the same ranked documents."""
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
+    from tiny import judged_lists, write_parquet
+
+    from rerank_ray.evaluation.candidates import read_run_file
+    from rerank_ray.tune.search import run_search
+
+    beir = _graded_beir(tmp_path)
+    train_file = write_parquet(judged_lists(16, seed=1), tmp_path / "lists.parquet")
+    config = load_config(
+        "jobs/configs/dbpedia-listwise.yaml",
+        [
+            f"model.name_or_path={tiny_bert}",
+            "model.max_length=null",
+            f"data.train={train_file}",
+            f"eval.beir={beir}",
+            "eval.beir_split=test",
+            f"eval.retriever={tiny_bi_encoder}",
+            "eval.top_k=10",
+            "eval.before_training=false",
+            "train.epochs=1",
+            "train.per_device_batch_size=4",
+            f"run.storage_path={tmp_path / 'runs'}",
+            "run.name=listwise-search",
+            "run.report_to=[]",
+            "tune.space={train.learning_rate: {choice: [1e-4, 1e-3, 5e-3]}}",
+            "tune.search=grid",
+            "tune.scheduler=none",
+            "tune.max_concurrent_trials=1",
+        ],
+    )
+    outcome = run_search(config)
+    assert outcome.best is not None and len(outcome.rows) == 3
+    run_file = tmp_path / "runs" / "listwise-search" / "retriever-candidates.trec"
+    assert run_file.is_file()
+    exported = json.loads((Path(outcome.paths.output) / "metrics.json").read_text())
+    final = exported["final"]
+    assert final[config.headline_metric] == pytest.approx(outcome.best["metric"], abs=1e-9)
+    assert exported["eval_candidates"]["top_k"] == 10
+
+    documents = [json.loads(line) for line in (beir / "corpus.jsonl").read_text().splitlines()]
+    texts = {d["_id"]: (d["title"] + " " + d["text"]).strip() for d in documents}
+    judged = inspect_beir(str(beir), "test", retrieved=True).judgements.to_pylist()
+    queries = {r["query_id"]: r["sentence_0"] for r in judged}
+    candidates = read_run_file(str(run_file), 10)
+    ranked: dict[str, list[str]] = {}
+    for query, document in zip(candidates["query_id"].to_pylist(), candidates["corpus_id"].to_pylist()):
+        ranked.setdefault(query, []).append(texts[document])
+    samples = [
+        {
+            "query": text,
+            "positive": [texts[r["corpus_id"]] for r in judged if r["query_id"] == query],
+            "documents": ranked[query],
+        }
+        for query, text in queries.items()
+    ]
+    library = CrossEncoderRerankingEvaluator(
+        samples, at_k=10, name="dev", write_csv=False, always_rerank_positives=False
+    )
+    expected = library(CrossEncoder(str(outcome.paths.output)))
+    assert final["dev_map"] == pytest.approx(expected["dev_map"], abs=1e-5)
+    assert final["dev_ndcg@10_binary"] == pytest.approx(expected["dev_ndcg@10"], abs=1e-5)

@@ -74,6 +74,36 @@ def check_sections(
     # The loss and the evaluator kind must fit the head; fail here rather than in a worker.
     check_loss_fits(train.loss, model.num_labels, evaluation.kind, train.loss_kwargs)
     check_memory_settings(model, train, scaling)
+    check_elastic(train, scaling)
+
+
+def worker_counts(scaling: ScalingConfig) -> list[int]:
+    """Every number of workers a run may train on: ``num_workers``, or each from ``min_workers`` up."""
+    low = scaling.min_workers if scaling.min_workers is not None else scaling.num_workers
+    return list(range(low, scaling.num_workers + 1))
+
+
+def check_elastic(train: TrainConfig, scaling: ScalingConfig) -> None:
+    """An elastic range keeps the global batch: it must split evenly over every worker count."""
+    if scaling.min_workers is None:
+        return
+    if not 1 <= scaling.min_workers <= scaling.num_workers:
+        raise ConfigError(
+            f"scaling.min_workers must be between 1 and scaling.num_workers ({scaling.num_workers}), "
+            f"got {scaling.min_workers}"
+        )
+    if not scaling.resize_check_s > 0:
+        raise ConfigError(f"scaling.resize_check_s must be positive, got {scaling.resize_check_s}")
+    batch = train.per_device_batch_size * train.gradient_accumulation_steps * scaling.num_workers
+    uneven = [w for w in worker_counts(scaling) if batch % w]
+    if uneven:
+        fits = math.lcm(*worker_counts(scaling))
+        raise ConfigError(
+            f"the global batch ({batch}: train.per_device_batch_size x train.gradient_accumulation_steps x "
+            f"scaling.num_workers) must split evenly over every worker count from scaling.min_workers "
+            f"{scaling.min_workers} to scaling.num_workers {scaling.num_workers}, and {uneven} do not divide it: "
+            f"make it a multiple of {fits}, or narrow the range"
+        )
 
 
 def check_memory_settings(model: ModelConfig, train: TrainConfig, scaling: ScalingConfig) -> None:

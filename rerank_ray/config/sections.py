@@ -370,6 +370,19 @@ class ScalingConfig:
     num_workers: int = 2
     """Ray Train workers (data-parallel ranks)."""
 
+    min_workers: int | None = None
+    """Elastic runs: train on as few as this many workers when the cluster has fewer than
+    ``num_workers`` (a spot node gone), and grow back to ``num_workers`` when capacity returns
+    (Ray Train's elastic scaling: the worker group restarts on the new size from the newest
+    complete checkpoint). The global batch and the plan (steps per epoch, warmup) stay those of
+    ``num_workers``: on fewer workers each takes a larger batch or accumulates more, said in the
+    log, so the run trains the same steps on the same number of pairs whatever the count. The
+    global batch must divide by every worker count in the range. None: a fixed ``num_workers``."""
+
+    resize_check_s: float = 60.0
+    """Elastic runs: how often Ray Train checks whether more workers fit (and restarts the group
+    on them)."""
+
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """How the workers hold the model: ``ddp`` (each a whole replica, gradients all-reduced) or
     ``fsdp`` (PyTorch's FSDP2: each transformer block and the rest sharded across the workers,

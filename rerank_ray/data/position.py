@@ -140,7 +140,7 @@ class DataPosition:
             return cls(trained=saved["trained"].astype(np.int64).reshape(-1, 2), **meta)
 
 
-def partial_epoch_batches(remaining_rows: int, world_size: int, batch_size: int) -> int:
+def partial_epoch_batches(remaining_rows: int, world_size: int, batch_size: int, multiple: int = 0) -> int:
     """Batches per worker for the rest of an epoch: the remaining rows, padded to a multiple of
     the workers, split evenly, cut into batches.
 
@@ -149,8 +149,9 @@ def partial_epoch_batches(remaining_rows: int, world_size: int, batch_size: int)
     shuffle. After b batches a worker has trained between bB - (B - r) and bB rows (fewer than bB
     if the short batch or a filler row was among them), so what is left per worker lies in
     ((n - b - 1)B, (n - b)B]: n - b batches, whichever rows the stream handed to which worker.
-    The worker checks this equality when it restores."""
-    padded = remaining_rows + (-remaining_rows) % world_size
+    The worker checks this equality when it restores. ``multiple``: what the rows are padded to a
+    multiple of (an elastic run's; by default the number of workers)."""
+    padded = remaining_rows + (-remaining_rows) % (multiple or world_size)
     return math.ceil(padded / world_size / batch_size) if padded else 0
 
 

@@ -22,9 +22,12 @@ split on any whitespace; each query's top ``eval.top_k`` by score (ties by the f
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pyarrow as pa
 
+from rerank_ray import storage
 from rerank_ray.data.beir import BeirFiles, Retrieval
 from rerank_ray.errors import DataError
 from rerank_ray.evaluation.ranking import query_hashes, reranking_metrics
@@ -40,26 +43,25 @@ def read_run_file(path: str, top_k: int, queries: set[str] | None = None) -> pa.
     1 the best. ``queries``: keep only these. Fails naming the file and line of a bad line."""
     rows: dict[str, list[tuple[float, float, str]]] = {}
     try:
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                fields = line.split()
-                if not fields:
-                    continue
-                if len(fields) != len(RUN_FIELDS):
-                    raise DataError(
-                        f"eval.run_file: {path} line {number} has {len(fields)} fields, a TREC run line has "
-                        f"{len(RUN_FIELDS)} ({' '.join(RUN_FIELDS)}): {line.strip()[:120]!r}"
-                    )
-                if queries is not None and fields[0] not in queries:
-                    continue
-                try:
-                    score, rank = float(fields[4]), float(fields[3])
-                except ValueError:
-                    raise DataError(
-                        f"eval.run_file: {path} line {number}: rank {fields[3]!r} and score {fields[4]!r} must be "
-                        "numbers (query_id Q0 corpus_id rank score tag)"
-                    ) from None
-                rows.setdefault(fields[0], []).append((-score, rank, fields[2]))
+        for number, line in enumerate(_lines(path), start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != len(RUN_FIELDS):
+                raise DataError(
+                    f"eval.run_file: {path} line {number} has {len(fields)} fields, a TREC run line has "
+                    f"{len(RUN_FIELDS)} ({' '.join(RUN_FIELDS)}): {line.strip()[:120]!r}"
+                )
+            if queries is not None and fields[0] not in queries:
+                continue
+            try:
+                score, rank = float(fields[4]), float(fields[3])
+            except ValueError:
+                raise DataError(
+                    f"eval.run_file: {path} line {number}: rank {fields[3]!r} and score {fields[4]!r} must be "
+                    "numbers (query_id Q0 corpus_id rank score tag)"
+                ) from None
+            rows.setdefault(fields[0], []).append((-score, rank, fields[2]))
     except OSError as err:
         raise DataError(f"eval.run_file: cannot read {path}: {err}") from err
     except UnicodeDecodeError as err:
@@ -84,6 +86,33 @@ def read_run_file(path: str, top_k: int, queries: set[str] | None = None) -> pa.
             "rank": pa.array(ranks, pa.int32()),
         }
     )
+
+
+def _lines(path: str) -> Iterator[str]:
+    """The lines of a local file or of one in object storage (``s3://...``: a search writes its
+    retriever's candidates next to its trials, where every node reads them)."""
+    if not storage.is_uri(path):
+        with open(path, encoding="utf-8") as f:
+            yield from f
+        return
+    fs, inner = storage.filesystem(path)
+    with fs.open_input_stream(inner) as stream:
+        yield from stream.read().decode("utf-8").splitlines()
+
+
+def write_run_file(candidates: pa.Table, path: str, tag: str) -> None:
+    """(query_id, corpus_id, rank) as a TREC run file (a local path or a URI), best first, each
+    score 1 / rank: what :func:`read_run_file` reads back as the same candidates."""
+    lines = [
+        f"{query} Q0 {document} {rank} {1.0 / rank:.10g} {tag}\n"
+        for query, document, rank in zip(
+            candidates["query_id"].to_pylist(), candidates["corpus_id"].to_pylist(), candidates["rank"].to_pylist()
+        )
+    ]
+    fs, inner = storage.filesystem(path)
+    fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(inner) as stream:
+        stream.write("".join(lines).encode("utf-8"))
 
 
 def apply_candidates(beir: BeirFiles, candidates: pa.Table, retrieval: Retrieval) -> None:

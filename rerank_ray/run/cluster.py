@@ -132,12 +132,14 @@ def check_cluster_cpus(config: Config) -> None:
     if not scaling.check_cluster_cpus:
         return
     total = float(ray.cluster_resources().get("CPU", 0.0))
-    reserved = scaling.num_workers * scaling.cpus_per_worker
+    # An elastic run starts on what fits: its least number of workers must leave Ray Data a CPU.
+    workers = scaling.min_workers if scaling.min_workers is not None else scaling.num_workers
+    reserved = workers * scaling.cpus_per_worker
     if total - reserved >= 1:
         return
-    fits = max(0.0, (total - 1) / scaling.num_workers)
+    fits = max(0.0, (total - 1) / workers)
     raise ConfigError(
-        f"the Ray cluster has {total:g} CPUs and the {scaling.num_workers} training workers reserve {reserved:g} "
+        f"the Ray cluster has {total:g} CPUs and the {workers} training workers reserve {reserved:g} "
         f"(scaling.num_workers x scaling.cpus_per_worker {scaling.cpus_per_worker:g}), which leaves "
         f"{max(total - reserved, 0):g} for Ray Data's read and tokenize tasks: they need at least 1, or the run "
         f"hangs. Fix: scaling.cpus_per_worker={fits:g} or less, fewer workers, a node more, or more CPUs for "

@@ -58,7 +58,7 @@ from rerank_ray.training import checkpointing, faults, preemption, tracking
 from rerank_ray.training.checkpointing import RestOfEpoch
 from rerank_ray.training.losses import loss_arguments
 from rerank_ray.training.models import check_base_model, load_encoder, load_tokenizer
-from rerank_ray.training.plan import TrainPlan
+from rerank_ray.training.plan import TrainPlan, rows_multiple
 from rerank_ray.training.progress import quiet_libraries
 from rerank_ray.training.tracking import TrackingRun
 from rerank_ray.training.worker import train_loop_per_worker
@@ -169,7 +169,8 @@ def prepare_datasets(
     eval_split = splits.get("eval")
     if isinstance(eval_split, BeirFiles) and config.eval.retriever is not None and eval_split.retrieval is None:
         with_candidates(config, eval_split, retrieve(config, eval_split))  # Ray Data: needs Ray, so here
-    world = config.scaling.num_workers
+    # Padded so that every worker count the run may train on splits the rows evenly.
+    world = rows_multiple(config)
     max_length = default_max_length(tokenizer, config.model.max_length)
     seed = config.train.seed if config.data.shuffle else None
     # The library's preprocessing of this model, carried to the tokenize tasks (rerank_ray.data.encoding).
@@ -253,10 +254,14 @@ def build_trainer(
             "tracking": tracking.to_dict() if tracking else None,
         },
         scaling_config=ScalingConfig(
-            num_workers=scaling.num_workers,
+            # Elastic: Ray Train starts with what fits of the range and grows back as capacity returns.
+            num_workers=(scaling.min_workers, scaling.num_workers)
+            if scaling.min_workers is not None
+            else scaling.num_workers,
             use_gpu=scaling.use_gpu,
             resources_per_worker=resources,
             placement_strategy=scaling.placement_strategy,
+            elastic_resize_monitor_interval_s=scaling.resize_check_s,
         ),
         run_config=RunConfig(
             name=name,

@@ -21,10 +21,13 @@ class AuditLog:
 
     def __init__(self, folder: str | None, rank: int):
         self.path = Path(folder, f"rank{rank}.jsonl") if folder else None
+        self.session = ""
+        """The worker group's attempt every record belongs to (set once its ranks agree on it)."""
 
     def write(self, record: dict[str, Any]) -> None:
         if self.path is None:
             return
+        record = {"session": self.session, **record} if self.session else record
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")

@@ -12,6 +12,13 @@ import math
 from dataclasses import asdict, dataclass
 
 from rerank_ray.config import Config
+from rerank_ray.config.checks import worker_counts
+
+
+def rows_multiple(config: Config) -> int:
+    """What the datasets are padded to a multiple of: every worker count the run may have divides
+    it, so each splits the rows evenly (``scaling.num_workers`` when it is fixed)."""
+    return math.lcm(*worker_counts(config.scaling))
 
 
 @dataclass
@@ -41,6 +48,9 @@ class TrainPlan:
     eval_retrieval: dict | None = None
     """Retrieve-then-rerank evaluation: :class:`rerank_ray.data.beir.Retrieval` as a dict (the
     judged positives of the queries, the retriever's own metrics); None: judged candidates."""
+    rows_multiple: int = 1
+    """The row counts are padded to a multiple of this: every worker count the run may train on
+    divides it (``scaling.num_workers``, or an elastic range's least common multiple)."""
 
     @classmethod
     def build(
@@ -79,7 +89,54 @@ class TrainPlan:
             train_files_digest=train_files_digest,
             train_shape=train_shape,
             eval_retrieval=eval_retrieval,
+            rows_multiple=rows_multiple(config),
         )
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def layout(self, config: Config, world_size: int) -> WorkerLayout:
+        """How ``world_size`` workers train this plan: each rank's micro-batch and accumulation, so
+        that an optimizer step takes the planned global batch (``per_device_batch_size`` x
+        ``gradient_accumulation_steps`` x ``scaling.num_workers``) and an epoch the planned steps.
+        On fewer workers than planned (an elastic run) the accumulation grows when it can, else the
+        micro-batch (:func:`rerank_ray.config.checks.check_elastic` made sure one of them can)."""
+        batch, accumulation = config.train.per_device_batch_size, config.train.gradient_accumulation_steps
+        planned = config.scaling.num_workers
+        if world_size != planned:
+            per_rank = batch * accumulation * planned // world_size  # rows a rank takes per step
+            if (accumulation * planned) % world_size == 0:
+                accumulation = accumulation * planned // world_size
+            elif per_rank % accumulation == 0:
+                batch = per_rank // accumulation
+            else:
+                batch, accumulation = per_rank, 1
+        rows = self.train_rows_padded // world_size
+        batches = math.ceil(rows / batch)
+        if math.ceil(batches / accumulation) != self.steps_per_epoch or self.train_rows_padded % world_size:
+            raise RuntimeError(
+                f"{world_size} workers cannot train the plan of {self.steps_per_epoch} steps per epoch over "
+                f"{self.train_rows_padded} rows: the rows are not padded for this many workers"
+            )
+        return WorkerLayout(world_size, batch, accumulation, batches, rows)
+
+
+@dataclass(frozen=True)
+class WorkerLayout:
+    """What one worker does per epoch with the world size it found (:meth:`TrainPlan.layout`)."""
+
+    world_size: int
+    batch_size: int
+    """Rows per micro-batch on this worker."""
+    accumulation: int
+    """Micro-batches per optimizer step."""
+    batches_per_epoch: int
+    rows_per_worker: int
+
+    def describe(self, config: Config) -> str:
+        planned = config.scaling.num_workers
+        return (
+            f"{self.world_size} worker(s) of {planned} planned: a batch of {self.batch_size} x {self.accumulation} "
+            f"accumulated per worker (the global batch of {self.batch_size * self.accumulation * self.world_size} "
+            "pairs as planned)"
+        )

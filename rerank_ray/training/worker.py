@@ -90,6 +90,10 @@ class Worker:
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
+        # The planned global batch on the workers there are (an elastic run may have fewer).
+        self.layout = plan.layout(config, self.world_size)
+        if self.rank == 0 and self.world_size != config.scaling.num_workers:
+            console.say(f"[rerank-ray] {self.layout.describe(config)}")
         self.device = ray.train.torch.get_device()
         self.collectives = Collectives(self.device, self.world_size, always=faults.force_collectives())
         self.tracker = Tracker.from_dict(tracking, self.rank)  # rank 0 logs; a no-op elsewhere
@@ -125,7 +129,7 @@ class Worker:
         self.collate = Collator.for_encoder(encoder)
         # Compiled: length buckets and full batches, a bounded number of graphs (tests/test_compile_shapes.py).
         self.train_collate = (
-            self.collate.for_compile(config.train.per_device_batch_size) if config.train.torch_compile else self.collate
+            self.collate.for_compile(self.layout.batch_size) if config.train.torch_compile else self.collate
         )
         # Grouped shapes: the pairs are formed and tokenized per batch, in the prefetch thread
         # (the only user of this tokenizer: eval batches and pairs arrive tokenized).
@@ -155,6 +159,7 @@ class Worker:
         )
         # One id per worker-group attempt, shared by its ranks (audit files).
         self.session = self.collectives.broadcast_object(self.session)
+        self.audit.session = self.session
 
     # ------------------------------------------------------------------ setup
     def _autocast_dtype(self) -> torch.dtype | None:
@@ -252,6 +257,10 @@ class Worker:
         self.scheduler.load_state_dict(saved.scheduler)
         self.scaler.load_state_dict(saved.scaler)
         self.state = saved.loop
+        # In this world size's batches (a checkpoint from another number of workers counted its own):
+        # every step of the epoch so far took `accumulation` full batches on every rank.
+        steps_in_epoch = self.state.global_step - self.state.epoch * self.plan.steps_per_epoch
+        self.state.batches_done_in_epoch = steps_in_epoch * self.layout.accumulation
         if self.rank < len(saved.rng):
             checkpointing.set_rng_state(saved.rng[self.rank])  # dropout continues where this rank left it
         position = saved.position
@@ -263,12 +272,14 @@ class Worker:
                 # A checkpoint written before reasons were appended to REASONS has fewer counts.
                 self.restored_skips[: len(saved_skips)] = saved_skips
             remaining = self.plan.train_rows - position.trained_rows
-            batches_left = partial_epoch_batches(remaining, self.world_size, self.config.train.per_device_batch_size)
-            if batches_left != self.plan.batches_per_epoch - self.state.batches_done_in_epoch:
+            batches_left = partial_epoch_batches(
+                remaining, self.world_size, self.layout.batch_size, self.plan.rows_multiple
+            )
+            if batches_left != self.layout.batches_per_epoch - self.state.batches_done_in_epoch:
                 raise RuntimeError(
                     f"the checkpoint at step {self.state.global_step} records {position.trained_rows} trained "
                     f"pairs in epoch {self.state.epoch + 1}, which leaves {batches_left} batches per worker, but "
-                    f"{self.plan.batches_per_epoch - self.state.batches_done_in_epoch} were left: the checkpoint "
+                    f"{self.layout.batches_per_epoch - self.state.batches_done_in_epoch} were left: the checkpoint "
                     "and the data do not match"
                 )
         self.restored_from = self.state.global_step
@@ -313,15 +324,15 @@ class Worker:
             for micro_batches in self._epoch_steps(epoch, batches):
                 with faults.explain_oom(
                     "train",
-                    config.train.per_device_batch_size,
-                    config.train.gradient_accumulation_steps,
+                    self.layout.batch_size,
+                    self.layout.accumulation,
                     self.world_size,
                     plan.max_length,
                 ):
                     self.train_step(micro_batches)
                 step = self.state.global_step
                 faults.fire("step", step)
-                if self.state.batches_done_in_epoch == plan.batches_per_epoch:
+                if self.state.batches_done_in_epoch == self.layout.batches_per_epoch:
                     self._finish_epoch()
                 if step % config.train.logging_steps == 0 or step == plan.total_steps:
                     self._log_progress()
@@ -382,25 +393,25 @@ class Worker:
             collate = replace(self.group_collate, rng=draws, generator=generator)
         return iter_batches(
             shard,
-            config.train.per_device_batch_size,
+            self.layout.batch_size,
             collate,
             window_batches=config.data.window_batches,
             group_by_length=config.data.group_by_length,
             rng=np.random.default_rng(seed) if config.data.shuffle else None,
-            strata=config.train.gradient_accumulation_steps,
+            strata=self.layout.accumulation,
         )
 
     def _epoch_steps(self, epoch: int, batches: Iterator[Batch | GroupBatch]) -> Iterator[list[Batch | GroupBatch]]:
         """Lists of micro-batches, one list per optimizer step, for one epoch on this worker
         (checked against the plan as they come: :func:`~rerank_ray.training.batching.optimizer_steps`)."""
         where = (
-            f"rank {self.rank}, epoch {epoch + 1} ({self.plan.rows_per_worker} rows per worker per epoch, "
+            f"rank {self.rank}, epoch {epoch + 1} ({self.layout.rows_per_worker} rows per worker per epoch, "
             f"{self.state.batches_done_in_epoch} batches done before)"
         )
         yield from optimizer_steps(
             self._timed(batches),
-            self.plan.batches_per_epoch - self.state.batches_done_in_epoch,
-            self.config.train.gradient_accumulation_steps,
+            self.layout.batches_per_epoch - self.state.batches_done_in_epoch,
+            self.layout.accumulation,
             where,
         )
 
@@ -626,7 +637,7 @@ class Worker:
         done = self.state.batches_done_in_epoch
         if done == 0 and self.state.global_step:  # at an epoch boundary, the epoch just finished
             return float(self.state.epoch)
-        return self.state.epoch + done / self.plan.batches_per_epoch
+        return self.state.epoch + done / self.layout.batches_per_epoch
 
     def _report(self, metrics: dict[str, Any], checkpoint: bool, wait: bool = True) -> None:
         """Report to Ray Train; with ``checkpoint``, a checkpoint too. Its upload runs in the

@@ -25,9 +25,14 @@ import math
 import time
 from typing import Any
 
+from rerank_ray import storage
 from rerank_ray.config import Config
+from rerank_ray.data.beir import inspect_beir
 from rerank_ray.data.stream import default_max_length
 from rerank_ray.errors import ConfigError
+from rerank_ray.evaluation.candidates import write_run_file
+from rerank_ray.evaluation.retrieval import retrieve
+from rerank_ray.redaction import redact
 from rerank_ray.run.cluster import DATA_CPUS, ensure_ray, quiet_ray_data, worker_resources
 from rerank_ray.run.driver import build_trainer, group_start_timeout, inspect_data, prepare_datasets
 from rerank_ray.run.paths import check_resume
@@ -93,6 +98,26 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], trials_dir: str) -> 
     trainer = build_trainer(config, plan, datasets, trial_id, callbacks=[plan_report(plan.total_steps)])
     with group_start_timeout(config):
         trainer.fit()
+
+
+def with_candidates_once(config: Config, paths: SearchPaths) -> Config:
+    """``eval.retriever``: its top-k of the BEIR corpus computed once for the whole search (Ray Data
+    embeds the corpus), written as a TREC run file beside the trials, which every trial (and the
+    export) reads as its ``eval.run_file``; a resumed search reuses the file."""
+    if config.eval.retriever is None:
+        return config
+    run_file = storage.join(paths.root, "retriever-candidates.trec")
+    if not storage.is_file(run_file):
+        beir = inspect_beir(config.eval.beir or "", config.eval.beir_split, retrieved=True)
+        write_run_file(retrieve(config, beir), run_file, tag="rerank-ray-retriever")
+    print(
+        f"[rerank-ray] {config.eval.retriever}'s top {config.eval.top_k} of the corpus, computed once for every "
+        f"trial: {redact(run_file)}",
+        flush=True,
+    )
+    raw = config.to_dict()
+    raw["eval"].update(retriever=None, run_file=run_file)
+    return Config.from_dict(raw)
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -247,8 +272,11 @@ def run_search(config: Config) -> SearchOutcome:
     quiet_libraries()
     config.run.name = config.run.name or time.strftime("tune-%Y%m%d-%H%M%S")
     # Everything that can be checked without Ray is checked first: bad input fails in seconds.
-    if not config.data.eval:
-        raise ConfigError("rerank-ray tune compares trials on the eval set's headline metric: set data.eval")
+    if not (config.data.eval or config.eval.beir):
+        raise ConfigError(
+            f"rerank-ray tune compares trials on the headline metric of their evaluation ({config.headline_metric}): "
+            "give the runs one, data.eval (pairs) or eval.beir (a BEIR folder)"
+        )
     dims = check_tune(config)
     check_values(config, dims)
     paths = SearchPaths.of(config)
@@ -258,6 +286,7 @@ def run_search(config: Config) -> SearchOutcome:
     load_encoder(config.model, default_max_length(load_tokenizer(config.model), config.model.max_length))
     ensure_ray(config, num_cpus=local_cpus_needed(config))
     quiet_ray_data()  # the export reads samples of the data for the model card
+    config = with_candidates_once(config, paths)
     concurrency = config.tune.max_concurrent_trials or trials_that_fit(config, ray.cluster_resources())
     _announce(config, dims, concurrency, restoring)
     if restoring:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 from conftest import base_config
 from test_faults import read_audit
@@ -38,6 +39,7 @@ def test_training_goes_on_while_a_checkpoint_uploads_only_when_async(
         tmp_path / "runs",
         data={"id_column": "pair_id"},
         train={"epochs": 1},
+        eval={"steps": 0},
         run={"storage_path": str(tmp_path / "runs"), "name": mode, "audit": True, "checkpoint_steps": 4,
              "checkpoint_upload": mode, "num_checkpoints_to_keep": 10},
     )  # fmt: skip
@@ -46,7 +48,12 @@ def test_training_goes_on_while_a_checkpoint_uploads_only_when_async(
     run_dir = Path(outcome.run_dir)
     completed = {p.parent.name: json.loads(p.read_text()) for p in run_dir.glob("checkpoint-*/checkpoint.json")}
     assert sorted(completed) == [checkpointing.dir_name(step) for step in (4, 8, 12, 13)]
-    uploaded_at = completed[checkpointing.dir_name(4)]["written_at"]
+    for name in completed:  # every file its marker lists is there, whole (nothing pruned mid-upload)
+        assert isinstance(
+            checkpointing.verify(pafs.LocalFileSystem(), str(run_dir / name)), checkpointing.CheckpointInfo
+        )
+    # When the marker reached storage (its "written_at" is when the folder was written locally).
+    uploaded_at = (run_dir / checkpointing.dir_name(4) / checkpointing.MARKER).stat().st_mtime
     later = [r["time"] for r in read_audit(run_dir) if r["kind"] == "pairs" and r["step"] > 4]
     trained_during_upload = [t for t in later if t < uploaded_at]
     if mode == "async":

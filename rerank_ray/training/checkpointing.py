@@ -44,6 +44,7 @@ import os
 import pickle
 import random
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -493,14 +494,21 @@ def best_checkpoint(complete: list[CheckpointInfo], headline: str | None) -> Che
     return max(scored, key=lambda c: (c.metrics[headline], c.step)) if scored else None
 
 
-def prune(storage_path: str, run_name: str, keep_last: int, headline: str | None) -> list[str]:
+def prune(
+    storage_path: str, run_name: str, keep_last: int, headline: str | None, in_flight: Iterable[str] = ()
+) -> list[str]:
     """Empty every checkpoint folder that is not kept (complete or not), leaving a tombstone.
 
-    Called by rank 0 after each checkpoint it wrote (no other upload runs then) and by the driver
-    when training ends."""
+    Called by rank 0 after each checkpoint it wrote and by the driver when training ends.
+    ``in_flight``: the names of checkpoints still uploading in the background
+    (``run.checkpoint_upload: async``): incomplete because they are not finished yet, not because
+    an attempt died, so left alone."""
     complete, incomplete = scan(storage_path, run_name)
     kept = {c.name for c in choose_kept(complete, keep_last, headline)}
-    doomed = [c.path for c in complete if c.name not in kept] + list(incomplete)
+    busy = set(in_flight)
+    doomed = [c.path for c in complete if c.name not in kept] + [
+        path for path in incomplete if path.rstrip("/").rsplit("/", 1)[-1] not in busy
+    ]
     filesystem, _ = run_filesystem(storage_path, run_name)
     for path in doomed:
         filesystem.delete_dir_contents(path, missing_dir_ok=True)

@@ -131,14 +131,18 @@ def load_tokenizer(model: ModelConfig) -> Any:
         raise ConfigError(f"model.name_or_path {model.name_or_path!r}: cannot load its tokenizer: {err}") from err
 
 
-def load_cross_encoder(model: ModelConfig, max_length: int, path: str | None = None) -> Any:
-    """The base model (or, with ``path``, a checkpoint of it) as a CrossEncoder on the CPU."""
+def load_cross_encoder(model: ModelConfig, max_length: int, path: str | None = None, dtype: Any = None) -> Any:
+    """The base model (or, with ``path``, a checkpoint of it) as a CrossEncoder on the CPU, its
+    weights in ``dtype``: fp32 unless told (transformers would otherwise keep the dtype the
+    checkpoint was saved in, and a bf16 checkpoint such as Qwen3-Reranker's would train in bf16
+    weights and bf16 optimizer moments instead of bf16 autocast over fp32 weights)."""
+    import torch
     from sentence_transformers import CrossEncoder
 
     source = path or model_source(model)
-    model_kwargs: dict[str, Any] = (
-        {"attn_implementation": model.attn_implementation} if model.attn_implementation else {}
-    )
+    model_kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
+    if model.attn_implementation:
+        model_kwargs["attn_implementation"] = model.attn_implementation
     base = base_config(model) if path is None else base_config(ModelConfig(name_or_path=path))
     if path is None and replaces_head(model, base):
         # transformers refuses to load a checkpoint whose head has another shape unless told to;
@@ -151,7 +155,7 @@ def load_cross_encoder(model: ModelConfig, max_length: int, path: str | None = N
         max_length=max_length,
         trust_remote_code=model.trust_remote_code,
         revision=model.revision if path is None else None,
-        model_kwargs=model_kwargs or None,
+        model_kwargs=model_kwargs,
         # Saved with every checkpoint, and so with the export: predict applies the default prompt.
         prompts=model.prompts if path is None else None,
         default_prompt_name=model.default_prompt_name if path is None else None,

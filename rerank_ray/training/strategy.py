@@ -59,7 +59,12 @@ def prepare(
     import torch
 
     whole = restored is not None and checkpointing.model_format(restored) == "full"
-    model = load_cross_encoder(config.model, max_length, path=checkpointing.model_dir(restored) if whole else None)
+    model = load_cross_encoder(
+        config.model,
+        max_length,
+        path=checkpointing.model_dir(restored) if whole else None,
+        dtype=weights_dtype(config),
+    )
     if config.model.lora.r:
         adapters.add_lora(model, config.model.lora)
         if restored is not None and checkpointing.model_format(restored) == "adapter":
@@ -92,6 +97,17 @@ def prepare(
     return PreparedModel(model=model, wrapped=wrapped)
 
 
+def weights_dtype(config: Config) -> Any:
+    """The dtype the model's weights are loaded in: fp32 (the master weights autocast computes
+    from), but bf16 for LoRA's frozen base under ``train.precision: bf16`` with DDP: nothing trains
+    it, so its fp32 copy would only double its memory (peft keeps the adapters themselves in fp32).
+    FSDP shards one dtype per unit, so it keeps fp32."""
+    import torch
+
+    frozen_bf16 = config.model.lora.r and config.train.precision == "bf16" and config.scaling.strategy == "ddp"
+    return torch.bfloat16 if frozen_bf16 else torch.float32
+
+
 def restore_sharded(prepared: PreparedModel, restored: str, optimizer: Any) -> None:
     """Under FSDP: the restored checkpoint's model and optimizer shards, on this world size."""
     if prepared.sharded:
@@ -109,7 +125,8 @@ def exported_model(folder: str, config: Config, max_length: int) -> Any:
         return CrossEncoder(
             checkpointing.model_dir(folder), trust_remote_code=config.model.trust_remote_code, device="cpu"
         )
-    model = load_cross_encoder(config.model, max_length)
+    # The weights as they trained (a LoRA base in bf16 stays so: the export scores as the evaluation did).
+    model = load_cross_encoder(config.model, max_length, dtype=weights_dtype(config))
     if config.model.lora.r:
         adapters.add_lora(model, config.model.lora)
     if form == "adapter":

@@ -119,6 +119,8 @@ class Worker:
         self.first_step_unix: float | None = None
         self.data_wait_seconds = 0.0
         self.checkpoint_wait_seconds = 0.0  # the step thread held by checkpoints (writing; uploading unless async)
+        # Checkpoints this rank reported for a background upload (names), perhaps not yet complete.
+        self.uploading: list[str] = []
         self.epoch_data_wait = 0.0  # the same, in the current epoch
         # The newest complete checkpoint in the run folder, found by listing storage: the call
         # RestOfEpoch makes for the train_rest dataset too, so both pick the same one. A fresh run
@@ -692,16 +694,22 @@ class Worker:
             )
             if self.rank != 0:
                 shutil.rmtree(folder, ignore_errors=True)
+            elif background:
+                self.uploading.append(checkpointing.dir_name(self.state.global_step))
         held = time.perf_counter() - started
         self.checkpoint_wait_seconds += held
         # In the history (and so in the next checkpoint and metrics.json): benchmarks/checkpoint_upload.py.
         self._record({"step": self.state.global_step, "checkpoint_wait_s": held})
         if self.rank == 0:
+            # An upload still in the background is not a dead attempt's leftovers: leave it (Ray
+            # Train uploads one at a time: the last few reported are all that can be in flight).
+            self.uploading = self.uploading[-8:]
             checkpointing.prune(
                 self.config.run.storage_path,
                 self.config.run.name or "",
                 self.config.run.num_checkpoints_to_keep,
                 self.plan.headline_metric if self.plan.eval_rows else None,
+                in_flight=self.uploading,
             )
 
     def _resource_metrics(self) -> dict[str, float]:

@@ -2,14 +2,18 @@
 pre-tokenized, length-grouped tensors (no Ray, no streaming, no evaluation).
 
     python benchmarks/ceiling.py --train data/stsb/train.parquet [--batch-size 32] [--threads 2]
-    python benchmarks/ceiling.py --train ... --device cuda --dtype bf16 [--compile]   # on a GPU
+    python benchmarks/ceiling.py --train ... --device cuda --dtype bf16 [--compile] [--warmup-batches 8]   # on a GPU
     python benchmarks/ceiling.py --train ... --in-ray-train    # the same loop inside a Ray Train worker
 
 Same model, loss criterion, optimizer (fused AdamW, as the worker), clipping and schedule as
 ``rerank-ray train``; the batches are built up front (all pairs sorted by length, cut into
 batches, the batches shuffled) and moved to the device before the clock starts. Prints one JSON
-line: pairs/s over the loop, and on CUDA the model FLOPs utilisation (6 x non-embedding
-parameters x real tokens + attention, over the GPU's dense bf16 peak given by --peak-tflops).
+line: pairs/s over the loop, the model TFLOP/s (6 x non-embedding parameters x real tokens +
+attention, per second) and on CUDA the model FLOPs utilisation (that over the GPU's dense bf16
+peak given by --peak-tflops). ``--warmup-batches N`` first trains N batches of different lengths
+(the first, the last, spread between) off the clock, so that torch.compile's first compilations
+(a static graph, then the dynamic one) and CUDA's first kernels are not in the figure; a
+recompile after them is.
 """
 
 from __future__ import annotations
@@ -33,6 +37,14 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile's backend (aot_eager: no codegen)")
+    parser.add_argument(
+        "--dynamic",
+        action="store_true",
+        help="compile with dynamic shapes from the start (one compilation instead of a static one, then the "
+        "dynamic one torch makes at the second length)",
+    )
+    parser.add_argument("--warmup-batches", type=int, default=0, help="batches trained before the clock starts")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
     parser.add_argument(
         "--in-ray-train",
@@ -118,26 +130,36 @@ def measure(args: argparse.Namespace) -> dict:
     fused = device.type in ("cuda", "cpu")
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, fused=fused)
     steps = len(batches) * args.epochs
-    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=steps // 10, num_training_steps=steps)
+    scheduler_steps = steps + min(args.warmup_batches, len(batches))
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=steps // 10, num_training_steps=scheduler_steps)
     criterion = torch.nn.BCEWithLogitsLoss()
-    forward = torch.compile(model) if args.compile else model
+    dynamic = True if args.dynamic else None
+    forward = torch.compile(model, backend=args.compile_backend, dynamic=dynamic) if args.compile else model
     model.train()
     rng = np.random.default_rng(0)
+
+    def train_step(features, target) -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
+            logits = forward(dict(features))["scores"].view(-1)
+        loss = criterion(logits.float(), target)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    warmup_started = time.perf_counter()
+    warmup = min(args.warmup_batches, len(batches))
+    for i in np.unique(np.linspace(0, len(batches) - 1, warmup).round().astype(int)) if warmup else []:
+        train_step(*batches[i])
     if device.type == "cuda":
         torch.cuda.synchronize()
+    warmup_seconds = time.perf_counter() - warmup_started
     started = time.perf_counter()
     done = 0
     for _epoch in range(args.epochs):
         for i in rng.permutation(len(batches)):
-            features, target = batches[i]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
-                logits = forward(dict(features))["scores"].view(-1)
-            loss = criterion(logits.float(), target)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            train_step(*batches[i])
             done += 1
             if done % 50 == 0:
                 print(
@@ -152,6 +174,10 @@ def measure(args: argparse.Namespace) -> dict:
         "device": device.type,
         "dtype": args.dtype,
         "compiled": args.compile,
+        "compile_backend": args.compile_backend if args.compile else None,
+        "compile_dynamic": args.dynamic if args.compile else None,
+        "warmup_batches": warmup,
+        "warmup_seconds": warmup_seconds,
         "fused_adamw": fused,
         "pairs": pairs,
         "train_seconds": seconds,
@@ -160,8 +186,13 @@ def measure(args: argparse.Namespace) -> dict:
         "padded_tokens": padded_tokens * args.epochs,
         "peak_rss_mib": peak_rss_mib(),
     }
+    flops = model_flops(model, lengths, args.epochs)
+    result["model_tflops_per_second"] = flops / seconds / 1e12
     if device.type == "cuda":
-        result["mfu"] = model_flops(model, lengths, args.epochs) / seconds / (args.peak_tflops * 1e12)
+        result["gpu"] = torch.cuda.get_device_name(device)
+        result["peak_tflops"] = args.peak_tflops
+        result["mfu"] = flops / seconds / (args.peak_tflops * 1e12)
+        result["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     return result
 
 

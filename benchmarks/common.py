@@ -17,7 +17,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 STSB = ROOT / "data" / "stsb"
-BENCH_DATA = ROOT / "data" / "bench"
+#: Generated data and samples (RERANK_BENCH_DATA moves them: benchmarks/gpu.sh's dry run writes to scratch).
+BENCH_DATA = Path(os.environ.get("RERANK_BENCH_DATA") or ROOT / "data" / "bench")
 
 #: Environment of every process a benchmark starts: this checkout's code in the driver and in the
 #: Ray workers, no hub, no tokenizer threads competing with torch's.
@@ -86,17 +87,29 @@ def run_rerank_ray(config: dict, overrides: list[str] = (), env: dict | None = N
         path = Path(scratch, "config.yaml")
         path.write_text(yaml.safe_dump(config))
         started = time.time()
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "rerank_ray.cli", "train", "--config", str(path), *overrides],
             cwd=ROOT,
             env={**os.environ, **BENCH_ENV, **(env or {})},
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
         )
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # SIGTERM first: the driver stops the run and shuts its Ray down (killed outright, it
+            # would leave Ray's dashboard and runtime-env agents running).
+            proc.terminate()
+            try:
+                stdout, stderr = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                stdout, stderr = proc.communicate()
+            raise subprocess.TimeoutExpired(proc.args, timeout, output=stdout, stderr=stderr) from None
         wall = time.time() - started
         if proc.returncode != 0:
-            raise RuntimeError(f"rerank-ray failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}")
+            raise RuntimeError(f"rerank-ray failed ({proc.returncode}):\n{stdout[-3000:]}\n{stderr[-4000:]}")
         metrics = json.loads(Path(scratch, "bench", "model", "metrics.json").read_text())
         metrics["wall_seconds"] = wall
         metrics["started_unix"] = started

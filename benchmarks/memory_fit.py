@@ -17,6 +17,9 @@ activation checkpointing.
 
     python benchmarks/memory_fit.py                    # both; --table-only / --measure-only
     python benchmarks/memory_fit.py --ranks 8 --lora-r 16 --base-dtype bf16
+    python benchmarks/memory_fit.py --measure-only --quick   # the Qwen3 shape with LoRA, 4 pairs x 128 tokens
+
+Each measured row is also printed as one JSON line (benchmarks/gpu.sh collects them).
 """
 
 from __future__ import annotations
@@ -116,21 +119,21 @@ sys.path.insert(0, {tests!r})
 from rerank_ray.config import LoraConfig, ModelConfig
 from rerank_ray.training import adapters
 from rerank_ray.training.models import load_cross_encoder
-folder, lora, checkpoint = {folder!r}, {lora}, {checkpoint}
+folder, lora, checkpoint, pairs, tokens = {folder!r}, {lora}, {checkpoint}, {pairs}, {tokens}
 cuda = torch.cuda.is_available()
 device = torch.device("cuda" if cuda else "cpu")
 config = ModelConfig(name_or_path=folder, lora=LoraConfig(r=16 if lora else 0, dropout=0.0))
-model = load_cross_encoder(config, 512)
+model = load_cross_encoder(config, tokens)
 if lora:
     adapters.add_lora(model, config.lora)
 if checkpoint:
     model.activation_checkpointing_enable()
 model.to(device).train()
 words = "red blue green car boat house tree river stone bird fish cat dog".split()
-document = " ".join(words[i % len(words)] for i in range(600))
-features = model.preprocess([("red car on the river", document)] * 16)
+document = " ".join(words[i % len(words)] for i in range(tokens + 88))
+features = model.preprocess([("red car on the river", document)] * pairs)
 features = {{k: v.to(device) for k, v in features.items() if torch.is_tensor(v)}}
-assert features["input_ids"].shape[1] == 512, features["input_ids"].shape
+assert features["input_ids"].shape[1] == tokens, features["input_ids"].shape
 libc = ctypes.CDLL("libc.so.6")
 
 def rss_mib(field):
@@ -171,16 +174,16 @@ def build_shapes(folder: Path) -> dict[str, Path]:
     tokenizer.save_pretrained(folder / "bert")
     causal = build_tiny_causal_reranker(folder / "qwen3")
     settings = Qwen3Config.from_pretrained(causal).to_dict()
-    settings.pop("layer_types", None)  # derived again for the new depth
+    settings.pop("layer_types", None)  # one per layer of the tiny model: rebuilt for the new depth
     settings.update(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
                     intermediate_size=1024, max_position_embeddings=1024)  # fmt: skip
     Qwen3ForCausalLM(Qwen3Config(**settings)).save_pretrained(causal)
     return {"BERT-shaped": folder / "bert", "Qwen3-shaped": folder / "qwen3"}
 
 
-def measure(folder: Path, lora: bool, checkpoint: bool) -> dict:
+def measure(folder: Path, lora: bool, checkpoint: bool, pairs: int = 16, tokens: int = 512) -> dict:
     tests = str(Path(__file__).resolve().parents[1] / "tests")
-    code = STEP.format(tests=tests, folder=str(folder), lora=lora, checkpoint=checkpoint)
+    code = STEP.format(tests=tests, folder=str(folder), lora=lora, checkpoint=checkpoint, pairs=pairs, tokens=tokens)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800, check=False)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-3000:])
@@ -194,7 +197,11 @@ def main() -> None:
     parser.add_argument("--base-dtype", choices=["fp32", "bf16"], default="bf16", help="the frozen base under LoRA")
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--measure-only", action="store_true")
+    parser.add_argument(
+        "--quick", action="store_true", help="measure one configuration (Qwen3-shaped, LoRA), 4 pairs of 128 tokens"
+    )
     args = parser.parse_args()
+    pairs, tokens = (4, 128) if args.quick else (16, 512)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     if not args.measure_only:
         base_bytes = 4 if args.base_dtype == "fp32" else 2
@@ -203,18 +210,23 @@ def main() -> None:
         print(json.dumps({"table": rows}))
     if args.table_only:
         return
-    print("\n| model (16 pairs x 512 tokens) | training | step memory without checkpointing | with | ratio |")
+    print(
+        f"\n| model ({pairs} pairs x {tokens} tokens) | training | step memory without checkpointing | with | ratio |"
+    )
     print("|---|---|---|---|---|")
-    results = []
     with tempfile.TemporaryDirectory(prefix="memory-fit-") as scratch:
         for name, folder in build_shapes(Path(scratch)).items():
             for lora in (False, True):
-                plain, checkpointed = measure(folder, lora, False), measure(folder, lora, True)
-                results.append({"model": name, "lora": lora, "plain": plain, "checkpointed": checkpointed})
+                if args.quick and (name != "Qwen3-shaped" or not lora):
+                    continue
+                plain = measure(folder, lora, False, pairs, tokens)
+                checkpointed = measure(folder, lora, True, pairs, tokens)
+                print(json.dumps({"figure": "memory_fit", "model": name, "lora_r": 16 if lora else 0, "pairs": pairs,
+                                  "tokens": tokens, "device": plain["device"], "step_mib": plain["step_mib"],
+                                  "step_mib_checkpointed": checkpointed["step_mib"]}))  # fmt: skip
                 print(f"| {name} | {'LoRA r=16' if lora else 'full'} | {plain['step_mib']:.0f} MiB | "
                       f"{checkpointed['step_mib']:.0f} MiB | {checkpointed['step_mib'] / plain['step_mib']:.2f} |",
                       flush=True)  # fmt: skip
-    print(json.dumps({"measured": results}))
 
 
 if __name__ == "__main__":

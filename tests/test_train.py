@@ -65,6 +65,7 @@ def test_two_workers_train_every_pair_once_and_export_what_they_report(ray_local
     resources = outcome.metrics["resources"]
     assert len(resources["worker_peak_rss_mib"]) == 2 and min(resources["worker_peak_rss_mib"]) > 50
     assert resources["driver_peak_rss_mib"] > 50
+    assert resources["worker_peak_cuda_allocated_mib"] == [None, None]  # CPU workers: no CUDA figure
     assert 0 < resources["first_step_seconds_since_worker_start"] < resources["first_step_seconds_since_driver_start"]
     assert resources["data_wait_seconds"] >= 0
     # The epochs' streams are chained in the prefetch thread: one wait figure per epoch, none of

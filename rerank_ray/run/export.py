@@ -155,9 +155,16 @@ def skipped_rows(history: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
 
 
 def _is_resource_key(key: str) -> bool:
-    return key.startswith(("peak_rss_mib_rank", "rss_anon_mib_rank", "rss_shmem_mib_rank", "first_step_")) or (
-        key == "data_wait_seconds"
-    )
+    return key.startswith(
+        (
+            "peak_rss_mib_rank",
+            "rss_anon_mib_rank",
+            "rss_shmem_mib_rank",
+            "peak_cuda_allocated_mib_rank",
+            "peak_cuda_reserved_mib_rank",
+            "first_step_",
+        )
+    ) or (key == "data_wait_seconds")
 
 
 def resource_summary(final_report: dict[str, Any], workers: int) -> dict[str, Any]:
@@ -171,6 +178,11 @@ def resource_summary(final_report: dict[str, Any], workers: int) -> dict[str, An
         # At the last report, by kind: private memory, and shared memory touched (Ray's object store).
         "worker_rss_anon_mib": [final_report.get(f"rss_anon_mib_rank{r}") for r in range(workers)],
         "worker_rss_shmem_mib": [final_report.get(f"rss_shmem_mib_rank{r}") for r in range(workers)],
+        # On CUDA workers (None elsewhere): torch.cuda.max_memory_allocated / max_memory_reserved.
+        "worker_peak_cuda_allocated_mib": [
+            final_report.get(f"peak_cuda_allocated_mib_rank{r}") for r in range(workers)
+        ],
+        "worker_peak_cuda_reserved_mib": [final_report.get(f"peak_cuda_reserved_mib_rank{r}") for r in range(workers)],
         "data_wait_seconds": final_report.get("data_wait_seconds"),
         "first_step_unix": first_step,
         "first_step_seconds_since_driver_start": first_step - process_start_unix() if first_step else None,

@@ -340,7 +340,12 @@ def test_a_lost_node_restores_on_the_node_left_and_trains_each_remaining_pair_on
         # SPREAD (not STRICT_): one worker per node while there are two, both on the head after.
         "scaling": {"num_workers": 2, "placement_strategy": "SPREAD"},
         "run": {"storage_path": str(tmp_path / "runs"), "name": "lost", "audit": True, "checkpoint_steps": 4,
-                "max_failures": 2},
+                "max_failures": 2,
+                # Sync: step 16's checkpoint is in storage before step 17 trains. An async upload
+                # waits for Ray Train's controller to take the worker's previous report, which it
+                # cannot once a worker is lost: uploads still queued go with the group and the
+                # restore point is older (docs/failures.md).
+                "checkpoint_upload": "sync"},
     }  # fmt: skip
     config_file = tmp_path / "lost.yaml"
     config_file.write_text(yaml.safe_dump(config))

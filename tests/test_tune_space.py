@@ -143,7 +143,9 @@ def test_tune_needs_an_eval_set(capsys, tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model: {name_or_path: m}\ndata: {train: t.jsonl}\n")
     assert main(["tune", "--config", str(path)]) == 2
-    assert "rerank-ray tune compares trials on the eval set's headline metric: set data.eval" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "rerank-ray tune compares trials on the headline metric of their evaluation" in err
+    assert "data.eval (pairs) or eval.beir (a BEIR folder)" in err
 
 
 def test_optuna_draws_trials_in_the_nested_form_the_trials_read():

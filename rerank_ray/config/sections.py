@@ -444,7 +444,9 @@ class RunConfig:
     mode; one upload at a time, the completion marker still written last); the step waits only
     for the checkpoint to be written to local disk. The checkpoint that ends a run (its last step,
     early stopping, a stop by SIGTERM) is always awaited. ``sync``: every step waits for the
-    upload too. Sharded (FSDP) checkpoints upload synchronously: each rank uploads its shards."""
+    upload too, so every checkpoint reported is a restore point before the next step (async
+    uploads still queued when a worker is lost are lost with it: docs/failures.md). Sharded (FSDP)
+    checkpoints upload synchronously: each rank uploads its shards."""
 
     storage_retry_s: float = 300.0
     """How long a checkpoint upload keeps retrying storage that fails it (object storage

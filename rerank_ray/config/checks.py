@@ -56,6 +56,11 @@ def check_sections(
         )
     if train.torch_compile:
         check_torch_compile()
+        if data.padding_free == "on":
+            raise ConfigError(
+                "data.padding_free: on and train.torch_compile do not go together: a packed row changes length "
+                "every batch, so the compiler would compile graph after graph. Set one of them off"
+            )
     if run.wait_for_workers_s is not None and not run.wait_for_workers_s > 0:
         raise ConfigError(
             f"run.wait_for_workers_s must be positive (or null: wait for ever), got {run.wait_for_workers_s}"

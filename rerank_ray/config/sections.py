@@ -179,6 +179,17 @@ class DataConfig:
     4 micro-batches of 8 reached the trainer's Spearman over 5 seeds, at 1.56x its pairs/s on CPU
     instead of 1.9x)."""
 
+    padding_free: Literal["auto", "on", "off"] = "auto"
+    """Hand the model each batch as one row of its pairs back to back, with no pad tokens
+    (positions restart per pair; the attention stays within each pair). The scores equal the
+    padded batch's, but only flash-attention's variable-length kernels on CUDA make it faster
+    (eager and SDPA attend over the whole row: slower than padding). ``auto``: packed when
+    ``model.attn_implementation`` is a flash kernel on a GPU, without ``train.torch_compile``;
+    ``on``: always (fails before the run for a model that cannot be packed: BERT, RoBERTa, XLM-R,
+    ELECTRA and causal-LM rerankers can; DeBERTa-v2 cannot); ``off``: never. On CPU,
+    ``group_by_length`` is what removes most of the padding. The cached losses
+    (``CachedMultipleNegativesRankingLoss``) split batches by rows and stay padded."""
+
     window_batches: int = 32
     """Batches per shuffle / length-grouping window on each worker. Larger: more randomness and
     less padding, more memory."""

@@ -58,6 +58,7 @@ from rerank_ray.training import checkpointing, faults, preemption, tracking
 from rerank_ray.training.checkpointing import RestOfEpoch
 from rerank_ray.training.losses import loss_arguments
 from rerank_ray.training.models import check_base_model, load_encoder, load_tokenizer
+from rerank_ray.training.packing import check_padding_free
 from rerank_ray.training.plan import TrainPlan, rows_multiple
 from rerank_ray.training.progress import quiet_libraries
 from rerank_ray.training.tracking import TrackingRun
@@ -351,6 +352,7 @@ def _train_locked(config: Config, name: str) -> TrainOutcome:
     splits = inspect_data(config)
     tracking.check_installed(config)
     check_base_model(config.model)
+    check_padding_free(config.model, config.data.padding_free)
     loss_arguments(config.train.loss_kwargs)  # a module named in train.loss_kwargs that is none: exit 2 here
     tokenizer = load_tokenizer(config.model)
     # The library's preprocessing of this model, checked on a pair before Ray starts (a chat

@@ -59,13 +59,13 @@ class Batch:
             )
         if self.token_type_ids is not None:
             arrays["token_type_ids"] = self.token_type_ids
-        return {name: _to_device(array, device) for name, array in arrays.items()}
+        return {name: to_device(array, device) for name, array in arrays.items()}
 
     def targets(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        return _to_device(self.labels, device), _to_device(self.weights, device)
+        return to_device(self.labels, device), to_device(self.weights, device)
 
 
-def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     import torch
 
     tensor = torch.from_numpy(array)

@@ -22,6 +22,7 @@ from rerank_ray.training import faults
 from rerank_ray.training.audit import AuditLog
 from rerank_ray.training.batching import Collator, iter_batches
 from rerank_ray.training.collectives import Collectives
+from rerank_ray.training.packing import InputForm
 from rerank_ray.training.plan import TrainPlan
 from rerank_ray.training.prefetch import prefetch, stall_message
 
@@ -38,10 +39,8 @@ class ShardEvaluator:
     collectives: Collectives
     rank: int
     device: Any
-    mask: str
-    """The attention mask's form (:func:`rerank_ray.training.models.mask_kind`)."""
-    extras: dict[str, Any]
-    """What the forward takes besides the tensors (:func:`rerank_ray.training.models.forward_extras`)."""
+    inputs: InputForm
+    """How a batch reaches the model: padded or packed (:mod:`rerank_ray.training.packing`)."""
     retrieval: Retrieval | None
     audit: AuditLog
 
@@ -89,7 +88,7 @@ class ShardEvaluator:
             functools.partial(stall_message, "eval", "eval"),
         ):
             with autocast(), faults.explain_oom("eval", self.config.eval.batch_size, max_length=self.plan.max_length):
-                logits = model({**batch.features(self.device, self.mask), **self.extras})["scores"]
+                logits = model(self.inputs.features(batch, self.device))["scores"]
             # Kept on the device, copied to the host once after the last batch: a copy per batch
             # would wait for each batch's kernels (a host sync per batch on a GPU).
             scores.append(model.activation_fn(logits.float()))

@@ -253,8 +253,12 @@ def cached_backward(
     return total.detach()
 
 
-def _rows(features: dict[str, torch.Tensor], start: int, count: int) -> dict[str, torch.Tensor]:
-    return {name: tensor[start : start + count] for name, tensor in features.items()}
+def _rows(features: dict[str, Any], start: int, count: int) -> dict[str, Any]:
+    """Rows ``start`` to ``start + count`` of the batch's tensors; the other inputs (a causal
+    model's ``logits_to_keep``) as they are."""
+    return {
+        name: value[start : start + count] if hasattr(value, "shape") else value for name, value in features.items()
+    }
 
 
 def _rng_state(device: torch.device) -> tuple:

@@ -51,7 +51,8 @@ from rerank_ray.training.losses import (
     cached_backward,
 )
 from rerank_ray.training.measures import resource_metrics
-from rerank_ray.training.models import forward_extras, load_encoder, mask_kind
+from rerank_ray.training.models import load_encoder
+from rerank_ray.training.packing import input_form
 from rerank_ray.training.plan import TrainPlan
 from rerank_ray.training.prefetch import prefetch, stall_message
 from rerank_ray.training.progress import ProgressLine, quiet_libraries
@@ -151,8 +152,7 @@ class Worker:
                 collectives=self.collectives,
                 rank=self.rank,
                 device=self.device,
-                mask=self.mask,
-                extras=self.extras,
+                inputs=self.inputs,
                 retrieval=Retrieval(**plan.eval_retrieval) if plan.eval_retrieval else None,
                 audit=self.audit,
             )
@@ -209,8 +209,16 @@ class Worker:
             self.autocast_dtype,
         )
         self.model, self.ddp_model = self.prepared.model, self.prepared.wrapped
-        self.mask = mask_kind(self.model)  # the attention mask in the form that needs no host sync
-        self.extras = forward_extras(self.model)  # what the library's preprocess adds besides tensors
+        # Padded (the attention mask in the form that needs no host sync, and what the library's
+        # preprocess adds besides tensors) or packed (data.padding_free): rerank_ray.training.packing.
+        self.inputs = input_form(
+            self.model, self.config.data.padding_free, self.device.type, self.config.train.torch_compile
+        )
+        if self.inputs.packed and self.rank == 0:
+            console.say(
+                f"[rerank-ray] padding-free batches (data.padding_free={self.config.data.padding_free}): "
+                "each batch's pairs packed into one row, no padding computed"
+            )
         self.library_loss = build_library_loss(self.model, train.loss, train.loss_kwargs)
         self.objective: PointwiseObjective | GroupLoss = (
             GroupLoss(self.library_loss)
@@ -475,13 +483,16 @@ class Worker:
         for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             sync = contextlib.nullcontext() if last else self.prepared.no_sync(self.world_size)
-            features = batch.features(self.device, self.mask, keep_mask=self.config.train.torch_compile)
-            if isinstance(self.objective, GroupLoss) and self.objective.cached:
+            cached = isinstance(self.objective, GroupLoss) and self.objective.cached
+            features = self.inputs.features(
+                batch, self.device, keep_mask=self.config.train.torch_compile, packable=not cached
+            )
+            if cached:
                 total = self._cached_micro_batch(features, batch, scale, sync_last=last)
             else:
                 with sync:
                     with self._autocast():
-                        logits = self.ddp_model({**features, **self.extras})["scores"]
+                        logits = self.ddp_model(features)["scores"]
                     # The loss summed over the batch's real rows (pairs, or queries): scaled to the mean over the step's.
                     total = self.objective(logits, batch, self.device)
                     self.scaler.scale(total * scale).backward()
@@ -510,7 +521,7 @@ class Worker:
 
         def forward(chunk: dict, grad: bool):
             with self._autocast():
-                return (self.ddp_model if grad else self.model)({**chunk, **self.extras})["scores"]
+                return (self.ddp_model if grad else self.model)(chunk)["scores"]
 
         no_sync = functools.partial(self.prepared.no_sync, self.world_size)
         return cached_backward(
@@ -657,6 +668,7 @@ class Worker:
             "skipped_eval_rows": sum(self.state.skipped_eval.values()),
             "stopped_early": self.state.stopped_early,
             "preempted": self.preempted,
+            "padding_free": self.inputs.packed,
             "checkpoint_wait_seconds": self.checkpoint_wait_seconds,
             **self._resource_metrics(),
         }

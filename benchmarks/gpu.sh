@@ -28,6 +28,9 @@
 #              checkpointing, 1 GPU worker, 1,024 STS pairs: DDP, then FSDP2 as a group of one
 #              (benchmarks/gpu_steps.py large): pairs/s, peak CUDA memory of the worker
 #   memfit     benchmarks/memory_fit.py --measure-only: a step's CUDA memory with and without checkpointing
+#   packing    benchmarks/padding_free.py: a MiniLM-shaped step's forward and backward, bf16, padded against
+#              padding-free (data.padding_free), under SDPA and flash_attention_2 (reported unavailable
+#              without the flash-attn package)
 # MFU = model FLOPs (6 x non-embedding parameters x real tokens + attention) / seconds / the GPU's
 # dense bf16 peak, PEAK_TFLOPS (989: H100 SXM and H200, the same compute).
 #
@@ -136,7 +139,7 @@ build_models() {
     fi
     # Only what the selected stages need (GPU_STAGES), so that a rerun builds no more; at once.
     local pids=() pid
-    if wanted 114k || wanted ceiling-minilm || wanted ceiling-minilm-compile; then
+    if wanted 114k || wanted ceiling-minilm || wanted ceiling-minilm-compile || wanted packing; then
         "$PYTHON" benchmarks/random_model.py --like .gpu/minilm --out "$MODELS/minilm-l6" >&2 &
         pids+=($!)
     fi
@@ -203,6 +206,9 @@ if [ "$DRY" = 1 ]; then
         --train "$SCRATCH/dry/pairs.parquet" --pairs 64 --batch-size 8 --max-length 64 --device cpu --scratch "$SCRATCH"
     NOTE="dry run: --quick (one configuration, CPU)" \
         stage memfit 90 "$PYTHON" benchmarks/memory_fit.py --measure-only --quick
+    NOTE="dry run: 2 batches, SDPA, CPU" \
+        stage packing 60 "$PYTHON" benchmarks/padding_free.py --model "$MODELS/minilm-l6" \
+        --train "$SCRATCH/dry/pairs.parquet" --batches 2 --rounds 1 --attn sdpa --threads 2 --no-record
 else
     stage nccl 90 "$PYTHON" benchmarks/gpu_steps.py pytest -- -m gpu tests/test_gpu.py
     stage 114k 180 "$PYTHON" benchmarks/items_114k.py --gpu --model "$MODELS/minilm-l6" --eval-rows 2000 --no-record \
@@ -215,6 +221,8 @@ else
     stage large 180 "$PYTHON" benchmarks/gpu_steps.py large --model "$MODELS/qwen3-0.6b" --train "$STS" \
         --pairs 1024 --batch-size 16 --max-length 256 --device cuda --scratch "$SCRATCH"
     stage memfit 90 "$PYTHON" benchmarks/memory_fit.py --measure-only
+    stage packing 60 "$PYTHON" benchmarks/padding_free.py --device cuda --dtype bf16 --model "$MODELS/minilm-l6" \
+        --train "$STS" --attn sdpa flash_attention_2 --threads 8 --no-record
 fi
 
 echo "== done in $SECONDS s (budget $BUDGET); stages in $LOG"

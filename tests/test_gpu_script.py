@@ -29,6 +29,7 @@ STAGES = [
     "syncs",
     "large",
     "memfit",
+    "packing",
 ]
 SKIPPED_IN_DRY_RUN = {"setup", "ceiling-base", "ceiling-base-compile"}
 
@@ -72,4 +73,7 @@ def test_the_gpu_script_runs_every_stage_in_its_dry_run(tmp_path):
     assert all(run["worker_peak_cuda_allocated_mib"] is None for run in large)  # CPU workers
     (memory,) = figures["memfit"]
     assert memory["step_mib"] > 0 and memory["step_mib_checkpointed"] > 0
+    packing = figures["packing"]
+    assert [(f["attention"], f["batches"]) for f in packing] == [("sdpa", "random"), ("sdpa", "length-grouped")]
+    assert all(f["padded_ms"] > 0 and f["packed_ms"] > 0 for f in packing), packing
     assert "FAILED" not in (out / "summary.txt").read_text()

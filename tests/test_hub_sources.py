@@ -110,8 +110,13 @@ def test_a_hub_id_offline_fails_naming_the_dataset_and_the_cause(monkeypatch):
         config = _config(spec)
         with pytest.raises(ConfigError, match=r"cannot resolve the dataset someone/no-such-pairs.*HF_HUB_OFFLINE"):
             files.inspect_split(config.data.train, config, "train")
-    with pytest.raises(ConfigError, match="a dataset mapping takes the keys"):
-        files.inspect_split(_config({"name": "x"}).data.train, _config("x"), "train")
+    with pytest.raises(ConfigError, match="a source mapping names either a path .* or a Hugging Face dataset"):
+        _config({"name": "x"})  # on load
+    misspelt = _config({"dataset": "x", "splt": "train"})
+    with pytest.raises(
+        ConfigError, match=r"a dataset mapping takes the keys .* and columns, got \['dataset', 'splt'\]"
+    ):
+        files.inspect_split(misspelt.data.train, misspelt, "train")
 
 
 @pytest.mark.ray

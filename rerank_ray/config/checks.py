@@ -69,13 +69,8 @@ def check_sections(
         raise ConfigError(f"run.max_failures must be -1 (no limit) or at least 0, got {run.max_failures}")
     # Credentials written into a path would reach Ray's logs, error messages and the model card.
     check_no_inline_credentials(config_paths(model, data, run))
-    unknown_columns = [key for key in data.columns if not is_canonical_column(key)]
-    if unknown_columns:
-        raise ConfigError(
-            f"data.columns has unknown key(s) {sorted(unknown_columns)}: its keys are the canonical "
-            f"names ({', '.join(PAIR_COLUMNS)}; {', '.join(GROUP_COLUMNS)}, negative_1..negative_k) "
-            "and its values the column names in your files"
-        )
+    check_column_map(data.columns, "data.columns")
+    check_sources(data)
     # The loss and the evaluator kind must fit the head; fail here rather than in a worker.
     check_loss_fits(train.loss, model.num_labels, evaluation.kind, train.loss_kwargs)
     check_memory_settings(model, train, scaling)
@@ -287,8 +282,53 @@ def check_torch_compile() -> None:
 
 
 def source_path(spec: DataSource) -> str:
-    """The path of a data source: the path itself, or a hub mapping's dataset id."""
-    return spec if isinstance(spec, str) else spec.get("dataset", "")
+    """The path of a data source: the path itself, a file mapping's path or a hub mapping's dataset id."""
+    if isinstance(spec, str):
+        return spec
+    return str(spec.get("path", spec.get("dataset", "")))
+
+
+def check_column_map(columns: object, key: str) -> None:
+    """A column map: canonical names (keys) onto the names in the files (strings)."""
+    if not isinstance(columns, dict) or not all(isinstance(v, str) for v in columns.values()):
+        raise ConfigError(f"{key} must map canonical column names onto your column names, got {columns!r}")
+    unknown_columns = [key for key in columns if not is_canonical_column(key)]
+    if unknown_columns:
+        raise ConfigError(
+            f"{key} has unknown key(s) {sorted(unknown_columns)}: its keys are the canonical "
+            f"names ({', '.join(PAIR_COLUMNS)}; {', '.join(GROUP_COLUMNS)}, negative_1..negative_k) "
+            "and its values the column names in your files"
+        )
+
+
+#: The keys of a file mapping source; a Hugging Face mapping's own are rerank_ray.data.hub's.
+FILE_SOURCE_KEYS = ("path", "columns")
+
+
+def check_sources(data: DataConfig) -> None:
+    """Mapping sources: a file mapping (``path``) or a dataset mapping (``dataset``), each with an
+    optional column map (the hub mapping's other keys are checked as it is resolved)."""
+    for split, specs in (("train", data.train), ("eval", data.eval)):
+        for index, spec in enumerate(specs):
+            if not isinstance(spec, dict):
+                continue
+            key = f"data.{split}[{index}]"
+            if ("path" in spec) == ("dataset" in spec):
+                raise ConfigError(
+                    f"{key}: a source mapping names either a path ({{path: data/pairs.parquet, columns: {{...}}}}) "
+                    f"or a Hugging Face dataset ({{dataset: org/name, split: ...}}), got the keys {sorted(spec)}"
+                )
+            if "path" in spec:
+                unknown = sorted(set(spec) - set(FILE_SOURCE_KEYS))
+                if unknown or not isinstance(spec["path"], str) or not spec["path"]:
+                    raise ConfigError(
+                        f"{key}: a path mapping takes the keys {list(FILE_SOURCE_KEYS)} with a path string, "
+                        f"got {spec!r}"
+                    )
+            elif not all(isinstance(v, str) for k, v in spec.items() if k != "columns"):
+                raise ConfigError(f"{key}: a dataset mapping's values other than columns are strings, got {spec!r}")
+            if "columns" in spec:
+                check_column_map(spec["columns"], f"{key}.columns")
 
 
 def config_paths(model: ModelConfig, data: DataConfig, run: RunConfig) -> dict[str, list[str]]:

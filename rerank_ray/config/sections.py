@@ -12,9 +12,11 @@ from typing import Any, Literal
 EvalKind = Literal["binary", "correlation", "classification", "reranking"]
 Precision = Literal["fp32", "fp16", "bf16"]
 DataFormat = Literal["auto", "parquet", "jsonl", "csv", "tsv", "arrow"]
-#: A data source: a path, folder, glob or URI, or a Hugging Face dataset mapping
-#: (``{dataset: org/name, split: train, subset: ..., revision: ...}``, see rerank_ray/data/hub.py).
-DataSource = str | dict[str, str]
+#: A data source: a path, folder, glob or URI, a Hugging Face dataset mapping
+#: (``{dataset: org/name, split: train, subset: ..., revision: ...}``, see rerank_ray/data/hub.py)
+#: or a file mapping (``{path: ...}``); a mapping may carry its own ``columns``
+#: (rerank_ray/data/sources.py).
+DataSource = str | dict[str, Any]
 
 #: The canonical column names every pair file is mapped onto.
 PAIR_COLUMNS = ("sentence_0", "sentence_1", "label")
@@ -134,11 +136,17 @@ class DataConfig:
     """Training pairs: files, folders or globs, local or any URI pyarrow reads (``s3://``, ``gs://``);
     Hugging Face datasets: ``hf://datasets/org/name[@revision]``, a mapping ``{dataset: org/name,
     split: train, subset: ..., revision: ...}``, a local folder in the hub's layout (its ``train``
-    split) or a ``save_to_disk`` folder. A single string or mapping is accepted too."""
+    split) or a ``save_to_disk`` folder. A single string or mapping is accepted too. A source
+    given as a mapping may carry its own column map, used for its split instead of ``columns``:
+    ``{path: data/judged.tsv, columns: {sentence_0: q, sentence_1: doc}}`` (``path`` for files,
+    folders, globs and URIs) or ``{dataset: org/name, columns: {...}}``. A split's files are read
+    with one map, so the sources of one split that give ``columns`` must give the same."""
 
     eval: list[DataSource] = field(default_factory=list)
     """Evaluation pairs, same forms as ``train`` (a dataset's ``validation`` split, else ``test``,
-    unless the mapping names one). Empty (and no ``eval.beir``): no evaluation; the last checkpoint
+    unless the mapping names one), own column map included: ``{path: dev.tsv, columns: {label:
+    Quality, sentence_0: first, sentence_1: second}}`` reads a spreadsheet with its own header
+    while the training files keep ``columns``. Empty (and no ``eval.beir``): no evaluation; the last checkpoint
     is exported."""
 
     name: str | None = None
@@ -148,7 +156,8 @@ class DataConfig:
     """File format. ``auto`` picks it from the file extension (.parquet, .jsonl/.json, .csv, .tsv)."""
 
     columns: dict[str, str] = field(default_factory=dict)
-    """Maps canonical column names (keys) onto the names used in your files (values), e.g.
+    """Maps canonical column names (keys) onto the names used in your files (values), for every
+    source that does not give its own ``columns`` (see ``train``), e.g.
     ``{sentence_0: query, sentence_1: passage, label: score}`` for pairs, ``{positive: pos,
     negative_1: neg}`` for an n-tuple, ``{documents: passages, labels: scores}`` for a list.
     Unmapped keys keep their canonical name. The columns present decide the training set's

@@ -23,6 +23,7 @@ from rerank_ray.data import hub, reading
 from rerank_ray.data.checks import RowChecker, label_rule, tally, tally_dict
 from rerank_ray.data.queries import EvalQueries
 from rerank_ray.data.shapes import PAIRS, Shape, find_shape, shape_columns
+from rerank_ray.data.sources import location, split_data
 from rerank_ray.errors import ConfigError
 from rerank_ray.losses import check_loss_shape
 from rerank_ray.redaction import redact
@@ -105,7 +106,8 @@ def resolve_paths(specs: list[DataSource], fmt: str, what: str) -> tuple[list[st
     """
     role = "train" if what.endswith("train") else "eval"  # data.train, data.eval, --data
     files: list[str] = []
-    for spec in specs:
+    for given in specs:
+        spec = location(given)  # without a mapping's own columns (split_data reads them)
         source = hub.parse(spec, what)
         if source is not None and os.path.isdir(source.dataset) and hub.is_saved_dataset(source.dataset):
             files.extend(hub.saved_dataset_files(source.dataset, role, what, source.split))
@@ -182,13 +184,26 @@ def column_mapping(data: DataConfig, query_id_column: str | None = None, shape: 
     return mapping
 
 
-def make_checker(config: Config, split: str, files: list[str], shape: Shape = PAIRS) -> RowChecker:
-    """The row checks of one split (``train`` or ``eval``)."""
-    mapping = column_mapping(config.data, config.eval.query_id_column if split == "eval" else None, shape)
+def make_checker(
+    config: Config, split: str, files: list[str], shape: Shape = PAIRS, data: DataConfig | None = None
+) -> RowChecker:
+    """The row checks of one split (``train`` or ``eval``), reading its files with ``data``'s
+    column map (default: ``config.data``'s)."""
+    own = data is not None and data.columns != config.data.columns
+    data = data or config.data
+    mapping = column_mapping(data, config.eval.query_id_column if split == "eval" else None, shape)
+    file_columns = {canonical: column for column, canonical in mapping.items()}
+    # A split read with its sources' own map: a missing column is mapped there, not in data.columns.
+    fixes = {
+        canonical: f"map it in the columns of data.{split}'s source mapping ({{{canonical}: <your column>}})"
+        for canonical in file_columns
+        if canonical not in ("pair_id", "query_id")
+    }
     return RowChecker(
         what=f"data.{split}",
         files=files,
-        file_columns={canonical: column for column, canonical in mapping.items()},
+        column_fixes=fixes if own else {},
+        file_columns=file_columns,
         rule=label_rule(config, split),
         label_scale=config.data.label_scale,
         on_bad_row=config.data.on_bad_row,
@@ -196,11 +211,12 @@ def make_checker(config: Config, split: str, files: list[str], shape: Shape = PA
     )
 
 
-def training_shape(config: Config, files: list[str], fmt: str) -> Shape:
-    """The training set's shape, from its first file's columns, checked against the loss
-    (a :class:`ConfigError` before Ray starts when the loss cannot take it)."""
+def training_shape(config: Config, files: list[str], fmt: str, data: DataConfig | None = None) -> Shape:
+    """The training set's shape, from its first file's columns (named by ``data``'s column map,
+    default ``config.data``'s), checked against the loss (a :class:`ConfigError` before Ray
+    starts when the loss cannot take it)."""
     present = reading.peek_columns(reading.open_local_or_uri(files[0], fmt), fmt)
-    shape = find_shape(present or [], config.data)
+    shape = find_shape(present or [], data or config.data)
     check_loss_shape(config.train.loss, shape.name, shape.has_label, f"data.train ({files[0]})")
     return shape
 
@@ -234,9 +250,10 @@ def inspect_split(specs: list[DataSource], config: Config, split: str) -> SplitF
     file and row, before Ray starts."""
     what = f"data.{split}"
     files, fmt = resolve_paths(specs, config.data.format, what)
+    data = split_data(config.data, specs, what)  # the split's column map: its sources' own, or data.columns
     # Training sets come in several shapes; eval sets are labelled pairs (reranking: with a query id).
-    shape = training_shape(config, files, fmt) if split == "train" else PAIRS
-    checker = make_checker(config, split, files, shape)
+    shape = training_shape(config, files, fmt, data) if split == "train" else PAIRS
+    checker = make_checker(config, split, files, shape, data)
     if fmt == "parquet":
         import pyarrow.parquet as pq
 

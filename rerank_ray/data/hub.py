@@ -58,7 +58,7 @@ def parse(spec: str | dict[str, str], what: str) -> HubSource | None:
         unknown = sorted(set(spec) - set(MAPPING_KEYS))
         if unknown or not spec.get("dataset"):
             raise ConfigError(
-                f"{what}: a dataset mapping takes the keys {list(MAPPING_KEYS)} ('dataset' required), "
+                f"{what}: a dataset mapping takes the keys {list(MAPPING_KEYS)} ('dataset' required) and columns, "
                 f"got {sorted(spec)}: e.g. {{dataset: org/name, split: train}}"
             )
         return HubSource(spec["dataset"], spec.get("split"), spec.get("subset"), spec.get("revision"))

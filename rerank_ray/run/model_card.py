@@ -29,6 +29,7 @@ from rerank_ray.config import Config
 from rerank_ray.data import hub
 from rerank_ray.data.beir import Retrieval
 from rerank_ray.data.encoding import CAUSAL_TASK, INFERENCE_FILE
+from rerank_ray.data.sources import location
 from rerank_ray.data.stream import PairSource
 from rerank_ray.evaluation.metrics import build_evaluator
 from rerank_ray.redaction import redact
@@ -129,7 +130,7 @@ def dataset_name(config: Config, source: PairSource, split: str = "train") -> st
     if source.name:
         return source.name
     specs = config.data.train if split == "train" else config.data.eval
-    hub_source = hub.parse(specs[0], f"data.{split}") if specs else None
+    hub_source = hub.parse(location(specs[0]), f"data.{split}") if specs else None
     if hub_source is not None:  # a Hugging Face dataset goes by its id
         return (
             hub_source.dataset.rstrip("/").rsplit("/", 1)[-1]

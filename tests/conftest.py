@@ -24,6 +24,10 @@ from tiny_causal import build_tiny_causal_reranker  # noqa: E402
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+# Ray Train's controller takes one report per worker per poll, every 2 s by default: a run's
+# checkpoints and its end wait for it (about 7 s of a tiny test run's 42). Every Ray the tests
+# start (in process, the CLI's embedded one, the local cluster's nodes) inherits this.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 @pytest.fixture(scope="session")

@@ -462,7 +462,9 @@ def test_a_search_of_the_listwise_config_reranks_a_retrievers_top_k_computed_onc
             "tune.space={train.learning_rate: {choice: [1e-4, 1e-3, 5e-3]}}",
             "tune.search=grid",
             "tune.scheduler=none",
-            "tune.max_concurrent_trials=1",
+            # Two trials at a time on the test's 2 CPUs (as tests/test_tune.py runs them).
+            "scaling.cpus_per_worker=0.5",
+            "tune.max_concurrent_trials=2",
         ],
     )
     outcome = run_search(config)

@@ -156,6 +156,19 @@ def test_own_imports_stand_at_the_top_of_each_file():
     assert lazy == [], "\n".join(lazy)
 
 
+#: A module past this many lines holds more than one concern: split it (the developers' guide).
+MAX_MODULE_LINES = 800
+
+
+def test_no_module_is_over_the_line_limit():
+    long = {
+        str(path.relative_to(PACKAGE)): lines
+        for path in PACKAGE.rglob("*.py")
+        if (lines := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
+
+
 def test_the_checks_see_a_circle_and_an_upward_import(tmp_path):
     """The walk above must be able to fail: a made-up graph with a circle, and a lower module
     importing a higher one, are caught."""

@@ -1,16 +1,21 @@
-"""How a worker sets itself up before the model: its seeds, its fp32 matmul precision, and the
-collator of a grouped training set."""
+"""How a worker sets itself up before the model: its seeds, its fp32 matmul precision, its
+autocast type, and the collator of a grouped training set."""
 
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rerank_ray import console
 from rerank_ray.config import Config
 from rerank_ray.data.encoding import PairEncoder
 from rerank_ray.training.batching import Collator, GroupCollator
 from rerank_ray.training.plan import TrainPlan
+
+if TYPE_CHECKING:
+    import torch
 
 
 def group_collator(config: Config, plan: TrainPlan, encoder: PairEncoder, pad: Collator) -> GroupCollator:
@@ -47,3 +52,17 @@ def matmul_precision(device_type: str, tf32: bool) -> str | None:
     if device_type != "cuda":
         return None
     return "high" if tf32 else "highest"
+
+
+def autocast_dtype(precision: str, device_type: str, rank: int) -> torch.dtype | None:
+    """The autocast type of ``train.precision`` on this device: None for fp32, and for fp16 on a
+    CPU (no fp16 autocast there: rank 0 says it trains in fp32)."""
+    import torch
+
+    if precision == "fp32":
+        return None
+    if device_type == "cpu" and precision == "fp16":
+        if rank == 0:
+            console.say("[rerank-ray] train.precision fp16 has no CPU autocast here: training in fp32")
+        return None
+    return torch.float16 if precision == "fp16" else torch.bfloat16

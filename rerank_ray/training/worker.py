@@ -56,7 +56,7 @@ from rerank_ray.training.packing import input_form
 from rerank_ray.training.plan import TrainPlan
 from rerank_ray.training.prefetch import prefetch, stall_message
 from rerank_ray.training.progress import ProgressLine, quiet_libraries
-from rerank_ray.training.setup import group_collator, matmul_precision, seed_everything
+from rerank_ray.training.setup import autocast_dtype, group_collator, matmul_precision, seed_everything
 from rerank_ray.training.tracking import Tracker
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ class Worker:
         self.restored_skips = np.zeros(len(REASONS) + 1, dtype=np.int64)
         self.train_shard = ray.train.get_dataset_shard("train")
         self.audit = AuditLog(plan.audit_dir, self.rank)
-        self.autocast_dtype = self._autocast_dtype()
+        self.autocast_dtype = autocast_dtype(config.train.precision, self.device.type, self.rank)
         # Measurements for metrics.json (benchmarks read them): when the first step of this
         # session ended, and how long the step thread waited for batches.
         self.first_step_unix: float | None = None
@@ -164,18 +164,6 @@ class Worker:
         self.audit.session = self.session
 
     # ------------------------------------------------------------------ setup
-    def _autocast_dtype(self) -> torch.dtype | None:
-        import torch
-
-        precision = self.config.train.precision
-        if precision == "fp32":
-            return None
-        if self.device.type == "cpu" and precision == "fp16":
-            if self.rank == 0:
-                console.say("[rerank-ray] train.precision fp16 has no CPU autocast here: training in fp32")
-            return None
-        return torch.float16 if precision == "fp16" else torch.bfloat16
-
     def _build(self, point: CheckpointInfo | None) -> None:
         import ray.train
         import ray.train.torch

@@ -80,10 +80,15 @@ def stsb_subset(rows: int, seed: int = 0) -> Path:
 
 def run_rerank_ray(config: dict, overrides: list[str] = (), env: dict | None = None, timeout: int = 7200) -> dict:
     """Run ``rerank-ray train`` in a fresh process, as a user would; return metrics.json plus the
-    wall time and the seconds from the command to the end of the first training step."""
+    wall time and the seconds from the command to the end of the first training step. The run is
+    stored and exported in a scratch folder unless ``config`` sets ``run.storage_path`` (object
+    storage, say; the export then goes to a local ``run.output_dir``)."""
     with tempfile.TemporaryDirectory(prefix="rerank-bench-") as scratch:
         config = json.loads(json.dumps(config))
-        config.setdefault("run", {}).update({"storage_path": scratch, "name": "bench"})
+        run = config.setdefault("run", {})
+        run.setdefault("storage_path", scratch)
+        run.setdefault("name", "bench")
+        run.setdefault("output_dir", str(Path(scratch, "bench", "model")))
         path = Path(scratch, "config.yaml")
         path.write_text(yaml.safe_dump(config))
         started = time.time()
@@ -110,7 +115,7 @@ def run_rerank_ray(config: dict, overrides: list[str] = (), env: dict | None = N
         wall = time.time() - started
         if proc.returncode != 0:
             raise RuntimeError(f"rerank-ray failed ({proc.returncode}):\n{stdout[-3000:]}\n{stderr[-4000:]}")
-        metrics = json.loads(Path(scratch, "bench", "model", "metrics.json").read_text())
+        metrics = json.loads(Path(run["output_dir"], "metrics.json").read_text())
         metrics["wall_seconds"] = wall
         metrics["started_unix"] = started
         first_step = metrics["resources"]["first_step_unix"]

@@ -76,6 +76,31 @@ def wait_for(client, submission_id: str) -> tuple[object, str]:
     raise TimeoutError(f"job {submission_id} still {info.status} after {JOB_TIMEOUT_S} s")
 
 
+def submit_with_faults(cluster: LocalCluster, config: dict, spec: dict, config_file: Path) -> tuple[object, str]:
+    """``jobs/train.py`` submitted as a user does, ``config`` written to ``config_file``, with the
+    fault ``spec`` (rerank_ray.training.faults) in the job's environment: (client, submission id)."""
+    from ray.job_submission import JobSubmissionClient
+
+    from rerank_ray.training.faults import FAULTS_ENV
+
+    config_file.write_text(yaml.safe_dump(config))
+    client = JobSubmissionClient(cluster.dashboard_url, headers=cluster.auth_headers)
+    runtime_env = job_runtime_env()
+    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), FAULTS_ENV: json.dumps(spec)}
+    return client, client.submit_job(entrypoint=f"python jobs/train.py --config {config_file}", runtime_env=runtime_env)
+
+
+def wait_for_fault(client, submission_id: str, faults_dir: Path, name: str) -> None:
+    """Until the fault ``name`` has fired (its file in ``faults_dir``); the job must still run."""
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not (faults_dir / name).exists():
+        status = client.get_job_info(submission_id).status
+        assert not status.is_terminal() and time.monotonic() < deadline, (
+            f"fault {name} never fired ({status}): {client.get_job_logs(submission_id)[-3000:]}"
+        )
+        time.sleep(0.5)
+
+
 def secrets_in(text: str, cluster: LocalCluster) -> list[str]:
     candidates = [
         FAKE_KEY_ID,
@@ -323,10 +348,8 @@ def test_a_lost_node_restores_on_the_node_left_and_trains_each_remaining_pair_on
     on the head node, the one left; they restore step 16, the newest complete checkpoint, and the
     rest of epoch 2 trains exactly the pairs it had not trained (pair ids counted). Last in this
     module: the node is started again at the end for whatever runs after."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobStatus
     from test_faults import assert_every_pair_once_per_epoch, read_audit, sessions_in_order, trained_per_epoch
-
-    from rerank_ray.training.faults import FAULTS_ENV
 
     rows = [{**row, "pair_id": f"p{i}"} for i, row in enumerate(synthetic_pairs(203, seed=1))]
     faults_dir = tmp_path / "faults"
@@ -347,22 +370,9 @@ def test_a_lost_node_restores_on_the_node_left_and_trains_each_remaining_pair_on
                 # restore point is older (docs/failures.md).
                 "checkpoint_upload": "sync"},
     }  # fmt: skip
-    config_file = tmp_path / "lost.yaml"
-    config_file.write_text(yaml.safe_dump(config))
-    client = JobSubmissionClient(cluster.dashboard_url, headers=cluster.auth_headers)
-    runtime_env = job_runtime_env()
-    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), FAULTS_ENV: json.dumps(spec)}
-    submission_id = client.submit_job(
-        entrypoint=f"python jobs/train.py --config {config_file}", runtime_env=runtime_env
-    )
+    client, submission_id = submit_with_faults(cluster, config, spec, tmp_path / "lost.yaml")
     try:
-        deadline = time.monotonic() + JOB_TIMEOUT_S
-        while not (faults_dir / "node").exists():  # the worker on the second node paused after step 17
-            status = client.get_job_info(submission_id).status
-            assert not status.is_terminal() and time.monotonic() < deadline, (
-                f"the fault never fired ({status}): {client.get_job_logs(submission_id)[-3000:]}"
-            )
-            time.sleep(0.5)
+        wait_for_fault(client, submission_id, faults_dir, "node")  # the worker on the second node paused after step 17
         assert cluster.kill_node("worker") >= 2  # its ray start, raylet, ... and the paused worker
         info, logs = wait_for(client, submission_id)
         assert info.status == JobStatus.SUCCEEDED, f"{info.message}\n{logs[-5000:]}"
@@ -386,10 +396,8 @@ def test_an_elastic_run_trains_on_through_a_lost_node_and_grows_back(cluster, ti
     accumulated). Its worker pauses after step 16 while the node is started again; the group grows
     back to 2 workers from the newest checkpoint. Every pair is trained once per epoch over the
     three worker groups, and the ranks agree at every checkpoint."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobStatus
     from test_faults import assert_every_pair_once_per_epoch, read_audit, sessions_in_order, trained_per_epoch
-
-    from rerank_ray.training.faults import FAULTS_ENV
 
     rows = [{**row, "pair_id": f"p{i}"} for i, row in enumerate(synthetic_pairs(203, seed=1))]
     faults_dir = tmp_path / "faults"
@@ -407,28 +415,11 @@ def test_an_elastic_run_trains_on_through_a_lost_node_and_grows_back(cluster, ti
         "run": {"storage_path": str(tmp_path / "runs"), "name": "elastic", "audit": True, "checkpoint_steps": 2,
                 "checkpoint_upload": "sync", "max_failures": 3},
     }  # fmt: skip
-    config_file = tmp_path / "elastic.yaml"
-    config_file.write_text(yaml.safe_dump(config))
-    client = JobSubmissionClient(cluster.dashboard_url, headers=cluster.auth_headers)
-    runtime_env = job_runtime_env()
-    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), FAULTS_ENV: json.dumps(spec)}
-    submission_id = client.submit_job(
-        entrypoint=f"python jobs/train.py --config {config_file}", runtime_env=runtime_env
-    )
-
-    def wait_for_fault(name: str) -> None:
-        deadline = time.monotonic() + JOB_TIMEOUT_S
-        while not (faults_dir / name).exists():
-            status = client.get_job_info(submission_id).status
-            assert not status.is_terminal() and time.monotonic() < deadline, (
-                f"fault {name} never fired ({status}): {client.get_job_logs(submission_id)[-3000:]}"
-            )
-            time.sleep(0.5)
-
+    client, submission_id = submit_with_faults(cluster, config, spec, tmp_path / "elastic.yaml")
     try:
-        wait_for_fault("lose")
+        wait_for_fault(client, submission_id, faults_dir, "lose")
         assert cluster.kill_node("worker") >= 2
-        wait_for_fault("regrow")  # training on the head node alone
+        wait_for_fault(client, submission_id, faults_dir, "regrow")  # training on the head node alone
         cluster.start_worker_node()
         info, logs = wait_for(client, submission_id)
         assert info.status == JobStatus.SUCCEEDED, f"{info.message}\n{logs[-5000:]}"

@@ -37,7 +37,8 @@ def _config(train, eval_=None, **data) -> Config:
     return Config.from_dict(raw)
 
 
-def _rows(config: Config, split: str = "train") -> list[dict]:
+def split_rows(config: Config, split: str = "train") -> list[dict]:
+    """Every row of one split as the reader gives it (checked, canonical columns)."""
     found = files.inspect_split(getattr(config.data, split), config, split)
     out = []
     for index, path in enumerate(found.files):
@@ -52,7 +53,7 @@ def test_a_save_to_disk_folder_reads_its_arrow_files_with_mapped_columns(tmp_pat
     config = _config(str(tmp_path / "saved"))
     split = files.inspect_split(config.data.train, config, "train")
     assert split.format == "arrow" and [p.rsplit("/", 1)[-1] for p in split.files] == ["data-00000-of-00001.arrow"]
-    rows = _rows(config)
+    rows = split_rows(config)
     assert [(r["sentence_0"], r["sentence_1"], r["label"]) for r in rows] == [
         (q, a, pytest.approx(s)) for q, a, s in zip(saved["question"], saved["answer"], saved["score"])
     ]
@@ -62,7 +63,7 @@ def test_a_save_to_disk_folder_reads_its_arrow_files_with_mapped_columns(tmp_pat
 def test_a_bad_row_of_a_saved_dataset_is_named_by_file_and_row(tmp_path):
     _dataset(30, bad_row=12).save_to_disk(str(tmp_path / "saved"))
     with pytest.raises(DataError) as bad:
-        _rows(_config(str(tmp_path / "saved")))
+        split_rows(_config(str(tmp_path / "saved")))
     message = str(bad.value)
     assert "data-00000-of-00001.arrow" in message and "row 12" in message and "7" in message
 
@@ -75,9 +76,9 @@ def test_a_saved_dataset_dict_gives_each_role_its_split(tmp_path):
     )
     folder = str(tmp_path / "dict")
     config = _config(folder, folder)
-    assert len(_rows(config, "train")) == 20 and len(_rows(config, "eval")) == 7  # validation before test
+    assert len(split_rows(config, "train")) == 20 and len(split_rows(config, "eval")) == 7  # validation before test
     named = _config({"dataset": folder, "split": "test"})
-    assert len(_rows(named)) == 5
+    assert len(split_rows(named)) == 5
     with pytest.raises(ConfigError, match=r"has no split 'dev'; its splits are \['test', 'train', 'validation'\]"):
         files.inspect_split(_config({"dataset": folder, "split": "dev"}).data.train, named, "train")
 
@@ -91,8 +92,8 @@ def test_a_folder_in_the_hub_layout_reads_only_its_split(tmp_path):
     config = _config(folder, folder)
     train = files.inspect_split(config.data.train, config, "train")
     assert [p.rsplit("/", 1)[-1] for p in train.files] == ["train-00000-of-00001.parquet"]  # not the test file
-    assert len(_rows(config, "eval")) == 6  # no validation split: test
-    assert len(_rows(_config({"dataset": folder, "split": "test"}))) == 6
+    assert len(split_rows(config, "eval")) == 6  # no validation split: test
+    assert len(split_rows(_config({"dataset": folder, "split": "test"}))) == 6
 
 
 def test_a_plain_folder_of_pair_files_is_still_read_whole(tmp_path):

@@ -258,6 +258,25 @@ def test_retriever_top_k_equals_semantic_search(ray_local, tiny_bi_encoder, tmp_
         assert [d for _, d in sorted(got[query["query_id"]])] == expected, query["query_id"]
 
 
+def _reranking_a_retriever(model, train_file, beir, retriever, tmp_path, name: str) -> list[str]:
+    """Overrides of a DBpedia config for the tiny models: train on ``train_file`` and evaluate by
+    reranking ``retriever``'s top 10 of the ``beir`` folder's test split (not before training),
+    the run ``name`` stored under ``tmp_path``."""
+    return [
+        f"model.name_or_path={model}",
+        "model.max_length=null",
+        f"data.train={train_file}",
+        f"eval.beir={beir}",
+        "eval.beir_split=test",
+        f"eval.retriever={retriever}",
+        "eval.top_k=10",
+        "eval.before_training=false",
+        f"run.storage_path={tmp_path / 'runs'}",
+        f"run.name={name}",
+        "run.report_to=[]",
+    ]
+
+
 def _graded_beir(tmp_path, queries: int = 8):
     """A TREC-DL-like BEIR folder: every judgement graded 1-3 (none judged non-relevant), and a
     corpus of unjudged documents besides the judged ones."""
@@ -282,21 +301,8 @@ def test_training_reranks_the_retrievers_top_k_and_reports_both(ray_local, tiny_
     train_file = write_parquet(reranking_pairs(24, seed=3), tmp_path / "train.parquet")
     config = load_config(
         "jobs/configs/dbpedia.yaml",
-        [
-            f"model.name_or_path={tiny_bert}",
-            "model.max_length=null",
-            f"data.train={train_file}",
-            f"eval.beir={beir}",
-            "eval.beir_split=test",
-            f"eval.retriever={tiny_bi_encoder}",
-            "eval.top_k=10",
-            "train.epochs=1",
-            "train.per_device_batch_size=8",
-            "eval.before_training=false",
-            f"run.storage_path={tmp_path / 'runs'}",
-            "run.name=retrieved",
-            "run.report_to=[]",
-        ],
+        _reranking_a_retriever(tiny_bert, train_file, beir, tiny_bi_encoder, tmp_path, "retrieved")
+        + ["train.epochs=1", "train.per_device_batch_size=8"],
     )
     outcome = train(config)
     final, candidates = outcome.metrics["final"], outcome.metrics["eval_candidates"]
@@ -445,20 +451,10 @@ def test_a_search_of_the_listwise_config_reranks_a_retrievers_top_k_computed_onc
     train_file = write_parquet(judged_lists(16, seed=1), tmp_path / "lists.parquet")
     config = load_config(
         "jobs/configs/dbpedia-listwise.yaml",
-        [
-            f"model.name_or_path={tiny_bert}",
-            "model.max_length=null",
-            f"data.train={train_file}",
-            f"eval.beir={beir}",
-            "eval.beir_split=test",
-            f"eval.retriever={tiny_bi_encoder}",
-            "eval.top_k=10",
-            "eval.before_training=false",
+        _reranking_a_retriever(tiny_bert, train_file, beir, tiny_bi_encoder, tmp_path, "listwise-search")
+        + [
             "train.epochs=1",
             "train.per_device_batch_size=4",
-            f"run.storage_path={tmp_path / 'runs'}",
-            "run.name=listwise-search",
-            "run.report_to=[]",
             "tune.space={train.learning_rate: {choice: [1e-4, 1e-3, 5e-3]}}",
             "tune.search=grid",
             "tune.scheduler=none",

@@ -9,10 +9,11 @@ import csv
 from pathlib import Path
 
 import pytest
+from test_hub_sources import split_rows
 from tiny import synthetic_pairs
 
 from rerank_ray.config import Config
-from rerank_ray.data import files, reading
+from rerank_ray.data import files
 from rerank_ray.errors import ConfigError, DataError
 
 SHEET_COLUMNS = {"label": "Quality", "sentence_0": "first", "sentence_1": "second"}
@@ -42,23 +43,14 @@ def _config(train, eval_, **data) -> Config:
     return Config.from_dict({"model": {"name_or_path": "unused"}, "data": {"train": train, "eval": eval_, **data}})
 
 
-def _rows(config: Config, split: str) -> list[dict]:
-    found = files.inspect_split(getattr(config.data, split), config, split)
-    out = []
-    for index, path in enumerate(found.files):
-        opener = reading.open_local_or_uri(path, found.format)
-        out += [r for chunk in reading.read_file(opener, found.format, index, found.checker) for r in chunk.to_pylist()]
-    return out
-
-
 def test_a_saved_train_set_and_a_spreadsheet_eval_set_read_each_with_its_own_columns(tmp_path):
     train = _saved_train(tmp_path / "saved")
     sheet, rows = _sheet(tmp_path / "dev.tsv")
     config = _config(train, {"path": sheet, "columns": SHEET_COLUMNS})
-    assert [(r["sentence_0"], r["sentence_1"], r["label"]) for r in _rows(config, "eval")] == [
+    assert [(r["sentence_0"], r["sentence_1"], r["label"]) for r in split_rows(config, "eval")] == [
         (r["sentence_0"], r["sentence_1"], pytest.approx(r["label"])) for r in rows
     ]
-    assert len(_rows(config, "train")) == 40  # canonical names: data.columns (empty) for this split
+    assert len(split_rows(config, "train")) == 40  # canonical names: data.columns (empty) for this split
 
     # One map for both splits, as before: mapping the sheet's names breaks the training set ...
     with pytest.raises(DataError, match=r"column 'first' \(for sentence_0\) is missing in .*data-00000-of-00001.arrow"):
@@ -84,7 +76,7 @@ def test_the_sources_of_one_split_read_with_one_map(tmp_path):
     first, _ = _sheet(tmp_path / "a.tsv")
     second, _ = _sheet(tmp_path / "b.tsv", seed=3)
     same = _config(train, [{"path": first, "columns": SHEET_COLUMNS}, {"path": second, "columns": SHEET_COLUMNS}])
-    assert len(_rows(same, "eval")) == 48
+    assert len(split_rows(same, "eval")) == 48
     other = {**SHEET_COLUMNS, "label": "Score"}
     differ = _config(train, [{"path": first, "columns": SHEET_COLUMNS}, {"path": second, "columns": other}])
     with pytest.raises(ConfigError, match=r"data.eval\[1\] maps its columns as .*data.eval\[0\] as .*one column map"):

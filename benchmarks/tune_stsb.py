@@ -121,7 +121,7 @@ def grid_steps(config: Config, train_rows: int) -> tuple[int, int]:
     trials = steps = 0
     for values in itertools.product(*(d.values for d in dims)):
         variant = Config.from_dict(apply_params(base, {d.key: v for d, v in zip(dims, values)}))
-        steps += TrainPlan.build(variant, train_rows, padded, 0, 0, config.model.max_length or 512).total_steps
+        steps += TrainPlan.build(variant, train_rows, padded, [], config.model.max_length or 512).total_steps
         trials += 1
     return trials, steps
 

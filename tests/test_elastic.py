@@ -43,7 +43,7 @@ def test_every_worker_count_of_the_range_takes_the_planned_global_batch_and_step
     multiple = rows_multiple(config)
     assert all(multiple % w == 0 for w in counts)
     rows = 1003 + (-1003) % multiple
-    plan = TrainPlan.build(config, 1003, rows, 0, 0, 64)
+    plan = TrainPlan.build(config, 1003, rows, [], 64)
     planned = config.train.per_device_batch_size * config.train.gradient_accumulation_steps * config.scaling.num_workers
     for world in counts:
         layout = plan.layout(config, world)

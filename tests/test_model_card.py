@@ -11,8 +11,8 @@ from tiny import synthetic_pairs
 
 from rerank_ray.config import Config
 from rerank_ray.run.export import card_label
-from rerank_ray.run.model_card import RunRecord, write_model_card
-from rerank_ray.training.plan import TrainPlan
+from rerank_ray.run.model_card import EvalRecord, RunRecord, write_model_card
+from rerank_ray.training.plan import EvalPlan, TrainPlan
 
 
 def assert_complete_card(path: Path, headline: str, workers: str, loss: str = "BinaryCrossEntropyLoss") -> str:
@@ -63,7 +63,7 @@ def test_card_of_a_recorded_run_has_every_section_and_the_search_summary(tiny_be
             "scaling": {"num_workers": 3},
         }
     )
-    plan = TrainPlan.build(config, 120, 120, 40, 42, 32)
+    plan = TrainPlan.build(config, 120, 120, [EvalPlan("eval", "eval", 40, 42)], 32)
     model = CrossEncoder(str(tiny_bert))
     train_rows, eval_rows = synthetic_pairs(120, seed=1, with_id=False), synthetic_pairs(40, seed=2, with_id=False)
     scores = model.predict([[r["sentence_0"], r["sentence_1"]] for r in eval_rows])
@@ -87,8 +87,7 @@ def test_card_of_a_recorded_run_has_every_section_and_the_search_summary(tiny_be
         pairs_seen=120.0,
         train_rows=train_rows,
         train_name="tiny-pairs",
-        eval_rows=eval_rows,
-        eval_name="tiny-pairs (eval)",
+        evals=[EvalRecord(config, plan.evals[0], eval_rows, "tiny-pairs (eval)")],
     )
     write_model_card(model, record, str(tmp_path / "model"), search)
     card = assert_complete_card(tmp_path / "model" / "README.md", "average_precision", "3 x CPU")
@@ -114,7 +113,7 @@ def test_card_tags_the_whole_training_set_and_shows_labels_as_written(tiny_bert,
     config = Config.from_dict(
         {"model": {"name_or_path": str(tiny_bert)}, "data": {"train": ["train.jsonl"]}, "train": {"epochs": 1}}
     )
-    plan = TrainPlan.build(config, 2000, 2000, 0, 0, 32)
+    plan = TrainPlan.build(config, 2000, 2000, [], 32)
     sample = synthetic_pairs(120, seed=3, with_id=False)
     record = RunRecord(
         config=config,
@@ -154,7 +153,7 @@ def test_card_names_the_base_model_a_package_ships(tiny_bert, tmp_path):
     )
     record = RunRecord(
         config=config,
-        plan=TrainPlan.build(config, 120, 120, 0, 0, 32),
+        plan=TrainPlan.build(config, 120, 120, [], 32),
         history=[{"step": 5, "epoch": 1.0, "loss": 0.6, "learning_rate": 0.0, "pairs_per_second": 80.0}],
         metrics={"step": 5, "epoch": 1.0},
         step=5,

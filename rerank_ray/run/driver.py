@@ -59,25 +59,18 @@ from rerank_ray.training.checkpointing import RestOfEpoch
 from rerank_ray.training.losses import loss_arguments
 from rerank_ray.training.models import check_base_model, load_encoder, load_tokenizer
 from rerank_ray.training.packing import check_padding_free
-from rerank_ray.training.plan import TrainPlan, rows_multiple
+from rerank_ray.training.plan import EvalPlan, TrainPlan, rows_multiple
 from rerank_ray.training.progress import quiet_libraries
 from rerank_ray.training.tracking import TrackingRun
 from rerank_ray.training.worker import train_loop_per_worker
 
 
 def inspect_data(config: Config) -> dict[str, SplitFiles | BeirFiles]:
-    """Check the splits' files and columns; needs no Ray, so bad input fails in seconds."""
+    """Check the splits' files and columns; needs no Ray, so bad input fails in seconds. The eval
+    splits are keyed by their Ray dataset's name (``eval``, ``eval_1``, ...: ``eval.sets``)."""
     splits: dict[str, SplitFiles | BeirFiles] = {"train": inspect_split(config.data.train, config, "train")}
-    if config.eval.beir is not None:
-        retrieved = config.eval.retriever is not None or config.eval.run_file is not None
-        splits["eval"] = inspect_beir(config.eval.beir, config.eval.beir_split, retrieved=retrieved)
-    elif config.data.eval:
-        splits["eval"] = inspect_split(config.data.eval, config, "eval")
-    eval_split = splits.get("eval")
-    if isinstance(eval_split, BeirFiles) and config.eval.run_file is not None:
-        with_candidates(config, eval_split, run_file_candidates(config, eval_split))
-    elif config.eval.kind == "reranking" and eval_split is not None and config.eval.retriever is None:
-        check_eval_queries(config, eval_split)  # with eval.retriever: once it has retrieved (needs Ray)
+    for eval_set in config.eval_sets():
+        splits[eval_set.dataset] = inspect_eval_split(config.for_eval_set(eval_set), eval_set.key)
     for split in splits.values():
         if isinstance(split, SplitFiles) and split.sample_skipped:
             print(
@@ -86,6 +79,24 @@ def inspect_data(config: Config) -> dict[str, SplitFiles | BeirFiles]:
                 flush=True,
             )
     return splits
+
+
+def inspect_eval_split(config: Config, key: str) -> SplitFiles | BeirFiles:
+    """One evaluation's split (``config`` its view, :meth:`Config.for_eval_set`), checked; with a
+    run file, its candidates applied; a reranking split's queries counted."""
+    split: SplitFiles | BeirFiles
+    if config.eval.beir is not None:
+        retrieved = config.eval.retriever is not None or config.eval.run_file is not None
+        split = inspect_beir(config.eval.beir, config.eval.beir_split, retrieved=retrieved)
+    else:
+        split = inspect_split(config.data.eval, config, "eval")
+    if key != "eval":
+        split.what = f"{key} ({config.eval.name}): {split.what}"
+    if isinstance(split, BeirFiles) and config.eval.run_file is not None:
+        with_candidates(config, split, run_file_candidates(config, split))
+    elif config.eval.kind == "reranking" and config.eval.retriever is None:
+        check_eval_queries(config, split)  # with eval.retriever: once it has retrieved (needs Ray)
+    return split
 
 
 def run_file_candidates(config: Config, split: BeirFiles) -> pa.Table:
@@ -167,9 +178,11 @@ def prepare_datasets(
 
     ``train_rest`` is the rest of an interrupted epoch, built by Ray Train from the checkpoint it
     restores (:class:`rerank_ray.training.checkpointing.RestOfEpoch`)."""
-    eval_split = splits.get("eval")
-    if isinstance(eval_split, BeirFiles) and config.eval.retriever is not None and eval_split.retrieval is None:
-        with_candidates(config, eval_split, retrieve(config, eval_split))  # Ray Data: needs Ray, so here
+    eval_sets = [(eval_set, config.for_eval_set(eval_set)) for eval_set in config.eval_sets()]
+    for eval_set, view in eval_sets:
+        split = splits[eval_set.dataset]
+        if isinstance(split, BeirFiles) and view.eval.retriever is not None and split.retrieval is None:
+            with_candidates(view, split, retrieve(view, split))  # Ray Data: needs Ray, so here
     # Padded so that every worker count the run may train on splits the rows evenly.
     world = rows_multiple(config)
     max_length = default_max_length(tokenizer, config.model.max_length)
@@ -190,40 +203,40 @@ def prepare_datasets(
     else:
         filler = filler_rows(encoder, world - 1, has_ids, class_ids=class_ids)
     train_src = open_pairs(train_split, config.data, seed=seed)
-    eval_src = open_eval_pairs(config, splits["eval"]) if "eval" in splits else None
     train_stream = PairStream(train_src, handle, config.data, world, filler, class_ids, grouped=shape.grouped)
     train_ds, train_padded = train_stream.build()
     datasets = {
         "train": train_ds,
         "train_rest": RestOfEpoch(train_stream, storage_root(config), run_name(config)),
     }
-    eval_rows = eval_padded = 0
-    if eval_src is not None:
+    sources: dict[str, PairSource | None] = {"train": train_src}
+    eval_plans = []
+    for eval_set, view in eval_sets:
+        split = splits[eval_set.dataset]
+        eval_src = open_eval_pairs(view, split)
         eval_filler = filler_rows(
             encoder,
             world - 1,
-            has_ids and config.eval.beir is None,  # BEIR pairs carry no id column
+            has_ids and view.eval.beir is None,  # BEIR pairs carry no id column
             class_ids=class_ids,
-            group_ids=config.eval.kind == "reranking",
+            group_ids=view.eval.kind == "reranking",
         )
-        datasets["eval"], eval_padded = PairStream(eval_src, handle, config.data, world, eval_filler, class_ids).build()
-        eval_rows = eval_src.num_rows
+        stream = PairStream(eval_src, handle, config.data, world, eval_filler, class_ids)
+        datasets[eval_set.dataset], padded = stream.build()
+        sources[eval_set.dataset] = eval_src
+        retrieval = split.retrieval.to_dict() if isinstance(split, BeirFiles) and split.retrieval else None
+        eval_plans.append(EvalPlan(eval_set.dataset, eval_set.name, eval_src.num_rows, padded, retrieval))
     audit_dir = storage.join(run_dir(config, run_name(config)), "audit") if config.run.audit else None
     plan = TrainPlan.build(
         config,
         train_src.num_rows,
         train_padded,
-        eval_rows,
-        eval_padded,
+        eval_plans,
         max_length,
         audit_dir,
         train_files_digest=train_stream.files_digest,
         train_shape=shape.name,
-        eval_retrieval=eval_split.retrieval.to_dict()
-        if isinstance(eval_split, BeirFiles) and eval_split.retrieval
-        else None,
     )
-    sources = {"train": train_src, "eval": eval_src}
     return datasets, plan, sources
 
 

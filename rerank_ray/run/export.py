@@ -34,7 +34,7 @@ from rerank_ray.data.stream import PairSource
 from rerank_ray.losses import integer_labels
 from rerank_ray.redaction import redact, redact_obj
 from rerank_ray.resources import peak_rss_mib, process_start_unix
-from rerank_ray.run.model_card import RunRecord, dataset_name, write_model_card
+from rerank_ray.run.model_card import EvalRecord, RunRecord, dataset_name, write_model_card
 from rerank_ray.run.paths import run_dir, run_name, storage_root
 from rerank_ray.training import adapters, checkpointing
 from rerank_ray.training.checkpointing import CheckpointInfo
@@ -146,6 +146,37 @@ def write_tensorboard(history: list[dict], folder: Path) -> None:
         writer.close()
 
 
+def eval_records(
+    config: Config, plan: TrainPlan, sources: dict[str, PairSource | None], class_ids: bool
+) -> list[EvalRecord]:
+    """Each evaluation's part of the card: a sample of its pairs, its name, its left-out queries."""
+    records = []
+    for eval_set, eval_plan in zip(config.eval_sets(), plan.evals, strict=True):
+        view = config.for_eval_set(eval_set)
+        source = sources[eval_plan.dataset]
+        assert source is not None
+        rows = _sample_rows(source, CARD_SAMPLE_ROWS, class_ids)
+        records.append(EvalRecord(view, eval_plan, rows, dataset_name(view, source, "eval"), source.dropped_queries))
+    return records
+
+
+def eval_summary(evals: list[EvalRecord]) -> dict[str, Any]:
+    """metrics.json's eval keys: a single evaluation's left-out queries and candidates as before;
+    several evaluations', by name."""
+    per_set = {
+        e.plan.name: {
+            "pairs": e.plan.rows,
+            "queries_left_out": dict(e.dropped_queries),
+            "candidates": Retrieval(**e.plan.retrieval).summary() if e.plan.retrieval else None,
+        }
+        for e in evals
+    }
+    if len(evals) > 1:
+        return {"evaluations": per_set}
+    only = next(iter(per_set.values()), {"queries_left_out": {}, "candidates": None})
+    return {"eval_queries_left_out": only["queries_left_out"], "eval_candidates": only["candidates"]}
+
+
 def skipped_rows(history: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """Bad rows skipped (``data.on_bad_row: skip``), by split and reason: the training rows of the
     last complete epoch (every epoch reads the same rows) and the eval rows."""
@@ -224,9 +255,8 @@ def export_run(
         # One plain CrossEncoder, whatever the checkpoint holds (the whole model, LoRA adapters,
         # FSDP shards): rerank_ray.training.strategy.
         model = exported_model(chosen, config, plan.max_length)
-        train_source, eval_source = sources["train"], sources.get("eval")
+        train_source = sources["train"]
         assert train_source is not None
-        evaluating = bool(plan.eval_rows and eval_source is not None)
         class_ids = integer_labels(config.train.loss)
         record = RunRecord(
             config=config,
@@ -238,10 +268,8 @@ def export_run(
             pairs_seen=pairs_seen,
             train_rows=_sample_rows(train_source, CARD_SAMPLE_ROWS, class_ids),
             train_name=dataset_name(config, train_source),
-            eval_rows=_sample_rows(eval_source, CARD_SAMPLE_ROWS, class_ids) if eval_source and evaluating else [],
-            eval_name=dataset_name(config, eval_source, "eval") if eval_source and evaluating else None,
+            evals=eval_records(config, plan, sources, class_ids),
             stopped_at=stopped_at,
-            dropped_queries=eval_source.dropped_queries if eval_source else {},
             train_shape=train_source.shape.describe(),
             trained_parameters=(adapters.trainable_parameters(model), sum(p.numel() for p in model.parameters()))
             if config.model.lora.r
@@ -268,8 +296,7 @@ def export_run(
             "final": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not _is_resource_key(k)},
             "before_training": {k: v for k, v in (before or {}).items() if k not in ("step", "epoch")} or None,
             "skipped_rows": skipped,
-            "eval_queries_left_out": dict(eval_source.dropped_queries) if eval_source else {},
-            "eval_candidates": Retrieval(**plan.eval_retrieval).summary() if plan.eval_retrieval else None,
+            **eval_summary(record.evals),
             "early_stopping": (
                 {
                     "stopped_at_step": stopped_at[0],

@@ -35,9 +35,24 @@ from rerank_ray.evaluation.metrics import build_evaluator
 from rerank_ray.redaction import redact
 from rerank_ray.training.losses import build_library_loss
 from rerank_ray.training.models import base_model_id
-from rerank_ray.training.plan import TrainPlan
+from rerank_ray.training.plan import EvalPlan, TrainPlan
 
 DISTRIBUTED_HEADING = "## Distributed training (rerank-ray)"
+
+
+@dataclass
+class EvalRecord:
+    """One evaluation of an exported run, for its card."""
+
+    config: Config
+    """The run's config as a run with this evaluation alone (:meth:`Config.for_eval_set`)."""
+    plan: EvalPlan
+    rows: list[dict[str, Any]]
+    """The first eval pairs (canonical columns): the card's statistics."""
+    name: str
+    """The eval set's name in the card's dataset list."""
+    dropped_queries: dict[str, int] = field(default_factory=dict)
+    """Reranking eval queries left out by ``eval.drop_unrankable``, by reason."""
 
 
 @dataclass
@@ -57,12 +72,10 @@ class RunRecord:
     train_rows: list[dict[str, Any]]
     """The first training pairs (canonical columns): statistics, samples and usage examples."""
     train_name: str
-    eval_rows: list[dict[str, Any]] = field(default_factory=list)
-    eval_name: str | None = None
+    evals: list[EvalRecord] = field(default_factory=list)
+    """Each evaluation of the run, in the config's order."""
     stopped_at: tuple[int, float] | None = None
     """(step, epoch) where early stopping ended the run; None: it trained every planned step."""
-    dropped_queries: dict[str, int] = field(default_factory=dict)
-    """Reranking eval queries left out by ``eval.drop_unrankable``, by reason."""
     train_shape: str = "labelled pairs"
     """The training set's shape, in words (:meth:`rerank_ray.data.shapes.Shape.describe`)."""
     trained_parameters: tuple[int, int] | None = None
@@ -106,17 +119,19 @@ def hyperparameters(config: Config, plan: TrainPlan) -> tuple[dict[str, Any], di
     return values, non_default
 
 
-def training_logs(history: list[dict[str, Any]], headline: str) -> list[dict[str, Any]]:
-    """sentence-transformers' training-log rows: Epoch, Step, Training Loss, headline metric."""
+def training_logs(history: list[dict[str, Any]], headlines: list[str]) -> list[dict[str, Any]]:
+    """sentence-transformers' training-log rows: Epoch, Step, Training Loss, each evaluation's
+    headline metric (as the library logs a SequentialEvaluator's primary metrics)."""
     rows: dict[int, dict[str, Any]] = {}
     for entry in history:
-        if "loss" not in entry and headline not in entry:
+        if "loss" not in entry and not any(key in entry for key in headlines):
             continue  # a note of the step (skipped rows, the epoch's data wait), not a log row
         row = rows.setdefault(entry["step"], {"Epoch": round(entry.get("epoch", 0.0), 4), "Step": entry["step"]})
         if "loss" in entry:
             row["Training Loss"] = round(entry["loss"], 4)
-        if headline in entry:
-            row[headline] = round(entry[headline], 4)
+        for key in headlines:
+            if key in entry:
+                row[key] = round(entry[key], 4)
     out = [rows[s] for s in sorted(rows)]
     for row in out:
         row.setdefault("Training Loss", "-")
@@ -124,7 +139,10 @@ def training_logs(history: list[dict[str, Any]], headline: str) -> list[dict[str
 
 
 def dataset_name(config: Config, source: PairSource, split: str = "train") -> str:
-    """The name a split goes by in the card: ``data.name``, the source's own, or its folder."""
+    """The name a split goes by in the card: ``data.name``, the source's own, or its folder (an
+    evaluation of ``eval.sets``: its name)."""
+    if split != "train" and config.eval.name != "eval":
+        return config.eval.name
     if config.data.name:
         return config.data.name if split == "train" else f"{config.data.name} ({split})"
     if source.name:
@@ -168,43 +186,50 @@ def fill_card_data(model: Any, record: RunRecord) -> None:
     card.add_tags(f"dataset_size:{plan.train_rows}")
     card.set_widget_examples(train_sample)
 
-    if plan.eval_rows and record.eval_rows:
-        card.eval_datasets = card.extract_dataset_metadata(
-            dataset=datasets.Dataset.from_list(record.eval_rows),
-            dataset_metadata=[{"name": record.eval_name}],
+    card.eval_datasets = []
+    for evaluation in record.evals:
+        if not evaluation.rows:
+            continue
+        card.eval_datasets += card.extract_dataset_metadata(
+            dataset=datasets.Dataset.from_list(evaluation.rows),
+            dataset_metadata=[{"name": evaluation.name}],
             loss=loss,
             dataset_type="eval",
         )
-        for meta in card.eval_datasets:
-            meta["size"] = plan.eval_rows
+        card.eval_datasets[-1]["size"] = evaluation.plan.rows
+        own = evaluation.config.eval
         evaluator = build_evaluator(
-            config.eval.kind,
-            np.asarray([r["label"] for r in record.eval_rows]),
-            config.eval.name,
-            pairs=[[r["sentence_0"], r["sentence_1"]] for r in record.eval_rows],
-            at_k=config.eval.at_k,
+            own.kind,
+            np.asarray([r["label"] for r in evaluation.rows]),
+            own.name,
+            pairs=[[r["sentence_0"], r["sentence_1"]] for r in evaluation.rows],
+            at_k=own.at_k,
         )
-        evaluator.primary_metric = plan.headline_metric
-        prefix = config.eval.name + "_"
+        evaluator.primary_metric = evaluation.config.headline_metric
+        prefix = own.name + "_"
         card.set_evaluation_metrics(
             evaluator,
             {k: v for k, v in record.metrics.items() if k.startswith(prefix) and not k.endswith("_runtime")},
             step=record.step,
         )
+    if card.eval_datasets:
         card.set_best_model_step(record.step)
-    card.training_logs = training_logs(record.history, plan.headline_metric)
+    headlines = [e.config.headline_metric for e in record.evals]
+    card.training_logs = training_logs(record.history, list(dict.fromkeys([*headlines, plan.headline_metric])))
     card.all_hyperparameters, card.non_default_hyperparameters = hyperparameters(config, plan)
-    card.evaluation_duration = sum(e.get(f"{config.eval.name}_runtime", 0.0) for e in record.history)
+    card.evaluation_duration = sum(
+        e.get(f"{evaluation.plan.name}_runtime", 0.0) for e in record.history for evaluation in record.evals
+    )
     card._training_start_time = time.time() - record.train_seconds - card.evaluation_duration
 
 
-def candidates_line(record: RunRecord) -> str:
+def candidates_line(record: RunRecord, evaluation: EvalRecord) -> str:
     """Where a retrieve-then-rerank evaluation's candidates came from, and the retriever's own
     figure beside the reranked one (empty with judged candidates)."""
-    retrieval = Retrieval(**record.plan.eval_retrieval) if record.plan.eval_retrieval else None
-    if retrieval is None or not record.plan.eval_rows:
+    retrieval = Retrieval(**evaluation.plan.retrieval) if evaluation.plan.retrieval else None
+    if retrieval is None:
         return ""
-    name, at_k = record.config.eval.name, record.config.eval.at_k
+    name, at_k = evaluation.config.eval.name, evaluation.config.eval.at_k
     base = retrieval.base.get(f"{name}_base_ndcg@{at_k}")
     reranked = record.metrics.get(f"{name}_ndcg@{at_k}")
     figures = (
@@ -229,6 +254,24 @@ def candidates_line(record: RunRecord) -> str:
     )
 
 
+def evaluation_line(record: RunRecord, evaluation: EvalRecord) -> str:
+    """One evaluation in the card's distributed-training section."""
+    own, dropped = evaluation.config.eval, evaluation.dropped_queries
+    named = f" `{own.name}`" if len(record.evals) > 1 else ""
+    return (
+        f"- Evaluation{named}: `{own.kind}` on {evaluation.plan.rows:,} pairs, every {record.plan.eval_every:,} "
+        "steps, each worker scoring its shard"
+        + (
+            f"; {sum(dropped.values()):,} unrankable queries left out "
+            f"({dropped['single_candidate']:,} with a single candidate, "
+            f"{dropped['without_positive']:,} without a positive; eval.drop_unrankable)"
+            if dropped
+            else ""
+        )
+        + candidates_line(record, evaluation)
+    )
+
+
 def distributed_section(record: RunRecord, search: str | None = None, inputs: str | None = None) -> str:
     """What only a Ray run knows: workers, throughput, the checkpoint choice, the search;
     ``inputs``: how the model reads a pair (:func:`inputs_line`)."""
@@ -236,19 +279,7 @@ def distributed_section(record: RunRecord, search: str | None = None, inputs: st
     scaling = config.scaling
     kind = "GPU" if scaling.use_gpu else "CPU"
     pairs_per_second = record.pairs_seen / record.train_seconds if record.train_seconds else 0.0
-    evaluation = (
-        f"- Evaluation: `{config.eval.kind}` on {plan.eval_rows:,} pairs, every {plan.eval_every:,} steps, "
-        "each worker scoring its shard"
-        + (
-            f"; {sum(record.dropped_queries.values()):,} unrankable queries left out "
-            f"({record.dropped_queries['single_candidate']:,} with a single candidate, "
-            f"{record.dropped_queries['without_positive']:,} without a positive; eval.drop_unrankable)"
-            if record.dropped_queries
-            else ""
-        )
-        if plan.eval_rows
-        else "- Evaluation: none"
-    ) + candidates_line(record)
+    evaluation = "\n".join(evaluation_line(record, e) for e in record.evals) or "- Evaluation: none"
     lines = [
         DISTRIBUTED_HEADING,
         "",

@@ -1,6 +1,8 @@
-"""Evaluation inside the workers: each rank scores its shard of the eval set, rank 0 computes the
+"""Evaluation inside the workers: each rank scores its shard of each eval set, rank 0 computes the
 metrics once, with the library's evaluators' definitions (:mod:`rerank_ray.evaluation.metrics`),
-and every rank gets them."""
+and every rank gets them. A run with several evaluations (``eval.sets``) scores them one after
+the other and reports all their metrics together, as sentence-transformers' SequentialEvaluator
+does; the metric that selects the best checkpoint is ``eval.metric_for_best``."""
 
 from __future__ import annotations
 
@@ -17,22 +19,25 @@ from rerank_ray import console
 from rerank_ray.config import Config
 from rerank_ray.data.beir import Retrieval
 from rerank_ray.data.checks import describe_tally, tally, tally_dict
+from rerank_ray.errors import ConfigError
 from rerank_ray.evaluation.metrics import compute_metrics
 from rerank_ray.training import faults
 from rerank_ray.training.audit import AuditLog
 from rerank_ray.training.batching import Collator, iter_batches
 from rerank_ray.training.collectives import Collectives
 from rerank_ray.training.packing import InputForm
-from rerank_ray.training.plan import TrainPlan
+from rerank_ray.training.plan import EvalPlan, TrainPlan
 from rerank_ray.training.prefetch import prefetch, stall_message
 
 
 @dataclass
 class ShardEvaluator:
-    """Scores this rank's eval shard and turns all ranks' scores into the run's metrics."""
+    """Scores this rank's shard of one eval set and turns all ranks' scores into its metrics."""
 
     config: Config
+    """The run's config as a run with this evaluation alone (:meth:`Config.for_eval_set`)."""
     plan: TrainPlan
+    eval_plan: EvalPlan
     shard: Any
     """This rank's Ray Data iterator of the eval set (``get_dataset_shard("eval")``)."""
     collate: Collator
@@ -41,8 +46,11 @@ class ShardEvaluator:
     device: Any
     inputs: InputForm
     """How a batch reaches the model: padded or packed (:mod:`rerank_ray.training.packing`)."""
-    retrieval: Retrieval | None
     audit: AuditLog
+
+    @property
+    def retrieval(self) -> Retrieval | None:
+        return Retrieval(**self.eval_plan.retrieval) if self.eval_plan.retrieval else None
 
     def evaluate(
         self,
@@ -66,9 +74,6 @@ class ShardEvaluator:
                 metrics, skipped = self._metrics(gathered, skipped_before, model.num_labels)
                 metrics[f"{self.config.eval.name}_runtime"] = time.perf_counter() - started
             metrics, skipped = self.collectives.broadcast_object((metrics, skipped))
-        if self.rank == 0:
-            headline = self.plan.headline_metric
-            console.say(f"[rerank-ray] step {where['step']}: {headline} = {metrics[headline]:.4f}")
         return metrics, skipped
 
     def _score(self, model: Any, autocast: Callable[[], Any], where: dict[str, Any]) -> tuple[np.ndarray, ...]:
@@ -109,20 +114,22 @@ class ShardEvaluator:
         all_labels = np.concatenate([g[1] for g in gathered])
         real = np.concatenate([g[2] for g in gathered]) > 0
         skipped = tally_dict(tally(np.concatenate([g[3] for g in gathered])))
-        if real.sum() + sum(skipped.values()) != self.plan.eval_rows:
+        rows = self.eval_plan.rows
+        if real.sum() + sum(skipped.values()) != rows:
             raise RuntimeError(
-                f"evaluation saw {int(real.sum())} pairs and {sum(skipped.values())} skipped rows, "
-                f"the eval set has {self.plan.eval_rows}"
+                f"evaluation {self.eval_plan.name} saw {int(real.sum())} pairs and {sum(skipped.values())} skipped "
+                f"rows, the eval set has {rows}"
             )
         if skipped and skipped != skipped_before:
             console.say(
-                f"[rerank-ray] skipped {sum(skipped.values())} bad eval row(s) of {self.plan.eval_rows} "
+                f"[rerank-ray] skipped {sum(skipped.values())} bad eval row(s) of {rows} in {self.eval_plan.name} "
                 f"(data.on_bad_row=skip): {describe_tally(skipped)}"
             )
         all_scores = all_scores[real]
         if num_labels == 1:
             all_scores = all_scores.reshape(-1)
         all_groups = np.concatenate([g[4] for g in gathered])
+        retrieval = self.retrieval
         metrics = compute_metrics(
             self.config.eval.kind,
             all_scores,
@@ -131,10 +138,51 @@ class ShardEvaluator:
             num_labels,
             groups=all_groups[real] if len(all_groups) else None,
             at_k=self.config.eval.at_k,
-            judged=self.retrieval.judged() if self.retrieval else None,
+            judged=retrieval.judged() if retrieval else None,
         )
-        if self.retrieval:  # the retriever's own ranking beside the reranked one, as the library reports it
-            metrics.update(self.retrieval.base)
+        if retrieval:  # the retriever's own ranking beside the reranked one, as the library reports it
+            metrics.update(retrieval.base)
+        return metrics, skipped
+
+
+@dataclass
+class Evaluations:
+    """The run's evaluations, scored one after the other at every evaluation step."""
+
+    evaluators: list[ShardEvaluator]
+    best_metric: str
+    """``eval.metric_for_best`` (or the first evaluation's headline): said after each evaluation."""
+    rank: int
+
+    def evaluate(
+        self,
+        model: Any,
+        autocast: Callable[[], contextlib.AbstractContextManager],
+        skipped_before: dict[str, int],
+        where: dict[str, Any],
+    ) -> tuple[dict[str, float], dict[str, int]]:
+        """Every evaluation's metrics, and the skipped eval rows by reason (a run with several
+        evaluations keys them ``<name>: <reason>``), the same on every rank."""
+        metrics: dict[str, float] = {}
+        skipped: dict[str, int] = {}
+        several = len(self.evaluators) > 1
+        for evaluator in self.evaluators:
+            prefix = f"{evaluator.eval_plan.name}: " if several else ""
+            before = {k[len(prefix) :]: v for k, v in skipped_before.items() if k.startswith(prefix)}
+            own, own_skipped = evaluator.evaluate(model, autocast, before, where)
+            metrics.update(own)
+            skipped.update({prefix + k: v for k, v in own_skipped.items()})
+        if self.best_metric not in metrics:
+            raise ConfigError(
+                f"eval.metric_for_best {self.best_metric!r} is not among the evaluations' metrics: "
+                f"{', '.join(sorted(k for k in metrics if not k.endswith('_runtime')))}"
+            )
+        if self.rank == 0:
+            headlines = [e.config.headline_metric for e in self.evaluators]
+            shown = headlines if self.best_metric in headlines else [*headlines, self.best_metric]
+            console.say(
+                f"[rerank-ray] step {where['step']}: " + ", ".join(f"{key} = {metrics[key]:.4f}" for key in shown)
+            )
         return metrics, skipped
 
 

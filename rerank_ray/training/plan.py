@@ -22,6 +22,23 @@ def rows_multiple(config: Config) -> int:
 
 
 @dataclass
+class EvalPlan:
+    """One evaluation of the run (:mod:`rerank_ray.config.evalsets`) as the workers score it."""
+
+    dataset: str
+    """Its Ray dataset (``get_dataset_shard(dataset)``)."""
+    name: str
+    """Its name: the prefix of its metrics."""
+    rows: int
+    """Real eval pairs."""
+    rows_padded: int
+    """Eval rows including weight-0 filler rows (a multiple of the number of workers)."""
+    retrieval: dict | None = None
+    """Retrieve-then-rerank: :class:`rerank_ray.data.beir.Retrieval` as a dict (the judged
+    positives of the queries, the retriever's own metrics); None: judged candidates."""
+
+
+@dataclass
 class TrainPlan:
     train_rows: int
     """Real training pairs."""
@@ -33,8 +50,8 @@ class TrainPlan:
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
-    eval_rows: int
-    eval_rows_padded: int
+    evals: list[EvalPlan]
+    """The run's evaluations, in the config's order (none: no evaluation)."""
     max_length: int
     headline_metric: str
     eval_every: int
@@ -45,9 +62,6 @@ class TrainPlan:
     """Identifies the training file list (row keys index into it; see :mod:`rerank_ray.data.position`)."""
     train_shape: str = "pairs"
     """The training set's shape (:mod:`rerank_ray.data.shapes`): its rows are pairs, or queries."""
-    eval_retrieval: dict | None = None
-    """Retrieve-then-rerank evaluation: :class:`rerank_ray.data.beir.Retrieval` as a dict (the
-    judged positives of the queries, the retriever's own metrics); None: judged candidates."""
     rows_multiple: int = 1
     """The row counts are padded to a multiple of this: every worker count the run may train on
     divides it (``scaling.num_workers``, or an elastic range's least common multiple)."""
@@ -58,13 +72,11 @@ class TrainPlan:
         config: Config,
         train_rows: int,
         train_rows_padded: int,
-        eval_rows: int,
-        eval_rows_padded: int,
+        evals: list[EvalPlan],
         max_length: int,
         audit_dir: str | None = None,
         train_files_digest: str = "",
         train_shape: str = "pairs",
-        eval_retrieval: dict | None = None,
     ) -> TrainPlan:
         workers = config.scaling.num_workers
         rows_per_worker = train_rows_padded // workers
@@ -80,20 +92,28 @@ class TrainPlan:
             steps_per_epoch=steps_per_epoch,
             total_steps=total_steps,
             warmup_steps=math.ceil(config.train.warmup_ratio * total_steps),
-            eval_rows=eval_rows,
-            eval_rows_padded=eval_rows_padded,
+            evals=evals,
             max_length=max_length,
             headline_metric=config.headline_metric,
             eval_every=eval_every,
             audit_dir=audit_dir,
             train_files_digest=train_files_digest,
             train_shape=train_shape,
-            eval_retrieval=eval_retrieval,
             rows_multiple=rows_multiple(config),
         )
 
+    @property
+    def eval_rows(self) -> int:
+        """Real eval pairs of every evaluation (0: the run does not evaluate)."""
+        return sum(e.rows for e in self.evals)
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> TrainPlan:
+        """The plan a worker gets as a plain dict (:meth:`to_dict`), rebuilt."""
+        return cls(**{**raw, "evals": [EvalPlan(**e) for e in raw["evals"]]})
 
     def layout(self, config: Config, world_size: int) -> WorkerLayout:
         """How ``world_size`` workers train this plan: each rank's micro-batch and accumulation, so

@@ -33,7 +33,6 @@ import numpy as np
 
 from rerank_ray import console, storage
 from rerank_ray.config import Config
-from rerank_ray.data.beir import Retrieval
 from rerank_ray.data.checks import REASONS, describe_tally, tally, tally_dict
 from rerank_ray.data.position import DataPosition, TrainedRows, merge_ranges, partial_epoch_batches
 from rerank_ray.errors import WorkerPreempted
@@ -42,7 +41,7 @@ from rerank_ray.training.audit import AuditLog, check_replicas
 from rerank_ray.training.batching import Batch, Collator, GroupBatch, GroupCollator, iter_batches, optimizer_steps
 from rerank_ray.training.checkpointing import CheckpointInfo, LoopState
 from rerank_ray.training.collectives import Collectives
-from rerank_ray.training.evaluate import ShardEvaluator
+from rerank_ray.training.evaluate import Evaluations, ShardEvaluator
 from rerank_ray.training.losses import (
     GroupLoss,
     PointwiseLoss,
@@ -71,7 +70,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     quiet_libraries()
     console.attach(loop_config.get("console"))
     config = Config.from_dict(loop_config["config"])
-    plan = TrainPlan(**loop_config["plan"])
+    plan = TrainPlan.from_dict(loop_config["plan"])
     import ray.train
 
     faults.install(loop_config.get("faults"), ray.train.get_context().get_world_rank())
@@ -144,19 +143,26 @@ class Worker:
         self._stream = self._open_stream(0, resuming=False) if point is None else None
         self._build(point)
         self.evaluator = (
-            ShardEvaluator(
-                config=config,
-                plan=plan,
-                shard=ray.train.get_dataset_shard("eval"),
-                collate=self.collate,
-                collectives=self.collectives,
-                rank=self.rank,
-                device=self.device,
-                inputs=self.inputs,
-                retrieval=Retrieval(**plan.eval_retrieval) if plan.eval_retrieval else None,
-                audit=self.audit,
+            Evaluations(
+                [
+                    ShardEvaluator(
+                        config=config.for_eval_set(eval_set),
+                        plan=plan,
+                        eval_plan=eval_plan,
+                        shard=ray.train.get_dataset_shard(eval_plan.dataset),
+                        collate=self.collate,
+                        collectives=self.collectives,
+                        rank=self.rank,
+                        device=self.device,
+                        inputs=self.inputs,
+                        audit=self.audit,
+                    )
+                    for eval_set, eval_plan in zip(config.eval_sets(), plan.evals, strict=True)
+                ],
+                plan.headline_metric,
+                self.rank,
             )
-            if plan.eval_rows
+            if plan.evals
             else None
         )
         # One id per worker-group attempt, shared by its ranks (audit files).

@@ -101,23 +101,31 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], trials_dir: str) -> 
 
 
 def with_candidates_once(config: Config, paths: SearchPaths) -> Config:
-    """``eval.retriever``: its top-k of the BEIR corpus computed once for the whole search (Ray Data
-    embeds the corpus), written as a TREC run file beside the trials, which every trial (and the
-    export) reads as its ``eval.run_file``; a resumed search reuses the file."""
-    if config.eval.retriever is None:
-        return config
-    run_file = storage.join(paths.root, "retriever-candidates.trec")
-    if not storage.is_file(run_file):
-        beir = inspect_beir(config.eval.beir or "", config.eval.beir_split, retrieved=True)
-        write_run_file(retrieve(config, beir), run_file, tag="rerank-ray-retriever")
-    print(
-        f"[rerank-ray] {config.eval.retriever}'s top {config.eval.top_k} of the corpus, computed once for every "
-        f"trial: {redact(run_file)}",
-        flush=True,
-    )
+    """``eval.retriever`` (of the run's evaluation, or of each of ``eval.sets``): its top-k of the
+    BEIR corpus computed once for the whole search (Ray Data embeds the corpus), written as a TREC
+    run file beside the trials, which every trial (and the export) reads as its ``eval.run_file``;
+    a resumed search reuses the file."""
     raw = config.to_dict()
-    raw["eval"].update(retriever=None, run_file=run_file)
-    return Config.from_dict(raw)
+    changed = False
+    for index, eval_set in enumerate(config.eval_sets()):
+        own = eval_set.evaluation
+        if own.retriever is None:
+            continue
+        suffix = "" if eval_set.key == "eval" else f"-{index}"
+        run_file = storage.join(paths.root, f"retriever-candidates{suffix}.trec")
+        if not storage.is_file(run_file):
+            beir = inspect_beir(own.beir or "", own.beir_split, retrieved=True)
+            write_run_file(retrieve(config.for_eval_set(eval_set), beir), run_file, tag="rerank-ray-retriever")
+        print(
+            f"[rerank-ray] {own.retriever}'s top {own.top_k} of the corpus"
+            + (f" ({eval_set.name})" if eval_set.key != "eval" else "")
+            + f", computed once for every trial: {redact(run_file)}",
+            flush=True,
+        )
+        section = raw["eval"] if eval_set.key == "eval" else raw["eval"]["sets"][index]
+        section.update(retriever=None, run_file=run_file)
+        changed = True
+    return Config.from_dict(raw) if changed else config
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -272,10 +280,10 @@ def run_search(config: Config) -> SearchOutcome:
     quiet_libraries()
     config.run.name = config.run.name or time.strftime("tune-%Y%m%d-%H%M%S")
     # Everything that can be checked without Ray is checked first: bad input fails in seconds.
-    if not (config.data.eval or config.eval.beir):
+    if not config.eval_sets():
         raise ConfigError(
             f"rerank-ray tune compares trials on the headline metric of their evaluation ({config.headline_metric}): "
-            "give the runs one, data.eval (pairs) or eval.beir (a BEIR folder)"
+            "give the runs one: data.eval (pairs), eval.beir (a BEIR folder) or eval.sets (several)"
         )
     dims = check_tune(config)
     check_values(config, dims)

@@ -11,6 +11,8 @@ rules as a single one, its messages prefixed with the entry's key.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +32,31 @@ INHERITED_KEYS = (
     "drop_unrankable",
 )
 #: Keys only an entry gives: its name and where its data is.
-OWN_KEYS = ("name", "data", "beir", "retriever", "run_file")
+OWN_KEYS = ("name", "data", "beir", "retriever", "run_file", "nanobeir", "dataset_id")
 #: Keys of ``eval`` that are the run's, whatever the evaluations: an entry may not set them.
+#: NanoBEIR's dataset names and their split names (``Nano<readable>``), as sentence-transformers'
+#: CrossEncoderNanoBEIREvaluator names them (tests/test_nanobeir.py checks that the two agree;
+#: the library is not imported here: the command line reads the config without it).
+NANOBEIR_NAMES = {
+    "climatefever": "ClimateFEVER",
+    "dbpedia": "DBPedia",
+    "fever": "FEVER",
+    "fiqa2018": "FiQA2018",
+    "hotpotqa": "HotpotQA",
+    "msmarco": "MSMARCO",
+    "nfcorpus": "NFCorpus",
+    "nq": "NQ",
+    "quoraretrieval": "QuoraRetrieval",
+    "scidocs": "SCIDOCS",
+    "arguana": "ArguAna",
+    "scifact": "SciFact",
+    "touche2020": "Touche2020",
+}
+#: The library's default collection: every dataset but the two argument-retrieval ones.
+NANOBEIR_DEFAULT = tuple(name for name in NANOBEIR_NAMES if name not in ("arguana", "touche2020"))
+NANOBEIR_DATASET_ID = "sentence-transformers/NanoBEIR-en"
+#: Where NanoBEIR datasets are written once (default ``~/.cache/rerank-ray``).
+CACHE_ENV = "RERANK_RAY_CACHE"
 RUN_WIDE_KEYS = (
     "steps",
     "before_training",
@@ -56,6 +81,12 @@ class EvalSet:
     sources: list[DataSource]
     """Its pair sources (``data.eval`` or the entry's ``data``); empty for a BEIR folder."""
 
+    nanobeir: tuple[str, str] | None = None
+    """A NanoBEIR dataset: (dataset id, dataset name), written as its BEIR folder before the run."""
+    mean_of: str | None = None
+    """The prefix of the means this set's metrics enter (``NanoBEIR_R100_mean``), as the library's
+    NanoBEIR evaluator reports them; None: none."""
+
     @property
     def name(self) -> str:
         return self.evaluation.name
@@ -63,6 +94,34 @@ class EvalSet:
     @property
     def headline(self) -> str:
         return headline_metric_key(self.evaluation.kind, self.evaluation.name, self.evaluation.at_k)
+
+    @property
+    def group_headline(self) -> str:
+        """The headline of the evaluation as the user named it: a NanoBEIR entry's is the mean's."""
+        if self.mean_of:
+            return headline_metric_key(self.evaluation.kind, self.mean_of, self.evaluation.at_k)
+        return self.headline
+
+
+def nanobeir_split(name: str) -> str:
+    """The split that holds NanoBEIR dataset ``name`` in every subset: ``msmarco`` -> ``NanoMSMARCO``."""
+    readable = NANOBEIR_NAMES.get(name.lower())
+    if readable is None:
+        raise ConfigError(f"{name!r} is not a NanoBEIR dataset: choose from {', '.join(NANOBEIR_NAMES)}")
+    return f"Nano{readable}"
+
+
+def nanobeir_folder(dataset_id: str, name: str) -> str:
+    """Where dataset ``name`` of ``dataset_id`` is written as a BEIR folder: a function of the two,
+    so the driver, a resumed run and a search's trials find the same one."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "rerank-ray")
+    key = hashlib.sha256(dataset_id.encode()).hexdigest()[:12]
+    return os.path.join(root, "nanobeir", key, nanobeir_split(name))
+
+
+def nanobeir_run_file(folder: str) -> str:
+    """The BM25 ranking of a written NanoBEIR dataset, as a TREC run."""
+    return os.path.join(folder, "bm25.trec")
 
 
 def dataset_name(index: int) -> str:
@@ -82,10 +141,14 @@ def eval_sets(evaluation: EvalConfig, data: DataConfig) -> list[EvalSet]:
                 f"eval.{key} describes the single evaluation of a run without eval.sets: with eval.sets, give "
                 f"each set its own {key}"
             )
-    return [_entry(index, entry, evaluation, data) for index, entry in enumerate(evaluation.sets)]
+    sets: list[EvalSet] = []
+    for index, entry in enumerate(evaluation.sets):
+        for eval_set in _entry(index, entry, evaluation, data):
+            sets.append(dataclasses.replace(eval_set, dataset=dataset_name(len(sets))))
+    return sets
 
 
-def _entry(index: int, entry: Any, evaluation: EvalConfig, data: DataConfig) -> EvalSet:
+def _entry(index: int, entry: Any, evaluation: EvalConfig, data: DataConfig) -> list[EvalSet]:
     key = f"eval.sets[{index}]"
     if not isinstance(entry, dict):
         raise ConfigError(f"{key} must be a mapping ({{name: dev, kind: binary, data: dev.tsv}}), got {entry!r}")
@@ -100,6 +163,10 @@ def _entry(index: int, entry: Any, evaluation: EvalConfig, data: DataConfig) -> 
         raise ConfigError(
             f"unknown key {key}.{unknown[0]}: a set takes {', '.join(OWN_KEYS)} and any of {', '.join(INHERITED_KEYS)}"
         )
+    if "nanobeir" in entry:
+        return _nanobeir(key, entry, evaluation)
+    if "dataset_id" in entry:
+        raise ConfigError(f"{key}.dataset_id names the NanoBEIR collection to read: it goes with nanobeir")
     if not isinstance(entry.get("name"), str) or not entry["name"]:
         raise ConfigError(f"{key} needs a name (the prefix of its metrics: {{name: dev, ...}})")
     fields = {name: getattr(evaluation, name) for name in INHERITED_KEYS}
@@ -117,7 +184,46 @@ def _entry(index: int, entry: Any, evaluation: EvalConfig, data: DataConfig) -> 
     merged = dataclasses.replace(
         own, **{name: getattr(evaluation, name) for name in RUN_WIDE_KEYS if name not in ("sets", "metric_for_best")}
     )
-    return EvalSet(key, dataset_name(index), merged, sources)
+    return [EvalSet(key, "", merged, sources)]
+
+
+def _nanobeir(key: str, entry: dict[str, Any], evaluation: EvalConfig) -> list[EvalSet]:
+    """A NanoBEIR entry: one reranking evaluation per dataset, on its BM25 top ``top_k`` with the
+    judged positives added (``always_rerank_positives``, on unless the entry sets it), named and
+    averaged as the library's CrossEncoderNanoBEIREvaluator names them."""
+    for other in ("data", "beir", "retriever", "run_file", "query_id_column", "beir_split"):
+        if other in entry:
+            raise ConfigError(f"{key}.{other} does not go with nanobeir: NanoBEIR brings its data and BM25 candidates")
+    if entry.get("kind", "reranking") != "reranking":
+        raise ConfigError(f"{key}: NanoBEIR is a reranking evaluation (kind reranking), got kind {entry['kind']!r}")
+    names = entry["nanobeir"]
+    if names == "all":
+        names = list(NANOBEIR_DEFAULT)
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ConfigError(
+            f"{key}.nanobeir must be a list of NanoBEIR datasets ([msmarco, nfcorpus, ...]) or all "
+            f"({', '.join(NANOBEIR_DEFAULT)}), got {names!r}"
+        )
+    fields: dict[str, Any] = {name: getattr(evaluation, name) for name in INHERITED_KEYS}
+    fields.update(kind="reranking", always_rerank_positives=True)
+    fields.update({k: v for k, v in entry.items() if k in INHERITED_KEYS})
+    own = build(EvalConfig, fields, prefix=f"{key}.")
+    prefix = entry.get("name", "NanoBEIR")
+    dataset_id = coerce_value(entry.get("dataset_id", NANOBEIR_DATASET_ID), str, f"{key}.dataset_id")
+    run_wide = {name: getattr(evaluation, name) for name in RUN_WIDE_KEYS if name not in ("sets", "metric_for_best")}
+    sets = []
+    for name in dict.fromkeys(n.lower() for n in names):
+        folder = nanobeir_folder(dataset_id, name)
+        member = dataclasses.replace(
+            own,
+            name=f"{nanobeir_split(name)}_R{own.top_k}",
+            beir=folder,
+            beir_split="test",
+            run_file=nanobeir_run_file(folder),
+            **run_wide,
+        )
+        sets.append(EvalSet(key, "", member, [], (dataset_id, name), f"{prefix}_R{own.top_k}_mean"))
+    return sets
 
 
 def check_eval_sets(sets: list[EvalSet], evaluation: EvalConfig) -> None:
@@ -133,10 +239,11 @@ def check_eval_sets(sets: list[EvalSet], evaluation: EvalConfig) -> None:
         return
     if not sets:
         raise ConfigError(f"eval.metric_for_best ({best}) needs an evaluation: set data.eval, eval.beir or eval.sets")
-    if not any(best.startswith(f"{name}_") for name in names):
+    prefixes = [*names, *{s.mean_of for s in sets if s.mean_of}]
+    if not any(best.startswith(f"{prefix}_") for prefix in prefixes):
         raise ConfigError(
-            f"eval.metric_for_best {best!r} is not a metric of the evaluations ({', '.join(names)}): give the full "
-            f"name with its set's prefix, e.g. {sets[0].headline!r}"
+            f"eval.metric_for_best {best!r} is not a metric of the evaluations ({', '.join(prefixes)}): give the "
+            f"full name with its set's prefix, e.g. {sets[0].headline!r}"
         )
 
 
@@ -146,5 +253,5 @@ def best_metric(sets: list[EvalSet], evaluation: EvalConfig) -> str:
     if evaluation.metric_for_best:
         return evaluation.metric_for_best
     if sets:
-        return sets[0].headline
+        return sets[0].group_headline
     return headline_metric_key(evaluation.kind, evaluation.name, evaluation.at_k)

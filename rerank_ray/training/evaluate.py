@@ -10,13 +10,14 @@ import contextlib
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from rerank_ray import console
-from rerank_ray.config import Config
+from rerank_ray.config import Config, headline_metric_key
+from rerank_ray.config.evalsets import EvalSet
 from rerank_ray.data.beir import Retrieval
 from rerank_ray.data.checks import describe_tally, tally, tally_dict
 from rerank_ray.errors import ConfigError
@@ -153,6 +154,8 @@ class Evaluations:
     best_metric: str
     """``eval.metric_for_best`` (or the first evaluation's headline): said after each evaluation."""
     rank: int
+    groups: dict[str, list[str]] = field(default_factory=dict)
+    """The means reported (a NanoBEIR entry's ``NanoBEIR_R100_mean``) and the evaluations each averages."""
 
     def evaluate(
         self,
@@ -172,18 +175,52 @@ class Evaluations:
             own, own_skipped = evaluator.evaluate(model, autocast, before, where)
             metrics.update(own)
             skipped.update({prefix + k: v for k, v in own_skipped.items()})
+        metrics.update(means(metrics, self.groups))
         if self.best_metric not in metrics:
             raise ConfigError(
                 f"eval.metric_for_best {self.best_metric!r} is not among the evaluations' metrics: "
                 f"{', '.join(sorted(k for k in metrics if not k.endswith('_runtime')))}"
             )
         if self.rank == 0:
-            headlines = [e.config.headline_metric for e in self.evaluators]
+            grouped = {name for members in self.groups.values() for name in members}
+            headlines = [e.config.headline_metric for e in self.evaluators if e.eval_plan.name not in grouped]
+            headlines += [
+                headline_metric_key(e.config.eval.kind, group, e.config.eval.at_k) for group, e in self._firsts()
+            ]
             shown = headlines if self.best_metric in headlines else [*headlines, self.best_metric]
             console.say(
                 f"[rerank-ray] step {where['step']}: " + ", ".join(f"{key} = {metrics[key]:.4f}" for key in shown)
             )
         return metrics, skipped
+
+    def _firsts(self) -> list[tuple[str, ShardEvaluator]]:
+        """Each mean and the first evaluation it averages (whose headline it shares)."""
+        by_name = {e.eval_plan.name: e for e in self.evaluators}
+        return [(group, by_name[members[0]]) for group, members in self.groups.items()]
+
+
+def mean_groups(eval_sets: list[EvalSet]) -> dict[str, list[str]]:
+    """The means a run reports (``NanoBEIR_R100_mean``) and the evaluations each averages."""
+    groups: dict[str, list[str]] = {}
+    for eval_set in eval_sets:
+        if eval_set.mean_of:
+            groups.setdefault(eval_set.mean_of, []).append(eval_set.name)
+    return groups
+
+
+def means(metrics: dict[str, float], groups: dict[str, list[str]]) -> dict[str, float]:
+    """``<group>_<metric>``: the mean of ``<member>_<metric>`` over the group's evaluations, for
+    every metric they all report, as sentence-transformers' NanoBEIR evaluator aggregates its
+    datasets (``aggregate_fn=np.mean``, the retriever's ``base_`` metrics too)."""
+    out: dict[str, float] = {}
+    for group, members in groups.items():
+        first = f"{members[0]}_"
+        suffixes = [k[len(first) :] for k in metrics if k.startswith(first) and not k.endswith("_runtime")]
+        for suffix in suffixes:
+            values = [metrics.get(f"{member}_{suffix}") for member in members]
+            if all(v is not None for v in values):
+                out[f"{group}_{suffix}"] = float(np.mean(values))
+    return out
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:

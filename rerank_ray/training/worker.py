@@ -41,7 +41,7 @@ from rerank_ray.training.audit import AuditLog, check_replicas
 from rerank_ray.training.batching import Batch, Collator, GroupBatch, GroupCollator, iter_batches, optimizer_steps
 from rerank_ray.training.checkpointing import CheckpointInfo, LoopState
 from rerank_ray.training.collectives import Collectives
-from rerank_ray.training.evaluate import Evaluations, ShardEvaluator
+from rerank_ray.training.evaluate import Evaluations, ShardEvaluator, mean_groups
 from rerank_ray.training.losses import (
     GroupLoss,
     PointwiseLoss,
@@ -161,6 +161,7 @@ class Worker:
                 ],
                 plan.headline_metric,
                 self.rank,
+                groups=mean_groups(config.eval_sets()),
             )
             if plan.evals
             else None

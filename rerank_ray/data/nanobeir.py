@@ -24,10 +24,11 @@ from rerank_ray.errors import DataError
 COMPLETE = ".complete"
 
 
-def materialize(dataset_id: str, name: str) -> str:
-    """Dataset ``name`` of ``dataset_id`` written as a BEIR folder with its BM25 run (once: a folder
-    already complete is kept). Returns the folder."""
-    folder = nanobeir_folder(dataset_id, name)
+def materialize(dataset_id: str, name: str, folder: str | None = None) -> str:
+    """Dataset ``name`` of ``dataset_id`` written as a BEIR folder with its BM25 run into
+    ``folder`` (default: this process's cache), once: a folder already complete is kept.
+    Returns the folder."""
+    folder = folder or nanobeir_folder(dataset_id, name)
     if os.path.isfile(os.path.join(folder, COMPLETE)):
         return folder
     print(f"[rerank-ray] NanoBEIR: reading {nanobeir_split(name)} of {dataset_id} into {folder}", flush=True)

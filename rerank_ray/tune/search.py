@@ -27,6 +27,7 @@ from typing import Any
 
 from rerank_ray import storage
 from rerank_ray.config import Config
+from rerank_ray.config.evalsets import nanobeir_cache
 from rerank_ray.data.beir import inspect_beir
 from rerank_ray.data.stream import default_max_length
 from rerank_ray.errors import ConfigError
@@ -126,6 +127,18 @@ def with_candidates_once(config: Config, paths: SearchPaths) -> Config:
         section.update(retriever=None, run_file=run_file)
         changed = True
     return Config.from_dict(raw) if changed else config
+
+
+def with_nanobeir_cache(config: Config) -> Config:
+    """NanoBEIR entries written to the driver's cache (:mod:`rerank_ray.data.nanobeir`): each trial
+    process, whose environment and home may differ, reads them there."""
+    if not any(s.nanobeir for s in config.eval_sets()):
+        return config
+    raw = config.to_dict()
+    for entry in raw["eval"]["sets"]:
+        if "nanobeir" in entry:
+            entry.setdefault("cache_dir", nanobeir_cache())
+    return Config.from_dict(raw)
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -294,7 +307,7 @@ def run_search(config: Config) -> SearchOutcome:
     load_encoder(config.model, default_max_length(load_tokenizer(config.model), config.model.max_length))
     ensure_ray(config, num_cpus=local_cpus_needed(config))
     quiet_ray_data()  # the export reads samples of the data for the model card
-    config = with_candidates_once(config, paths)
+    config = with_nanobeir_cache(with_candidates_once(config, paths))
     concurrency = config.tune.max_concurrent_trials or trials_that_fit(config, ray.cluster_resources())
     _announce(config, dims, concurrency, restoring)
     if restoring:

@@ -25,6 +25,7 @@ from rerank_ray.config.sections import (
     TrainConfig,
     is_canonical_column,
 )
+from rerank_ray.config.trainsets import MIXTURE_KEYS, train_set_data, train_sets
 from rerank_ray.errors import ConfigError
 from rerank_ray.losses import check_loss_fits
 from rerank_ray.redaction import check_no_inline_credentials
@@ -85,6 +86,31 @@ def check_sections(
     check_loss_fits(train.loss, model.num_labels, evaluation.kind, train.loss_kwargs)
     check_memory_settings(model, train, scaling)
     check_elastic(train, scaling)
+    check_mixture(model, data, train, evaluation, scaling)
+
+
+def check_mixture(
+    model: ModelConfig, data: DataConfig, train: TrainConfig, evaluation: EvalConfig, scaling: ScalingConfig
+) -> None:
+    """Each training set of a mixture checked as a single one would be; what a mixture does not take yet."""
+    sets = train_sets(data, train)
+    if not sets:
+        return
+    if scaling.min_workers is not None:
+        raise ConfigError(
+            "a mixture of training sets (data.train sources with their own loss) trains on a fixed number of "
+            "workers: set scaling.min_workers to null"
+        )
+    if train.torch_compile:
+        raise ConfigError("a mixture of training sets does not take train.torch_compile yet: set it to false")
+    for train_set in sets:
+        own_data, own_train = train_set_data(data, train, train_set)
+        try:
+            check_loss_fits(own_train.loss, model.num_labels, evaluation.kind, own_train.loss_kwargs)
+            if own_train.loss == "CrossEntropyLoss" and own_data.label_scale != 1.0:
+                raise ConfigError("label_scale must stay 1 with CrossEntropyLoss: its labels are class ids")
+        except ConfigError as err:
+            raise ConfigError(f"{train_set.key} ({train_set.name}): {err}") from err
 
 
 def worker_counts(scaling: ScalingConfig) -> list[int]:
@@ -338,6 +364,8 @@ def check_sources(data: DataConfig) -> None:
                     f"{key}: a source mapping names either a path ({{path: data/pairs.parquet, columns: {{...}}}}) "
                     f"or a Hugging Face dataset ({{dataset: org/name, split: ...}}), got the keys {sorted(spec)}"
                 )
+            if split == "train":
+                spec = {k: v for k, v in spec.items() if k not in MIXTURE_KEYS}  # rerank_ray.config.trainsets'
             if "path" in spec:
                 unknown = sorted(set(spec) - set(FILE_SOURCE_KEYS))
                 if unknown or not isinstance(spec["path"], str) or not spec["path"]:

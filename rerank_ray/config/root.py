@@ -20,6 +20,7 @@ from rerank_ray.config.sections import (
     TrainConfig,
     TuneConfig,
 )
+from rerank_ray.config.trainsets import TrainSet, train_set_data, train_sets
 
 
 @dataclass
@@ -62,6 +63,15 @@ class Config:
     def eval_sets(self) -> list[EvalSet]:
         """The run's evaluations (:mod:`rerank_ray.config.evalsets`), in the config's order."""
         return eval_sets(self.eval, self.data)
+
+    def train_sets(self) -> list[TrainSet]:
+        """A mixture's training sets (:mod:`rerank_ray.config.trainsets`); empty for a single one."""
+        return train_sets(self.data, self.train)
+
+    def for_train_set(self, train_set: TrainSet) -> Config:
+        """This config as a run on ``train_set`` alone: what reads, checks and batches one training set."""
+        data, train = train_set_data(self.data, self.train, train_set)
+        return dataclasses.replace(self, data=data, train=train)
 
     def for_eval_set(self, eval_set: EvalSet) -> Config:
         """This config as a run with ``eval_set`` as its single evaluation: what the code that reads,

@@ -140,7 +140,20 @@ class DataConfig:
     given as a mapping may carry its own column map, used for its split instead of ``columns``:
     ``{path: data/judged.tsv, columns: {sentence_0: q, sentence_1: doc}}`` (``path`` for files,
     folders, globs and URIs) or ``{dataset: org/name, columns: {...}}``. A split's files are read
-    with one map, so the sources of one split that give ``columns`` must give the same."""
+    with one map, so the sources of one split that give ``columns`` must give the same.
+    A mixture: when a source mapping names a ``loss`` (with optional ``loss_kwargs``, ``name``,
+    ``label_scale``), every source is a training set of its own, with its own columns, shape,
+    loss and label scale (a source without a loss takes ``train.loss``), e.g. ``[{path:
+    judged.parquet, loss: BinaryCrossEntropyLoss}, {path: mined/, loss:
+    MultipleNegativesRankingLoss}]``; each optimizer step trains one set's batch on every worker,
+    the sets taken in turn as ``sampling`` says."""
+
+    sampling: Literal["proportional", "round_robin"] = "proportional"
+    """A mixture's order of training sets (sentence-transformers' multi-dataset batch samplers):
+    ``proportional``: every row of every set once per epoch, each step's set drawn at random in
+    proportion to the steps the sets have left (seeded per epoch, the same on every worker);
+    ``round_robin``: one step of each set in turn until the smallest has none left, the rest of
+    the larger ones left out of that epoch."""
 
     eval: list[DataSource] = field(default_factory=list)
     """Evaluation pairs, same forms as ``train`` (a dataset's ``validation`` split, else ``test``,

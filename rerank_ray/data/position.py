@@ -140,6 +140,18 @@ class DataPosition:
             return cls(trained=saved["trained"].astype(np.int64).reshape(-1, 2), **meta)
 
 
+def clip_ranges(ranges: np.ndarray, start: int, end: int) -> np.ndarray:
+    """The parts of the ``[start, end)`` ``ranges`` inside ``[start, end)``: one training set's
+    keys of a mixture's position (its files' keys are one such span)."""
+    clipped = np.clip(np.asarray(ranges, dtype=np.int64).reshape(-1, 2), start, end)
+    return clipped[clipped[:, 1] > clipped[:, 0]]
+
+
+def file_keys(first_file: int, files: int) -> tuple[int, int]:
+    """The span ``[start, end)`` of the row keys of ``files`` files numbered from ``first_file``."""
+    return first_file << ROW_BITS, (first_file + files) << ROW_BITS
+
+
 def partial_epoch_batches(remaining_rows: int, world_size: int, batch_size: int, multiple: int = 0) -> int:
     """Batches per worker for the rest of an epoch: the remaining rows, padded to a multiple of
     the workers, split evenly, cut into batches.

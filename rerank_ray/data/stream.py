@@ -72,10 +72,17 @@ class PairSource:
     """The rows' shape (:mod:`rerank_ray.data.shapes`)."""
 
 
-def open_pairs(split: SplitFiles, data: DataConfig, seed: int | None) -> PairSource:
-    """Read one split with Ray Data (rows checked as they stream), count its rows."""
+def open_pairs(split: SplitFiles, data: DataConfig, seed: int | None, first_file: int = 0) -> PairSource:
+    """Read one split with Ray Data (rows checked as they stream), count its rows. ``first_file``:
+    the index of its first file in the row keys (a mixture's training sets number their files
+    one after the other, so every row of the mixture has its own key)."""
     dataset = read_pairs(
-        split.files, split.format, split.checker, seed=seed, shuffle_buffer_rows=data.shuffle_buffer_rows
+        split.files,
+        split.format,
+        split.checker,
+        seed=seed,
+        shuffle_buffer_rows=data.shuffle_buffer_rows,
+        first_file=first_file,
     )
     # Parquet: the footers' count. Text files: a pass over the files that also checks every row,
     # so a bad value in a text file fails here, before training.
@@ -338,6 +345,7 @@ def _make_datasource_class():
             checker: RowChecker,
             shuffle: Any = None,
             row_shuffle: tuple[int, int] | None = None,
+            first_file: int = 0,
         ):
             import ray
 
@@ -354,7 +362,7 @@ def _make_datasource_class():
             if len(resolved) != len(files):
                 raise DataError(f"{checker.what}: Ray Data found {len(resolved)} files where {len(files)} were listed")
             # The resolved path (no scheme) of each file -> its index in the user's sorted list.
-            self._file_index_ref = ray.put({path: i for i, path in enumerate(resolved)})
+            self._file_index_ref = ray.put({path: first_file + i for i, path in enumerate(resolved)})
             self._format = fmt
             self._checker = checker
 
@@ -402,7 +410,12 @@ def _make_datasource_class():
 
 
 def read_pairs(
-    files: list[str], fmt: str, checker: RowChecker, seed: int | None, shuffle_buffer_rows: int = 0
+    files: list[str],
+    fmt: str,
+    checker: RowChecker,
+    seed: int | None,
+    shuffle_buffer_rows: int = 0,
+    first_file: int = 0,
 ) -> ray.data.Dataset:
     """A Ray dataset of the checked rows of ``files``. ``seed`` shuffles, differently and
     reproducibly each epoch, the order of the files and (with ``shuffle_buffer_rows``) the rows of
@@ -412,5 +425,7 @@ def read_pairs(
 
     shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=True) if seed is not None and len(files) > 1 else None
     row_shuffle = (seed, shuffle_buffer_rows) if seed is not None and shuffle_buffer_rows > 0 else None
-    datasource = _make_datasource_class()(files, fmt, checker, shuffle=shuffle, row_shuffle=row_shuffle)
+    datasource = _make_datasource_class()(
+        files, fmt, checker, shuffle=shuffle, row_shuffle=row_shuffle, first_file=first_file
+    )
     return ray.data.read_datasource(datasource)

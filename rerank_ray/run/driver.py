@@ -26,6 +26,7 @@ from rerank_ray.data.beir import BeirFiles, Retrieval, inspect_beir, open_beir
 from rerank_ray.data.checks import describe_tally
 from rerank_ray.data.files import SplitFiles, inspect_split
 from rerank_ray.data.nanobeir import materialize
+from rerank_ray.data.position import file_keys, files_digest
 from rerank_ray.data.queries import count_queries, describe, read_queries
 from rerank_ray.data.stream import (
     EncoderHandle,
@@ -60,7 +61,7 @@ from rerank_ray.training.checkpointing import RestOfEpoch
 from rerank_ray.training.losses import loss_arguments
 from rerank_ray.training.models import check_base_model, load_encoder, load_tokenizer
 from rerank_ray.training.packing import check_padding_free
-from rerank_ray.training.plan import EvalPlan, TrainPlan, rows_multiple
+from rerank_ray.training.plan import EvalPlan, MixPlan, TrainPlan, rows_multiple
 from rerank_ray.training.progress import quiet_libraries
 from rerank_ray.training.tracking import TrackingRun
 from rerank_ray.training.worker import train_loop_per_worker
@@ -69,7 +70,13 @@ from rerank_ray.training.worker import train_loop_per_worker
 def inspect_data(config: Config) -> dict[str, SplitFiles | BeirFiles]:
     """Check the splits' files and columns; needs no Ray, so bad input fails in seconds. The eval
     splits are keyed by their Ray dataset's name (``eval``, ``eval_1``, ...: ``eval.sets``)."""
-    splits: dict[str, SplitFiles | BeirFiles] = {"train": inspect_split(config.data.train, config, "train")}
+    splits: dict[str, SplitFiles | BeirFiles] = {}
+    for train_set in config.train_sets():  # a mixture: each training set read with its own view
+        view = config.for_train_set(train_set)
+        splits[train_set.dataset] = inspect_split(view.data.train, view, "train")
+        splits[train_set.dataset].what = f"{train_set.key} ({train_set.name})"
+    if not splits:
+        splits["train"] = inspect_split(config.data.train, config, "train")
     for eval_set in config.eval_sets():
         if eval_set.nanobeir is not None:
             materialize(*eval_set.nanobeir)  # once, into a local cache: then a BEIR folder and its BM25 run
@@ -198,21 +205,30 @@ def prepare_datasets(
     handle = EncoderHandle(functools.partial(load_encoder, config.model, max_length), key=key)
     class_ids = integer_labels(config.train.loss)
     has_ids = bool(config.data.id_column)
-    train_split = splits["train"]
-    assert isinstance(train_split, SplitFiles)  # BEIR folders are eval sets only
-    shape = train_split.checker.shape
-    if shape.grouped:
-        filler = group_filler_rows(world - 1, has_ids)
+    mixture: list[MixPlan] = []
+    if config.train_sets():
+        datasets, sources, mixture = mixture_datasets(config, splits, handle, encoder, world, seed)
+        train_rows = sum(m.rows for m in mixture)
+        train_padded = sum(m.rows_padded for m in mixture)
+        digest = files_digest([f for m in mixture for f in sources[m.dataset].files])  # type: ignore[union-attr]
+        shape_name = "mixture"
     else:
-        filler = filler_rows(encoder, world - 1, has_ids, class_ids=class_ids)
-    train_src = open_pairs(train_split, config.data, seed=seed)
-    train_stream = PairStream(train_src, handle, config.data, world, filler, class_ids, grouped=shape.grouped)
-    train_ds, train_padded = train_stream.build()
-    datasets = {
-        "train": train_ds,
-        "train_rest": RestOfEpoch(train_stream, storage_root(config), run_name(config)),
-    }
-    sources: dict[str, PairSource | None] = {"train": train_src}
+        train_split = splits["train"]
+        assert isinstance(train_split, SplitFiles)  # BEIR folders are eval sets only
+        shape = train_split.checker.shape
+        if shape.grouped:
+            filler = group_filler_rows(world - 1, has_ids)
+        else:
+            filler = filler_rows(encoder, world - 1, has_ids, class_ids=class_ids)
+        train_src = open_pairs(train_split, config.data, seed=seed)
+        train_stream = PairStream(train_src, handle, config.data, world, filler, class_ids, grouped=shape.grouped)
+        train_ds, train_padded = train_stream.build()
+        datasets = {
+            "train": train_ds,
+            "train_rest": RestOfEpoch(train_stream, storage_root(config), run_name(config)),
+        }
+        sources = {"train": train_src}
+        train_rows, digest, shape_name = train_src.num_rows, train_stream.files_digest, shape.name
     eval_plans = []
     for eval_set, view in eval_sets:
         split = splits[eval_set.dataset]
@@ -232,15 +248,66 @@ def prepare_datasets(
     audit_dir = storage.join(run_dir(config, run_name(config)), "audit") if config.run.audit else None
     plan = TrainPlan.build(
         config,
-        train_src.num_rows,
+        train_rows,
         train_padded,
         eval_plans,
         max_length,
         audit_dir,
-        train_files_digest=train_stream.files_digest,
-        train_shape=shape.name,
+        train_files_digest=digest,
+        train_shape=shape_name,
+        mixture=mixture,
     )
     return datasets, plan, sources
+
+
+def mixture_datasets(
+    config: Config,
+    splits: dict[str, SplitFiles | BeirFiles],
+    handle: EncoderHandle,
+    encoder: Any,
+    world: int,
+    seed: int | None,
+) -> tuple[dict[str, Any], dict[str, PairSource | None], list[MixPlan]]:
+    """A mixture's training sets (:mod:`rerank_ray.config.trainsets`): one Ray dataset each, and
+    each its rest after a restore. Their files are numbered one after the other in the row keys,
+    so the data position (one set of trained keys) covers the whole mixture."""
+    has_ids = bool(config.data.id_column)
+    datasets: dict[str, Any] = {}
+    sources: dict[str, PairSource | None] = {}
+    parts: list[tuple[PairStream, MixPlan]] = []
+    first_file = 0
+    for train_set in config.train_sets():
+        view = config.for_train_set(train_set)
+        split = splits[train_set.dataset]
+        assert isinstance(split, SplitFiles)
+        shape = split.checker.shape
+        class_ids = integer_labels(view.train.loss)
+        filler = (
+            group_filler_rows(world - 1, has_ids)
+            if shape.grouped
+            else filler_rows(encoder, world - 1, has_ids, class_ids=class_ids)
+        )
+        source = open_pairs(split, view.data, seed=seed, first_file=first_file)
+        stream = PairStream(source, handle, view.data, world, filler, class_ids, grouped=shape.grouped)
+        datasets[train_set.dataset], padded = stream.build()
+        sources[train_set.dataset] = source
+        part = MixPlan(
+            train_set.dataset, train_set.name, source.num_rows, padded, shape.name, first_file, len(source.files)
+        )
+        parts.append((stream, part))
+        first_file += len(source.files)
+    digest = files_digest([f for stream, _ in parts for f in stream.files])
+    total = sum(part.rows for _, part in parts)
+    for stream, part in parts:
+        datasets[f"{part.dataset}_rest"] = RestOfEpoch(
+            stream,
+            storage_root(config),
+            run_name(config),
+            files_digest=digest,
+            train_rows=total,
+            keys=file_keys(part.first_file, part.files),
+        )
+    return datasets, sources, [part for _, part in parts]
 
 
 def build_trainer(
@@ -390,6 +457,14 @@ def _train_locked(config: Config, name: str) -> TrainOutcome:
     datasets, plan, sources = prepare_datasets(config, tokenizer, splits)
     shape = splits["train"].checker.shape if isinstance(splits["train"], SplitFiles) else None
     unit = "training pairs" if shape is None or not shape.grouped else f"training queries ({shape.describe()})"
+    if plan.mixture:
+        unit = (
+            f"training rows in a mixture ({config.data.sampling}): "
+            + ", ".join(
+                f"{m.name} {m.rows} {m.shape} ({m.used_steps} of its {m.steps} steps per epoch)" for m in plan.mixture
+            )
+            + ";"
+        )
     print(
         f"[rerank-ray] {plan.train_rows} {unit} on {config.scaling.num_workers} worker(s): "
         f"{plan.steps_per_epoch} steps per epoch, {plan.total_steps} steps in all"

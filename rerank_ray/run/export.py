@@ -34,7 +34,7 @@ from rerank_ray.data.stream import PairSource
 from rerank_ray.losses import integer_labels
 from rerank_ray.redaction import redact, redact_obj
 from rerank_ray.resources import peak_rss_mib, process_start_unix
-from rerank_ray.run.model_card import EvalRecord, RunRecord, dataset_name, write_model_card
+from rerank_ray.run.model_card import EvalRecord, RunRecord, TrainRecord, dataset_name, write_model_card
 from rerank_ray.run.paths import run_dir, run_name, storage_root
 from rerank_ray.training import adapters, checkpointing
 from rerank_ray.training.checkpointing import CheckpointInfo
@@ -144,6 +144,19 @@ def write_tensorboard(history: list[dict], folder: Path) -> None:
                 writer.add_scalar(metric_tag(key), value, entry["step"])
     finally:
         writer.close()
+
+
+def train_records(
+    config: Config, plan: TrainPlan, sources: dict[str, PairSource | None], limit: int
+) -> list[TrainRecord]:
+    """A mixture's training sets for the card: each one's sample, loss and size (none without a mixture)."""
+    records = []
+    for train_set, part in zip(config.train_sets(), plan.mixture, strict=True):
+        source = sources[part.dataset]
+        assert source is not None
+        rows = _sample_rows(source, limit, integer_labels(train_set.loss))
+        records.append(TrainRecord(train_set.name, rows, train_set.loss, train_set.loss_kwargs, part.rows))
+    return records
 
 
 def eval_records(
@@ -271,6 +284,7 @@ def export_run(
             evals=eval_records(config, plan, sources, class_ids),
             stopped_at=stopped_at,
             train_shape=train_source.shape.describe(),
+            train_sets=train_records(config, plan, sources, CARD_SAMPLE_ROWS),
             trained_parameters=(adapters.trainable_parameters(model), sum(p.numel() for p in model.parameters()))
             if config.model.lora.r
             else None,

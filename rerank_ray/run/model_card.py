@@ -41,6 +41,18 @@ DISTRIBUTED_HEADING = "## Distributed training (rerank-ray)"
 
 
 @dataclass
+class TrainRecord:
+    """One training set of a mixture, for its card."""
+
+    name: str
+    rows: list[dict[str, Any]]
+    """Its first rows (canonical columns): the card's statistics."""
+    loss: str
+    loss_kwargs: dict[str, Any]
+    size: int
+
+
+@dataclass
 class EvalRecord:
     """One evaluation of an exported run, for its card."""
 
@@ -74,6 +86,8 @@ class RunRecord:
     train_name: str
     evals: list[EvalRecord] = field(default_factory=list)
     """Each evaluation of the run, in the config's order."""
+    train_sets: list[TrainRecord] = field(default_factory=list)
+    """A mixture's training sets (empty: the single one of ``train_rows``)."""
     stopped_at: tuple[int, float] | None = None
     """(step, epoch) where early stopping ended the run; None: it trained every planned step."""
     train_shape: str = "labelled pairs"
@@ -172,15 +186,23 @@ def fill_card_data(model: Any, record: RunRecord) -> None:
     if card.base_model and config.model.revision:
         card.base_model_revision = config.model.revision
     card.add_tags("rerank-ray")
-    loss = build_library_loss(model, config.train.loss, config.train.loss_kwargs)
-    card.set_losses([loss])
+    parts = record.train_sets or [
+        TrainRecord(record.train_name, record.train_rows, config.train.loss, config.train.loss_kwargs, plan.train_rows)
+    ]
+    losses = [build_library_loss(model, part.loss, part.loss_kwargs) for part in parts]
+    card.set_losses(losses)
+    loss = losses[0]  # the evaluation datasets' table names a loss too: the first set's
 
     train_sample = datasets.Dataset.from_list(record.train_rows)
-    card.train_datasets = card.extract_dataset_metadata(
-        dataset=train_sample, dataset_metadata=[{"name": record.train_name}], loss=loss, dataset_type="train"
-    )
-    for meta in card.train_datasets:
-        meta["size"] = plan.train_rows  # the statistics come from the sample; the size is the whole set
+    card.train_datasets = []
+    for part, part_loss in zip(parts, losses):  # a mixture: each set with its loss, as for a DatasetDict
+        card.train_datasets += card.extract_dataset_metadata(
+            dataset=datasets.Dataset.from_list(part.rows),
+            dataset_metadata=[{"name": part.name}],
+            loss=part_loss,
+            dataset_type="train",
+        )
+        card.train_datasets[-1]["size"] = part.size  # the statistics come from the sample; the size is the whole set
     # The library tagged the size it saw, the sample's: the tag says the whole set's too.
     card.tags = [tag for tag in card.tags if not tag.startswith("dataset_size:")]
     card.add_tags(f"dataset_size:{plan.train_rows}")
@@ -254,6 +276,17 @@ def candidates_line(record: RunRecord, evaluation: EvalRecord) -> str:
     )
 
 
+def mixture_line(record: RunRecord) -> str:
+    """A mixture's training sets, each with its rows, loss and steps per epoch."""
+    sets = "; ".join(
+        f"`{part.name}` ({part.size:,} rows, `{part.loss}`"
+        + (f" with `{part.loss_kwargs}`" if part.loss_kwargs else "")
+        + f", {mix.used_steps:,} steps per epoch)"
+        for part, mix in zip(record.train_sets, record.plan.mixture, strict=True)
+    )
+    return f"- Mixture ({record.config.data.sampling} sampling, one set per step on every worker): {sets}"
+
+
 def evaluation_line(record: RunRecord, evaluation: EvalRecord) -> str:
     """One evaluation in the card's distributed-training section."""
     own, dropped = evaluation.config.eval, evaluation.dropped_queries
@@ -291,7 +324,9 @@ def distributed_section(record: RunRecord, search: str | None = None, inputs: st
         + ("; activation checkpointing" if config.train.gradient_checkpointing else ""),
         *([lora_line(config, record.trained_parameters)] if config.model.lora.r else []),
         (
-            f"- Training pairs: {plan.train_rows:,}"
+            f"- Training data: {plan.train_rows:,} rows in {len(plan.mixture)} sets"
+            if plan.mixture
+            else f"- Training pairs: {plan.train_rows:,}"
             if plan.train_shape == "pairs"
             else f"- Training data: {plan.train_rows:,} {record.train_shape}, batched by query "
             f"({config.train.per_device_batch_size} queries per batch per worker"
@@ -304,7 +339,10 @@ def distributed_section(record: RunRecord, search: str | None = None, inputs: st
         )
         + f"; steps: {plan.total_steps:,} ({plan.steps_per_epoch:,} per epoch)",
         *([inputs] if inputs else []),
-        f"- Loss: `{config.train.loss}`" + (f" with `{config.train.loss_kwargs}`" if config.train.loss_kwargs else ""),
+        mixture_line(record)
+        if record.train_sets
+        else f"- Loss: `{config.train.loss}`"
+        + (f" with `{config.train.loss_kwargs}`" if config.train.loss_kwargs else ""),
         *(
             [
                 f"- Early stopping: stopped at step {record.stopped_at[0]:,} (epoch {record.stopped_at[1]:.2f}), "

@@ -54,7 +54,7 @@ import pyarrow.fs as pafs
 
 from rerank_ray import console, storage
 from rerank_ray.data.checks import REASONS
-from rerank_ray.data.position import POSITION_FILE, DataPosition
+from rerank_ray.data.position import POSITION_FILE, DataPosition, clip_ranges
 from rerank_ray.data.stream import PairStream
 from rerank_ray.errors import CheckpointError, DataError, StorageUnavailable
 from rerank_ray.redaction import redact
@@ -570,20 +570,29 @@ class RestOfEpoch:
     then reads."""
 
     stream: PairStream
-    """How to read, check, tokenize and pad the training split."""
+    """How to read, check, tokenize and pad the training split (a mixture's: one training set)."""
     storage_path: str
     run_name: str
+    files_digest: str | None = None
+    """A mixture's: the digest of all its sets' files, which the position records (None: the stream's)."""
+    train_rows: int | None = None
+    """A mixture's: the rows of all its sets (None: the stream's)."""
+    keys: tuple[int, int] | None = None
+    """A mixture's: the span of this set's row keys; the position's other keys are other sets'."""
 
     def __call__(self) -> ray.data.Dataset:
         point = latest_complete(self.storage_path, self.run_name)
         position = read_position(point) if point is not None else None
         if position is None or position.trained_rows == 0:
             return self.stream.build()[0]
-        if position.files_digest != self.stream.files_digest or position.train_rows != self.stream.num_rows:
+        digest = self.files_digest or self.stream.files_digest
+        rows = self.train_rows if self.train_rows is not None else self.stream.num_rows
+        if position.files_digest != digest or position.train_rows != rows:
             raise DataError(
-                f"data.train changed since {point.name} was written ({self.stream.num_rows} rows in "
-                f"{len(self.stream.files)} files now, {position.train_rows} then): a run resumes only on "
+                f"data.train changed since {point.name} was written ({rows} rows now, "
+                f"{position.train_rows} then): a run resumes only on "
                 "the same files. Restore the files, or start a new run (another run.name)"
             )
-        dataset, _ = self.stream.build(exclude=position.trained)
+        trained = clip_ranges(position.trained, *self.keys) if self.keys else position.trained
+        dataset, _ = self.stream.build(exclude=trained)
         return dataset

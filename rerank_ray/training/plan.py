@@ -9,7 +9,7 @@ batches (the last step of an epoch may use fewer).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from rerank_ray.config import Config
 from rerank_ray.config.checks import worker_counts
@@ -39,6 +39,31 @@ class EvalPlan:
 
 
 @dataclass
+class MixPlan:
+    """One training set of a mixture (:mod:`rerank_ray.config.trainsets`) as the workers train it."""
+
+    dataset: str
+    """Its Ray dataset (``get_dataset_shard(dataset)``; its rest after a restore: ``<dataset>_rest``)."""
+    name: str
+    rows: int
+    """Real rows (pairs, or queries of a grouped shape)."""
+    rows_padded: int
+    shape: str
+    """Its shape (:mod:`rerank_ray.data.shapes`)."""
+    first_file: int = 0
+    """The index of its first file in the row keys (the mixture's files are numbered one after the other)."""
+    files: int = 0
+    batches: int = 0
+    """Batches per worker per epoch."""
+    steps: int = 0
+    """Optimizer steps per epoch it has (``batches`` / accumulation, rounded up)."""
+    used_steps: int = 0
+    """The steps an epoch takes from it (all of them, or with ``round_robin`` the smallest set's)."""
+    used_batches: int = 0
+    """The batches those steps take."""
+
+
+@dataclass
 class TrainPlan:
     train_rows: int
     """Real training pairs."""
@@ -65,6 +90,10 @@ class TrainPlan:
     rows_multiple: int = 1
     """The row counts are padded to a multiple of this: every worker count the run may train on
     divides it (``scaling.num_workers``, or an elastic range's least common multiple)."""
+    mixture: list[MixPlan] = field(default_factory=list)
+    """A mixture's training sets (empty: a single training set, ``train``)."""
+    sampling: str = "proportional"
+    """A mixture's ``data.sampling``."""
 
     @classmethod
     def build(
@@ -77,11 +106,14 @@ class TrainPlan:
         audit_dir: str | None = None,
         train_files_digest: str = "",
         train_shape: str = "pairs",
+        mixture: list[MixPlan] | None = None,
     ) -> TrainPlan:
         workers = config.scaling.num_workers
         rows_per_worker = train_rows_padded // workers
         batches = math.ceil(rows_per_worker / config.train.per_device_batch_size)
         steps_per_epoch = math.ceil(batches / config.train.gradient_accumulation_steps)
+        if mixture:
+            batches, steps_per_epoch = plan_mixture(mixture, config)
         total_steps = steps_per_epoch * config.train.epochs
         eval_every = config.eval.steps if config.eval.steps > 0 else steps_per_epoch
         return cls(
@@ -100,6 +132,8 @@ class TrainPlan:
             train_files_digest=train_files_digest,
             train_shape=train_shape,
             rows_multiple=rows_multiple(config),
+            mixture=list(mixture or []),
+            sampling=config.data.sampling,
         )
 
     @property
@@ -113,7 +147,13 @@ class TrainPlan:
     @classmethod
     def from_dict(cls, raw: dict) -> TrainPlan:
         """The plan a worker gets as a plain dict (:meth:`to_dict`), rebuilt."""
-        return cls(**{**raw, "evals": [EvalPlan(**e) for e in raw["evals"]]})
+        return cls(
+            **{
+                **raw,
+                "evals": [EvalPlan(**e) for e in raw["evals"]],
+                "mixture": [MixPlan(**m) for m in raw.get("mixture", [])],
+            }
+        )
 
     def layout(self, config: Config, world_size: int) -> WorkerLayout:
         """How ``world_size`` workers train this plan: each rank's micro-batch and accumulation, so
@@ -123,6 +163,9 @@ class TrainPlan:
         micro-batch (:func:`rerank_ray.config.checks.check_elastic` made sure one of them can)."""
         batch, accumulation = config.train.per_device_batch_size, config.train.gradient_accumulation_steps
         planned = config.scaling.num_workers
+        if self.mixture:  # a fixed number of workers (config.checks.check_mixture): the plan's own
+            used = sum(m.used_batches for m in self.mixture)
+            return WorkerLayout(world_size, batch, accumulation, used, self.train_rows_padded // world_size)
         if world_size != planned:
             per_rank = batch * accumulation * planned // world_size  # rows a rank takes per step
             if (accumulation * planned) % world_size == 0:
@@ -139,6 +182,24 @@ class TrainPlan:
                 f"{self.train_rows_padded} rows: the rows are not padded for this many workers"
             )
         return WorkerLayout(world_size, batch, accumulation, batches, rows)
+
+
+def plan_mixture(mixture: list[MixPlan], config: Config) -> tuple[int, int]:
+    """Fill in each training set's batches and steps per epoch; (batches, steps) of an epoch.
+
+    ``proportional`` takes every step of every set; ``round_robin`` takes as many steps of each set
+    as the smallest has (sentence-transformers' RoundRobinBatchSampler stops when the smallest
+    dataset runs out)."""
+    workers = config.scaling.num_workers
+    batch, accumulation = config.train.per_device_batch_size, config.train.gradient_accumulation_steps
+    for part in mixture:
+        part.batches = math.ceil(part.rows_padded // workers / batch)
+        part.steps = math.ceil(part.batches / accumulation)
+    fewest = min(part.steps for part in mixture)
+    for part in mixture:
+        part.used_steps = part.steps if config.data.sampling == "proportional" else fewest
+        part.used_batches = min(part.batches, part.used_steps * accumulation)
+    return sum(p.used_batches for p in mixture), sum(p.used_steps for p in mixture)
 
 
 @dataclass(frozen=True)

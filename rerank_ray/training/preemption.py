@@ -31,8 +31,12 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
-from rerank_ray import storage
+import numpy as np
+
+from rerank_ray import console, storage
+from rerank_ray.errors import WorkerPreempted
 
 #: The marker the driver writes into the run folder when it is asked to stop.
 STOP_FILE = "stop-requested.json"
@@ -163,3 +167,31 @@ def watch_worker_sigterm() -> Iterator[str | None]:
 def worker_signalled() -> bool:
     """Whether this worker process got SIGTERM since its handler was installed."""
     return _WORKER_SIGNALLED.is_set()
+
+
+def agree_to_stop(collectives: Any, rank: int, world_size: int, run_dir: str, step: int) -> tuple[bool, list[int]]:
+    """(the driver asked the run to stop, the ranks that got SIGTERM), the same on every rank: rank 0
+    looks for the driver's marker, each rank at its own flag, and one all-reduce tells every rank
+    all of it, so all stop at this step."""
+    import torch
+
+    flags = np.zeros(1 + world_size, dtype=np.int64)
+    flags[0] = rank == 0 and stop_requested(run_dir)
+    flags[1 + rank] = worker_signalled()
+    flags = collectives.sum(flags, dtype=torch.int64).cpu().numpy()  # a progress step: a sync is fine
+    signalled = [int(r) for r in np.flatnonzero(flags[1:])]
+    if flags[0] and rank == 0:
+        console.say(f"[rerank-ray] stop requested: checkpoint at step {step}, then exit")
+    elif signalled and rank == 0:
+        console.say(
+            f"[rerank-ray] SIGTERM to rank(s) {signalled}: checkpoint at step {step}, then the workers restart from it"
+        )
+    return bool(flags[0]), signalled
+
+
+def worker_preempted(ranks: list[int], checkpoint: str, max_failures: int) -> WorkerPreempted:
+    """What ends a worker group whose ranks got SIGTERM, once their checkpoint is written."""
+    return WorkerPreempted(
+        f"rank(s) {ranks} got SIGTERM (its machine going away): {checkpoint} is written, the restore point "
+        f"(Ray Train restarts the workers from it while run.max_failures={max_failures} allows)"
+    )

@@ -78,8 +78,15 @@ class ProgressLine:
         pending = float(self._global_pairs) if self._interval_steps else 0.0
         return self.pairs_before + self._pairs_done + pending
 
-    def flush(self, all_reduce: Callable[[torch.Tensor], torch.Tensor], lr: float, epoch: float) -> dict | None:
-        """Print the line for the steps since the last one; return its figures (all ranks)."""
+    def flush(
+        self,
+        all_reduce: Callable[[torch.Tensor], torch.Tensor],
+        lr: float,
+        epoch: float,
+        losses: dict[str, float] | None = None,
+    ) -> dict | None:
+        """Print the line for the steps since the last one; return its figures (all ranks).
+        ``losses``: a mixture's loss of each training set (``loss_<name>``), shown after the loss."""
         import torch
 
         if self._interval_steps == 0:
@@ -101,12 +108,14 @@ class ProgressLine:
             "loss": loss_sum / max(pairs, 1.0),
             "learning_rate": lr,
             "pairs_per_second": pairs / elapsed if elapsed > 0 else 0.0,
+            **(losses or {}),
         }
+        each = "".join(f" ({key.removeprefix('loss_')} {value:.4f})" for key, value in (losses or {}).items())
         if self.enabled:
             eta = seconds_per_step * (self.total_steps - self.step)
             console.progress(
                 f"[rerank-ray] step {self.step}/{self.total_steps} | epoch {epoch:.2f} | "
-                f"loss {summary['loss']:.4f} | lr {lr:.2e} | {summary['pairs_per_second']:.1f} {self.unit}/s | "
+                f"loss {summary['loss']:.4f}{each} | lr {lr:.2e} | {summary['pairs_per_second']:.1f} {self.unit}/s | "
                 f"elapsed {_clock(self.seconds_before + self._train_seconds)} | ETA {_clock(eta)}",
                 self.step,
                 self.total_steps,

@@ -1,24 +1,25 @@
 """How a worker sets itself up before the model: its seeds, its fp32 matmul precision, its
-autocast type, and the collator of a grouped training set."""
+autocast type, the collator of a grouped training set, and the loss of each training set."""
 
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rerank_ray import console
-from rerank_ray.config import Config
+from rerank_ray.config import Config, TrainConfig
 from rerank_ray.data.encoding import PairEncoder
 from rerank_ray.training.batching import Collator, GroupCollator
+from rerank_ray.training.losses import GroupLoss, PointwiseLoss, PointwiseObjective, build_library_loss
 from rerank_ray.training.plan import TrainPlan
 
 if TYPE_CHECKING:
     import torch
 
 
-def group_collator(config: Config, plan: TrainPlan, encoder: PairEncoder, pad: Collator) -> GroupCollator:
+def group_collator(config: Config, shape: str, encoder: PairEncoder, pad: Collator) -> GroupCollator:
     """The collator of a grouped training set; each epoch's draws are set by ``Worker._epoch_batches``."""
     import inspect
 
@@ -33,7 +34,7 @@ def group_collator(config: Config, plan: TrainPlan, encoder: PairEncoder, pad: C
         in_batch=in_batch,
         num_negatives=config.train.loss_kwargs.get("num_negatives", default.default if default else None),
         max_docs=config.data.max_docs_per_query,
-        keep_first=plan.train_shape == "n-tuple",
+        keep_first=shape == "n-tuple",
     )
 
 
@@ -66,3 +67,27 @@ def autocast_dtype(precision: str, device_type: str, rank: int) -> torch.dtype |
             console.say("[rerank-ray] train.precision fp16 has no CPU autocast here: training in fp32")
         return None
     return torch.float16 if precision == "fp16" else torch.bfloat16
+
+
+def training_views(config: Config, plan: TrainPlan, grouped: bool) -> list[tuple[Config, bool]]:
+    """(config, grouped) of each training set: a mixture's sets, each as a run of its own; else the run."""
+    if not plan.mixture:
+        return [(config, grouped)]
+    shapes = [part.shape for part in plan.mixture]
+    return [(config.for_train_set(s), shape != "pairs") for s, shape in zip(config.train_sets(), shapes, strict=True)]
+
+
+def mixture_collates(config: Config, plan: TrainPlan, encoder: PairEncoder, pad: Collator) -> list:
+    """Each training set's collator: pairs arrive tokenized; a grouped set's are formed per batch."""
+    return [
+        group_collator(view, part.shape, encoder, pad) if grouped else pad
+        for (view, grouped), part in zip(training_views(config, plan, False), plan.mixture, strict=True)
+    ]
+
+
+def objective(model: Any, train: TrainConfig, grouped: bool, device: Any) -> PointwiseObjective | GroupLoss:
+    """The loss a step computes: the library's loss, on groups as it is, on pairs weighted per row."""
+    library_loss = build_library_loss(model, train.loss, train.loss_kwargs)
+    if grouped:
+        return GroupLoss(library_loss)
+    return PointwiseObjective(PointwiseLoss.from_library(library_loss).to(device))

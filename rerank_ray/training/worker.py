@@ -35,8 +35,7 @@ from rerank_ray import console, storage
 from rerank_ray.config import Config
 from rerank_ray.data.checks import REASONS, describe_tally, tally, tally_dict
 from rerank_ray.data.position import DataPosition, TrainedRows, merge_ranges, partial_epoch_batches
-from rerank_ray.errors import WorkerPreempted
-from rerank_ray.training import checkpointing, early_stopping, faults, preemption, sharding, strategy
+from rerank_ray.training import checkpointing, early_stopping, faults, mixture, preemption, setup, sharding, strategy
 from rerank_ray.training.audit import AuditLog, check_replicas
 from rerank_ray.training.batching import Batch, Collator, GroupBatch, GroupCollator, iter_batches, optimizer_steps
 from rerank_ray.training.checkpointing import CheckpointInfo, LoopState
@@ -44,12 +43,10 @@ from rerank_ray.training.collectives import Collectives
 from rerank_ray.training.evaluate import Evaluations, ShardEvaluator, mean_groups
 from rerank_ray.training.losses import (
     GroupLoss,
-    PointwiseLoss,
-    PointwiseObjective,
-    build_library_loss,
     cached_backward,
 )
 from rerank_ray.training.measures import resource_metrics
+from rerank_ray.training.mixture import MixtureSteps
 from rerank_ray.training.models import load_encoder
 from rerank_ray.training.packing import input_form
 from rerank_ray.training.plan import TrainPlan
@@ -136,11 +133,20 @@ class Worker:
         # Grouped shapes: the pairs are formed and tokenized per batch, in the prefetch thread
         # (the only user of this tokenizer: eval batches and pairs arrive tokenized).
         self.group_collate = (
-            group_collator(config, plan, encoder, self.collate) if plan.train_shape != "pairs" else None
+            group_collator(config, plan.train_shape, encoder, self.collate)
+            if plan.train_shape != "pairs" and not plan.mixture
+            else None
         )
         # A fresh run opens its first epoch's stream now, so that Ray Data starts reading and
         # tokenizing (and the prefetch thread padding) while the model loads, rather than after.
-        self._stream = self._open_stream(0, resuming=False) if point is None else None
+        self._stream = self._open_stream(0, resuming=False) if point is None and not plan.mixture else None
+        self.mixture = (
+            MixtureSteps.open(
+                config, plan, self.layout, self.rank, setup.mixture_collates(config, plan, encoder, self.collate)
+            )
+            if plan.mixture
+            else None
+        )
         self._build(point)
         self.evaluator = (
             Evaluations(
@@ -214,12 +220,12 @@ class Worker:
                 f"[rerank-ray] padding-free batches (data.padding_free={self.config.data.padding_free}): "
                 "each batch's pairs packed into one row, no padding computed"
             )
-        self.library_loss = build_library_loss(self.model, train.loss, train.loss_kwargs)
-        self.objective: PointwiseObjective | GroupLoss = (
-            GroupLoss(self.library_loss)
-            if self.group_collate is not None
-            else PointwiseObjective(PointwiseLoss.from_library(self.library_loss).to(self.device))
-        )
+        # A mixture: one per training set, in the order of plan.mixture (the step sets self.objective).
+        self.objectives = [
+            setup.objective(self.model, view.train, grouped, self.device)
+            for view, grouped in setup.training_views(self.config, self.plan, self.group_collate is not None)
+        ]
+        self.objective = self.objectives[0]
 
         # transformers' own rule for which parameters get weight decay (not biases, not norms);
         # only the trainable ones reach the optimizer (with LoRA: the adapters and saved modules).
@@ -266,6 +272,10 @@ class Worker:
         # every step of the epoch so far took `accumulation` full batches on every rank.
         steps_in_epoch = self.state.global_step - self.state.epoch * self.plan.steps_per_epoch
         self.state.batches_done_in_epoch = steps_in_epoch * self.layout.accumulation
+        if self.plan.mixture:  # each set's steps so far, from the epoch's schedule
+            order = mixture.schedule(self.plan, self.config.train.seed, self.state.epoch)
+            done = mixture.batches_done(self.plan, order, steps_in_epoch, self.layout.accumulation)
+            self.state.batches_done_in_epoch = sum(done)
         if self.rank < len(saved.rng):
             checkpointing.set_rng_state(saved.rng[self.rank])  # dropout continues where this rank left it
         position = saved.position
@@ -280,7 +290,9 @@ class Worker:
             batches_left = partial_epoch_batches(
                 remaining, self.world_size, self.layout.batch_size, self.plan.rows_multiple
             )
-            if batches_left != self.layout.batches_per_epoch - self.state.batches_done_in_epoch:
+            if self.plan.mixture:
+                mixture.check_restored(self.plan, self.layout, position.trained, done, self.state.global_step)
+            elif batches_left != self.layout.batches_per_epoch - self.state.batches_done_in_epoch:
                 raise RuntimeError(
                     f"the checkpoint at step {self.state.global_step} records {position.trained_rows} trained "
                     f"pairs in epoch {self.state.epoch + 1}, which leaves {batches_left} batches per worker, but "
@@ -323,10 +335,9 @@ class Worker:
             if self.state.stopped_early or self.preempted:
                 break
             self.state.epoch = epoch
-            if self._stream is None:  # a restored run: from the restored epoch and position on
+            if self._stream is None and self.mixture is None:  # a restored run: from the restored position on
                 self._stream = self._open_stream(epoch, resuming=self.state.batches_done_in_epoch > 0)
-            batches = self._stream
-            for micro_batches in self._epoch_steps(epoch, batches):
+            for micro_batches in self._steps_of(epoch):
                 with faults.explain_oom(
                     "train",
                     self.layout.batch_size,
@@ -345,7 +356,9 @@ class Worker:
                         self._checkpoint(evaluate=False, wait=True)
                         last_report_step = step
                         if not self.preempted:  # a worker's SIGTERM: Ray Train restarts from that checkpoint
-                            raise self._preempted_worker_error()
+                            raise preemption.worker_preempted(
+                                self.signalled_ranks, checkpointing.dir_name(step), self.config.run.max_failures
+                            )
                         break
                 evaluate = step % plan.eval_every == 0
                 if step != plan.total_steps and (evaluate or (every and step % every == 0)):
@@ -405,6 +418,18 @@ class Worker:
             rng=np.random.default_rng(seed) if config.data.shuffle else None,
             strata=self.layout.accumulation,
         )
+
+    def _steps_of(self, epoch: int) -> Iterator[list[Batch | GroupBatch]]:
+        """The micro-batches of each optimizer step of ``epoch`` on this worker; in a mixture,
+        with ``self.objective`` set to the loss of the training set each step is of."""
+        if self.mixture is None:
+            assert self._stream is not None
+            yield from self._epoch_steps(epoch, self._stream)
+            return
+        steps_done = self.state.global_step - epoch * self.plan.steps_per_epoch
+        for index, micro_batches in self.mixture.epoch(epoch, steps_done, resumed=steps_done > 0):
+            self.objective, self.mix_index = self.objectives[index], index
+            yield micro_batches
 
     def _epoch_steps(self, epoch: int, batches: Iterator[Batch | GroupBatch]) -> Iterator[list[Batch | GroupBatch]]:
         """Lists of micro-batches, one list per optimizer step, for one epoch on this worker
@@ -505,6 +530,8 @@ class Worker:
         self.state.global_step += 1
         self.state.batches_done_in_epoch += len(micro_batches)
         self.progress.add(loss_sum, local_pairs, global_pairs)
+        if self.mixture is not None:
+            self.mixture.add_loss(self.mix_index, loss_sum, local_pairs)
         if self.first_step_unix is None:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # once: the step has really ended
@@ -579,38 +606,20 @@ class Worker:
         self.tracker.log(entry, step=entry["step"])
 
     def _stop_requested(self) -> bool:
-        """Whether the driver asked the run to stop or a worker got SIGTERM
-        (:mod:`rerank_ray.training.preemption`): rank 0 looks for the driver's marker, each rank
-        at its own flag, and one all-reduce tells every rank all of it, so all stop at this step."""
-        import torch
-
-        flags = np.zeros(1 + self.world_size, dtype=np.int64)
-        flags[0] = self.rank == 0 and preemption.stop_requested(
-            storage.join(self.config.run.storage_path, self.config.run.name or "")
+        """Whether the driver asked the run to stop or a worker got SIGTERM, the same on every rank
+        (:func:`rerank_ray.training.preemption.agree_to_stop`)."""
+        run_folder = storage.join(self.config.run.storage_path, self.config.run.name or "")
+        stop, self.signalled_ranks = preemption.agree_to_stop(
+            self.collectives, self.rank, self.world_size, run_folder, self.state.global_step
         )
-        flags[1 + self.rank] = preemption.worker_signalled()
-        flags = self.collectives.sum(flags, dtype=torch.int64).cpu().numpy()  # a progress step: a sync is fine
-        self.signalled_ranks = [int(r) for r in np.flatnonzero(flags[1:])]
-        if flags[0]:
-            self.preempted = True
-            if self.rank == 0:
-                console.say(f"[rerank-ray] stop requested: checkpoint at step {self.state.global_step}, then exit")
-        elif self.signalled_ranks and self.rank == 0:
-            console.say(
-                f"[rerank-ray] SIGTERM to rank(s) {self.signalled_ranks}: checkpoint at step "
-                f"{self.state.global_step}, then the workers restart from it"
-            )
-        return bool(flags[0]) or bool(self.signalled_ranks)
-
-    def _preempted_worker_error(self) -> WorkerPreempted:
-        return WorkerPreempted(
-            f"rank(s) {self.signalled_ranks} got SIGTERM (its machine going away): "
-            f"{checkpointing.dir_name(self.state.global_step)} is written, the restore point "
-            f"(Ray Train restarts the workers from it while run.max_failures={self.config.run.max_failures} allows)"
-        )
+        self.preempted = self.preempted or stop
+        return stop or bool(self.signalled_ranks)
 
     def _log_progress(self) -> None:
-        summary = self.progress.flush(self.collectives.sum, self.scheduler.get_last_lr()[0], self._epoch_float())
+        losses = self.mixture.flush(self.collectives.sum) if self.mixture is not None else None
+        summary = self.progress.flush(
+            self.collectives.sum, self.scheduler.get_last_lr()[0], self._epoch_float(), losses
+        )
         if summary is not None:
             self._record({"step": self.state.global_step, **summary})
 
@@ -623,23 +632,8 @@ class Worker:
             metrics = self.evaluate()
             skipped = {"skipped_eval_rows": self.state.skipped_eval} if self.state.skipped_eval else {}
             self._record({"step": self.state.global_step, "epoch": self._epoch_float(), **metrics, **skipped})
-            self._watch_for_early_stop(metrics)
+            early_stopping.watch_run(self.state, metrics, self.config.eval, self.plan, self.rank == 0)
         self._report(metrics, checkpoint=True, wait=wait or self.state.stopped_early)
-
-    def _watch_for_early_stop(self, metrics: dict[str, float]) -> None:
-        """transformers' EarlyStoppingCallback rule on the headline (:mod:`rerank_ray.training.early_stopping`)."""
-        patience = self.config.eval.early_stopping_patience
-        if not patience:
-            return
-        headline = self.plan.headline_metric
-        at_end = self.state.global_step >= self.plan.total_steps
-        min_delta = self.config.eval.early_stopping_min_delta
-        if early_stopping.watch(self.state, metrics[headline], patience, min_delta, at_end) and self.rank == 0:
-            console.say(
-                f"[rerank-ray] early stopping at step {self.state.global_step} of {self.plan.total_steps}: "
-                f"{headline} gained no more than {min_delta:g} in {patience} evaluation(s) "
-                f"(best {self.state.best_headline:.4f})"
-            )
 
     def _epoch_float(self) -> float:
         done = self.state.batches_done_in_epoch

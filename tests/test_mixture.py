@@ -62,7 +62,7 @@ def test_sources_with_a_loss_are_a_mixture_each_with_its_own_settings():
         ([{"path": "a.jsonl", "loss": "NoSuchLoss"}], {}, r"data.train\[0\] \(a\): .*NoSuchLoss"),
         ([{"path": "a.jsonl", "loss": "MSELoss", "label_scale": "x"}], {}, r"data.train\[0\].label_scale must be"),
         ([{"path": "a.jsonl", "loss": "MSELoss"}], {"scaling": {"min_workers": 1}}, "scaling.min_workers to null"),
-        ([{"path": "a.jsonl", "loss": "MSELoss", "colums": {}}], {}, r"data.train\[0\]: a path mapping takes"),
+        ([{"path": "a.jsonl", "loss": "MSELoss", "cols": {}}], {}, r"data.train\[0\]: a path mapping takes"),
     ],
 )
 def test_a_wrong_mixture_fails_on_load(sources, sections, message):
@@ -142,7 +142,12 @@ def test_a_mixture_trains_every_row_of_each_set_once_per_epoch_through_a_killed_
     spec = {"dir": str(faults_dir), "faults": [{"name": "step-13", "at": "step", "rank": 1, "step": 13}]}
     monkeypatch.setenv(FAULTS_ENV, json.dumps(spec))
     # Uploads in the step thread: the checkpoint of step 12 is complete before step 13's fault.
-    raw = _mixture_run(tiny_bert, tmp_path, "mixed", run={"max_failures": 1, "checkpoint_upload": "sync", "num_checkpoints_to_keep": 20})
+    raw = _mixture_run(
+        tiny_bert,
+        tmp_path,
+        "mixed",
+        run={"max_failures": 1, "checkpoint_upload": "sync", "num_checkpoints_to_keep": 20},
+    )
     outcome = train(Config.from_dict(raw))
     assert {p.name for p in faults_dir.iterdir()} == {"step-13"}
     assert outcome.metrics["train"]["steps"] == 18

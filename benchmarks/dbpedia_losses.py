@@ -11,6 +11,8 @@ runs ``rerank-ray train`` on each config in turn, on this machine's embedded Ray
   positive, hard negatives) rows;
 - ``distill``: jobs/configs/dbpedia-distill.yaml, MarginMSELoss on the same rows, the judgements
   standing in for a teacher's scores;
+- ``mixture``: jobs/configs/dbpedia-mixture.yaml, the ``pairs`` and ``grouped`` data together, each
+  set with its loss, one set per optimizer step (data.sampling proportional);
 - ``mined``: jobs/configs/dbpedia-mined.yaml, the ``grouped`` run with each row's 7 negatives
   mined from the whole corpus by the all-MiniLM-L6-v2 bi-encoder (``rerank-ray mine --config
   jobs/configs/dbpedia-mine.yaml``, run first; its time is in the wall seconds, not the training's).
@@ -40,7 +42,14 @@ RUNS = {
     "grouped": ("jobs/configs/dbpedia-grouped.yaml", "train_tuples.parquet", "MultipleNegativesRankingLoss"),
     "distill": ("jobs/configs/dbpedia-distill.yaml", "train_tuples.parquet", "MarginMSELoss (judgements as scores)"),
     "mined": ("jobs/configs/dbpedia-mined.yaml", "mined", "MultipleNegativesRankingLoss, mined negatives"),
+    "mixture": ("jobs/configs/dbpedia-mixture.yaml", "", "BCE on pairs + MNRL on tuples, proportional"),
 }
+#: The mixture's training sets (its config's data.train, with the files under --data).
+MIXTURE = (
+    "[{{path: {data}/train.parquet, loss: BinaryCrossEntropyLoss, name: judged-pairs}}, "
+    "{{path: {data}/train_tuples.parquet, loss: MultipleNegativesRankingLoss, loss_kwargs: {{num_negatives: 4}}, "
+    "name: judged-tuples}}]"
+)
 
 
 def mine(data: Path) -> None:
@@ -81,7 +90,8 @@ def main() -> None:
         subprocess.run(
             [
                 sys.executable, "-m", "rerank_ray.cli", "train", "--config", config,
-                f"data.train={args.data / train_file}", f"eval.beir={args.data / 'beir'}",
+                f"data.train={MIXTURE.format(data=args.data) if name == 'mixture' else args.data / train_file}",
+                f"eval.beir={args.data / 'beir'}",
                 f"run.storage_path={args.runs}", f"run.name={run_name}", f"train.seed={args.seed}", *retrieval,
             ],
             check=True,

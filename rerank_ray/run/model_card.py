@@ -352,8 +352,7 @@ def distributed_section(record: RunRecord, search: str | None = None, inputs: st
             if record.stopped_at
             else []
         ),
-        f"- Throughput: {pairs_per_second:,.1f} {'pairs' if plan.train_shape == 'pairs' else 'queries'}/s "
-        f"over {record.train_seconds:,.0f} s of training",
+        f"- Throughput: {pairs_per_second:,.1f} {plan.unit}/s over {record.train_seconds:,.0f} s of training",
         evaluation,
         f"- Selected checkpoint: {config.run.export} by `{plan.headline_metric}` (step {record.step:,})"
         if plan.eval_rows

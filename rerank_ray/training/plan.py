@@ -137,6 +137,12 @@ class TrainPlan:
         )
 
     @property
+    def unit(self) -> str:
+        """What a training row is, for the progress line and the card: pairs, queries (a grouped
+        shape) or rows (a mixture's, of either)."""
+        return {"pairs": "pairs", "mixture": "rows"}.get(self.train_shape, "queries")
+
+    @property
     def eval_rows(self) -> int:
         """Real eval pairs of every evaluation (0: the run does not evaluate)."""
         return sum(e.rows for e in self.evals)

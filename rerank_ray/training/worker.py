@@ -322,7 +322,7 @@ class Worker:
             enabled=self.rank == 0,
             pairs_before=self.state.pairs_seen,
             seconds_before=self.state.train_seconds,
-            unit="pairs" if plan.train_shape == "pairs" else "queries",
+            unit=plan.unit,
         )
         self.audit.write({"kind": "session", "session": self.session, "restored_from": self.restored_from})
         if self.state.global_step == 0 and self.evaluator is not None and config.eval.before_training:

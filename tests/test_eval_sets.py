@@ -73,8 +73,8 @@ def test_a_set_takes_the_sections_keys_it_does_not_give_and_its_own_data():
         ({"sets": [{"name": "x", "atk": 3}]}, r"unknown key eval.sets\[0\].atk"),
         ({"sets": [{"name": "x", "at_k": "five"}]}, r"eval.sets\[0\].at_k must be int"),
         (
-            {"sets": [{"name": "x", "beir": "/b"}]},
-            r"eval.sets\[0\] \(x\): eval.beir is only used by eval.kind reranking",
+            {"sets": [{"name": "dev"}, {"name": "x", "beir": "/b"}]},
+            r"eval.sets\[1\] \(x\): eval.beir is only used by eval.kind reranking",
         ),
         ({"sets": [{"name": "x", "data": "d.tsv", "kind": "reranking", "beir": "/b"}]}, "either data .* or beir"),
         ({"sets": ["dev.tsv"]}, r"eval.sets\[0\] must be dict"),
@@ -86,6 +86,11 @@ def test_a_set_takes_the_sections_keys_it_does_not_give_and_its_own_data():
 def test_a_wrong_set_fails_on_load_naming_its_key(evaluation, message):
     with pytest.raises(ConfigError, match=message):
         _config(evaluation, ["dev.jsonl"] if evaluation.get("metric_for_best") != "eval_map" else None)
+
+
+def test_data_eval_that_no_set_reads_is_refused():
+    with pytest.raises(ConfigError, match="data.eval is read by no entry of eval.sets"):
+        _config({"sets": [{"name": "own", "data": "other.tsv"}]}, ["dev.jsonl"])
 
 
 def test_a_set_without_data_needs_data_eval():

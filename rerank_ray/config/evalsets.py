@@ -149,6 +149,11 @@ def eval_sets(evaluation: EvalConfig, data: DataConfig) -> list[EvalSet]:
     for index, entry in enumerate(evaluation.sets):
         for eval_set in _entry(index, entry, evaluation, data):
             sets.append(dataclasses.replace(eval_set, dataset=dataset_name(len(sets))))
+    if data.eval and not any(s.sources == list(data.eval) and s.evaluation.beir is None for s in sets):
+        raise ConfigError(
+            "data.eval is read by no entry of eval.sets (each gives its own data, beir or nanobeir): add an "
+            "entry without data to evaluate it ({name: dev}), or remove data.eval"
+        )
     return sets
 
 

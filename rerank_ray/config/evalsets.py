@@ -179,9 +179,7 @@ def _entry(index: int, entry: Any, evaluation: EvalConfig, data: DataConfig) -> 
             raise ConfigError(f"{key}.{nano_key} is where NanoBEIR is read from or written to: it goes with nanobeir")
     if not isinstance(entry.get("name"), str) or not entry["name"]:
         raise ConfigError(f"{key} needs a name (the prefix of its metrics: {{name: dev, ...}})")
-    fields = {name: getattr(evaluation, name) for name in INHERITED_KEYS}
-    fields.update({k: v for k, v in entry.items() if k != "data"})
-    own = build(EvalConfig, fields, prefix=f"{key}.")
+    own = _own_section(key, evaluation, {k: v for k, v in entry.items() if k != "data"})
     sources: list[DataSource] = coerce_value(entry["data"], list[DataSource], f"{key}.data") if "data" in entry else []
     if own.beir is not None and sources:
         raise ConfigError(f"{key}: give it either data (pair files) or beir (a BEIR folder), not both")
@@ -191,10 +189,16 @@ def _entry(index: int, entry: Any, evaluation: EvalConfig, data: DataConfig) -> 
                 f"{key} ({own.name}) has no data: give it data (pair files), beir (a BEIR folder), or set data.eval"
             )
         sources = list(data.eval)
-    merged = dataclasses.replace(
-        own, **{name: getattr(evaluation, name) for name in RUN_WIDE_KEYS if name not in ("sets", "metric_for_best")}
-    )
-    return [EvalSet(key, "", merged, sources)]
+    return [EvalSet(key, "", own, sources)]
+
+
+def _own_section(key: str, evaluation: EvalConfig, given: dict[str, Any]) -> EvalConfig:
+    """An entry's ``eval`` section: the keys it gives (type-checked as the loader checks them), the
+    section's per-evaluation keys for the rest, the section's run-wide keys."""
+    fields = {name: getattr(evaluation, name) for name in INHERITED_KEYS} | given
+    own = build(EvalConfig, fields, prefix=f"{key}.")
+    run_wide = {name: getattr(evaluation, name) for name in RUN_WIDE_KEYS if name not in ("sets", "metric_for_best")}
+    return dataclasses.replace(own, **run_wide)
 
 
 def _nanobeir(key: str, entry: dict[str, Any], evaluation: EvalConfig) -> list[EvalSet]:
@@ -214,14 +218,13 @@ def _nanobeir(key: str, entry: dict[str, Any], evaluation: EvalConfig) -> list[E
             f"{key}.nanobeir must be a list of NanoBEIR datasets ([msmarco, nfcorpus, ...]) or all "
             f"({', '.join(NANOBEIR_DEFAULT)}), got {names!r}"
         )
-    fields: dict[str, Any] = {name: getattr(evaluation, name) for name in INHERITED_KEYS}
-    fields.update(kind="reranking", always_rerank_positives=True)
-    fields.update({k: v for k, v in entry.items() if k in INHERITED_KEYS})
-    own = build(EvalConfig, fields, prefix=f"{key}.")
+    given = {"kind": "reranking", "always_rerank_positives": True} | {
+        k: v for k, v in entry.items() if k in INHERITED_KEYS
+    }
+    own = _own_section(key, evaluation, given)
     prefix = entry.get("name", "NanoBEIR")
     dataset_id = coerce_value(entry.get("dataset_id", NANOBEIR_DATASET_ID), str, f"{key}.dataset_id")
     cache_dir = coerce_value(entry.get("cache_dir"), str | None, f"{key}.cache_dir")
-    run_wide = {name: getattr(evaluation, name) for name in RUN_WIDE_KEYS if name not in ("sets", "metric_for_best")}
     sets = []
     for name in dict.fromkeys(n.lower() for n in names):
         folder = nanobeir_folder(dataset_id, name, cache_dir)
@@ -231,7 +234,6 @@ def _nanobeir(key: str, entry: dict[str, Any], evaluation: EvalConfig) -> list[E
             beir=folder,
             beir_split="test",
             run_file=nanobeir_run_file(folder),
-            **run_wide,
         )
         sets.append(EvalSet(key, "", member, [], (dataset_id, name, folder), f"{prefix}_R{own.top_k}_mean"))
     return sets

@@ -207,28 +207,22 @@ def prepare_datasets(
     has_ids = bool(config.data.id_column)
     mixture: list[MixPlan] = []
     if config.train_sets():
-        datasets, sources, mixture = mixture_datasets(config, splits, handle, encoder, world, seed)
+        datasets, sources, mixture, digest = mixture_datasets(config, splits, handle, encoder, world, seed)
         train_rows = sum(m.rows for m in mixture)
         train_padded = sum(m.rows_padded for m in mixture)
-        digest = files_digest([f for m in mixture for f in sources[m.dataset].files])  # type: ignore[union-attr]
         shape_name = "mixture"
     else:
         train_split = splits["train"]
         assert isinstance(train_split, SplitFiles)  # BEIR folders are eval sets only
-        shape = train_split.checker.shape
-        if shape.grouped:
-            filler = group_filler_rows(world - 1, has_ids)
-        else:
-            filler = filler_rows(encoder, world - 1, has_ids, class_ids=class_ids)
-        train_src = open_pairs(train_split, config.data, seed=seed)
-        train_stream = PairStream(train_src, handle, config.data, world, filler, class_ids, grouped=shape.grouped)
+        train_stream = train_set_stream(config, train_split, handle, encoder, world, seed)
         train_ds, train_padded = train_stream.build()
         datasets = {
             "train": train_ds,
             "train_rest": RestOfEpoch(train_stream, storage_root(config), run_name(config)),
         }
-        sources = {"train": train_src}
-        train_rows, digest, shape_name = train_src.num_rows, train_stream.files_digest, shape.name
+        sources = {"train": train_stream.source}
+        train_rows, digest = train_stream.num_rows, train_stream.files_digest
+        shape_name = train_split.checker.shape.name
     eval_plans = []
     for eval_set, view in eval_sets:
         split = splits[eval_set.dataset]
@@ -260,6 +254,28 @@ def prepare_datasets(
     return datasets, plan, sources
 
 
+def train_set_stream(
+    config: Config,
+    split: SplitFiles,
+    handle: EncoderHandle,
+    encoder: Any,
+    world: int,
+    seed: int | None,
+    first_file: int = 0,
+) -> PairStream:
+    """The stream of one training set (``config`` the run's, or a mixture set's view), with the
+    filler rows of its shape; ``first_file``: its files' first index in the row keys."""
+    shape = split.checker.shape
+    has_ids = bool(config.data.id_column)
+    class_ids = integer_labels(config.train.loss)
+    if shape.grouped:
+        filler = group_filler_rows(world - 1, has_ids)
+    else:
+        filler = filler_rows(encoder, world - 1, has_ids, class_ids=class_ids)
+    source = open_pairs(split, config.data, seed=seed, first_file=first_file)
+    return PairStream(source, handle, config.data, world, filler, class_ids, grouped=shape.grouped)
+
+
 def mixture_datasets(
     config: Config,
     splits: dict[str, SplitFiles | BeirFiles],
@@ -267,35 +283,32 @@ def mixture_datasets(
     encoder: Any,
     world: int,
     seed: int | None,
-) -> tuple[dict[str, Any], dict[str, PairSource | None], list[MixPlan]]:
+) -> tuple[dict[str, Any], dict[str, PairSource | None], list[MixPlan], str]:
     """A mixture's training sets (:mod:`rerank_ray.config.trainsets`): one Ray dataset each, and
-    each its rest after a restore. Their files are numbered one after the other in the row keys,
-    so the data position (one set of trained keys) covers the whole mixture."""
-    has_ids = bool(config.data.id_column)
+    each its rest after a restore; and the digest of all their files. Their files are numbered one
+    after the other in the row keys, so the data position (one set of trained keys) covers the
+    whole mixture."""
     datasets: dict[str, Any] = {}
     sources: dict[str, PairSource | None] = {}
     parts: list[tuple[PairStream, MixPlan]] = []
     first_file = 0
     for train_set in config.train_sets():
-        view = config.for_train_set(train_set)
         split = splits[train_set.dataset]
         assert isinstance(split, SplitFiles)
-        shape = split.checker.shape
-        class_ids = integer_labels(view.train.loss)
-        filler = (
-            group_filler_rows(world - 1, has_ids)
-            if shape.grouped
-            else filler_rows(encoder, world - 1, has_ids, class_ids=class_ids)
-        )
-        source = open_pairs(split, view.data, seed=seed, first_file=first_file)
-        stream = PairStream(source, handle, view.data, world, filler, class_ids, grouped=shape.grouped)
+        stream = train_set_stream(config.for_train_set(train_set), split, handle, encoder, world, seed, first_file)
         datasets[train_set.dataset], padded = stream.build()
-        sources[train_set.dataset] = source
+        sources[train_set.dataset] = stream.source
         part = MixPlan(
-            train_set.dataset, train_set.name, source.num_rows, padded, shape.name, first_file, len(source.files)
+            train_set.dataset,
+            train_set.name,
+            stream.num_rows,
+            padded,
+            split.checker.shape.name,
+            first_file,
+            len(stream.files),
         )
         parts.append((stream, part))
-        first_file += len(source.files)
+        first_file += len(stream.files)
     digest = files_digest([f for stream, _ in parts for f in stream.files])
     total = sum(part.rows for _, part in parts)
     for stream, part in parts:
@@ -307,7 +320,7 @@ def mixture_datasets(
             train_rows=total,
             keys=file_keys(part.first_file, part.files),
         )
-    return datasets, sources, [part for _, part in parts]
+    return datasets, sources, [part for _, part in parts], digest
 
 
 def build_trainer(

@@ -169,7 +169,9 @@ def eval_records(
         source = sources[eval_plan.dataset]
         assert source is not None
         rows = _sample_rows(source, CARD_SAMPLE_ROWS, class_ids)
-        records.append(EvalRecord(view, eval_plan, rows, dataset_name(view, source, "eval"), source.dropped_queries))
+        # An entry of eval.sets goes by its name; the single evaluation of a run, by its data's.
+        name = eval_set.name if eval_set.key != "eval" else dataset_name(view, source, "eval")
+        records.append(EvalRecord(view, eval_plan, rows, name, source.dropped_queries))
     return records
 
 
@@ -271,6 +273,7 @@ def export_run(
         train_source = sources["train"]
         assert train_source is not None
         class_ids = integer_labels(config.train.loss)
+        train_sets = train_records(config, plan, sources, CARD_SAMPLE_ROWS)
         record = RunRecord(
             config=config,
             plan=plan,
@@ -279,12 +282,13 @@ def export_run(
             step=step,
             train_seconds=train_seconds,
             pairs_seen=pairs_seen,
-            train_rows=_sample_rows(train_source, CARD_SAMPLE_ROWS, class_ids),
+            # A mixture's first set is sampled once, with its own labels.
+            train_rows=train_sets[0].rows if train_sets else _sample_rows(train_source, CARD_SAMPLE_ROWS, class_ids),
             train_name=dataset_name(config, train_source),
             evals=eval_records(config, plan, sources, class_ids),
             stopped_at=stopped_at,
             train_shape=train_source.shape.describe(),
-            train_sets=train_records(config, plan, sources, CARD_SAMPLE_ROWS),
+            train_sets=train_sets,
             trained_parameters=(adapters.trainable_parameters(model), sum(p.numel() for p in model.parameters()))
             if config.model.lora.r
             else None,

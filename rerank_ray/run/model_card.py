@@ -153,10 +153,7 @@ def training_logs(history: list[dict[str, Any]], headlines: list[str]) -> list[d
 
 
 def dataset_name(config: Config, source: PairSource, split: str = "train") -> str:
-    """The name a split goes by in the card: ``data.name``, the source's own, or its folder (an
-    evaluation of ``eval.sets``: its name)."""
-    if split != "train" and config.eval.name != "eval":
-        return config.eval.name
+    """The name a split goes by in the card: ``data.name``, the source's own, or its folder."""
     if config.data.name:
         return config.data.name if split == "train" else f"{config.data.name} ({split})"
     if source.name:

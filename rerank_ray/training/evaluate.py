@@ -10,13 +10,13 @@ import contextlib
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from rerank_ray import console
-from rerank_ray.config import Config, headline_metric_key
+from rerank_ray.config import Config
 from rerank_ray.config.evalsets import EvalSet
 from rerank_ray.data.beir import Retrieval
 from rerank_ray.data.checks import describe_tally, tally, tally_dict
@@ -151,11 +151,20 @@ class Evaluations:
     """The run's evaluations, scored one after the other at every evaluation step."""
 
     evaluators: list[ShardEvaluator]
+    """One per evaluation of ``eval_sets``, in its order."""
+    eval_sets: list[EvalSet]
     best_metric: str
     """``eval.metric_for_best`` (or the first evaluation's headline): said after each evaluation."""
     rank: int
-    groups: dict[str, list[str]] = field(default_factory=dict)
-    """The means reported (a NanoBEIR entry's ``NanoBEIR_R100_mean``) and the evaluations each averages."""
+
+    @property
+    def groups(self) -> dict[str, list[str]]:
+        """The means reported (a NanoBEIR entry's ``NanoBEIR_R100_mean``) and the evaluations each averages."""
+        groups: dict[str, list[str]] = {}
+        for eval_set in self.eval_sets:
+            if eval_set.mean_of:
+                groups.setdefault(eval_set.mean_of, []).append(eval_set.name)
+        return groups
 
     def evaluate(
         self,
@@ -182,30 +191,13 @@ class Evaluations:
                 f"{', '.join(sorted(k for k in metrics if not k.endswith('_runtime')))}"
             )
         if self.rank == 0:
-            grouped = {name for members in self.groups.values() for name in members}
-            headlines = [e.config.headline_metric for e in self.evaluators if e.eval_plan.name not in grouped]
-            headlines += [
-                headline_metric_key(e.config.eval.kind, group, e.config.eval.at_k) for group, e in self._firsts()
-            ]
+            # Each entry's headline, as the user named it (a NanoBEIR entry's: its mean's).
+            headlines = list(dict.fromkeys(eval_set.group_headline for eval_set in self.eval_sets))
             shown = headlines if self.best_metric in headlines else [*headlines, self.best_metric]
             console.say(
                 f"[rerank-ray] step {where['step']}: " + ", ".join(f"{key} = {metrics[key]:.4f}" for key in shown)
             )
         return metrics, skipped
-
-    def _firsts(self) -> list[tuple[str, ShardEvaluator]]:
-        """Each mean and the first evaluation it averages (whose headline it shares)."""
-        by_name = {e.eval_plan.name: e for e in self.evaluators}
-        return [(group, by_name[members[0]]) for group, members in self.groups.items()]
-
-
-def mean_groups(eval_sets: list[EvalSet]) -> dict[str, list[str]]:
-    """The means a run reports (``NanoBEIR_R100_mean``) and the evaluations each averages."""
-    groups: dict[str, list[str]] = {}
-    for eval_set in eval_sets:
-        if eval_set.mean_of:
-            groups.setdefault(eval_set.mean_of, []).append(eval_set.name)
-    return groups
 
 
 def means(metrics: dict[str, float], groups: dict[str, list[str]]) -> dict[str, float]:

@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from rerank_ray.config import Config
 from rerank_ray.data.position import clip_ranges, count_in_ranges, file_keys, partial_epoch_batches
-from rerank_ray.training.batching import Batch, Collator, GroupBatch, GroupCollator, iter_batches, optimizer_steps
+from rerank_ray.training.batching import Batch, Collator, GroupBatch, GroupCollator, optimizer_steps
 from rerank_ray.training.plan import TrainPlan, WorkerLayout
 from rerank_ray.training.prefetch import prefetch, stall_message
+from rerank_ray.training.setup import epoch_batches
 
 
 def schedule(plan: TrainPlan, seed: int, epoch: int) -> np.ndarray:
@@ -118,21 +119,7 @@ class MixtureSteps:
         part = self.plan.mixture[index]
         name = f"{part.dataset}_rest" if resumed else part.dataset
         seed = [self.config.train.seed, epoch, self.rank, index] + ([resumed_at] if resumed_at is not None else [])
-        collate = self.collates[index]
-        if isinstance(collate, GroupCollator):
-            import torch
-
-            draws = np.random.default_rng([*seed, 1])
-            collate = replace(collate, rng=draws, generator=torch.Generator().manual_seed(int(draws.integers(2**62))))
-        batches = iter_batches(
-            self.shards[name],
-            self.layout.batch_size,
-            collate,
-            window_batches=self.config.data.window_batches,
-            group_by_length=self.config.data.group_by_length,
-            rng=np.random.default_rng(seed) if self.config.data.shuffle else None,
-            strata=self.layout.accumulation,
-        )
+        batches = epoch_batches(self.config, self.layout, self.shards[name], self.collates[index], seed)
         ahead = prefetch(
             batches,
             self.config.data.prefetch_batches,

@@ -170,8 +170,9 @@ class TrainPlan:
         batch, accumulation = config.train.per_device_batch_size, config.train.gradient_accumulation_steps
         planned = config.scaling.num_workers
         if self.mixture:  # a fixed number of workers (config.checks.check_mixture): the plan's own
-            used = sum(m.used_batches for m in self.mixture)
-            return WorkerLayout(world_size, batch, accumulation, used, self.train_rows_padded // world_size)
+            return WorkerLayout(
+                world_size, batch, accumulation, self.batches_per_epoch, self.train_rows_padded // world_size
+            )
         if world_size != planned:
             per_rank = batch * accumulation * planned // world_size  # rows a rank takes per step
             if (accumulation * planned) % world_size == 0:

@@ -4,6 +4,8 @@ autocast type, the collator of a grouped training set, and the loss of each trai
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -11,9 +13,9 @@ import numpy as np
 from rerank_ray import console
 from rerank_ray.config import Config, TrainConfig
 from rerank_ray.data.encoding import PairEncoder
-from rerank_ray.training.batching import Collator, GroupCollator
+from rerank_ray.training.batching import Batch, Collator, GroupBatch, GroupCollator, iter_batches
 from rerank_ray.training.losses import GroupLoss, PointwiseLoss, PointwiseObjective, build_library_loss
-from rerank_ray.training.plan import TrainPlan
+from rerank_ray.training.plan import TrainPlan, WorkerLayout
 
 if TYPE_CHECKING:
     import torch
@@ -91,3 +93,26 @@ def objective(model: Any, train: TrainConfig, grouped: bool, device: Any) -> Poi
     if grouped:
         return GroupLoss(library_loss)
     return PointwiseObjective(PointwiseLoss.from_library(library_loss).to(device))
+
+
+def epoch_batches(
+    config: Config, layout: WorkerLayout, shard: Any, collate: Collator | GroupCollator, seed: list[int]
+) -> Iterator[Batch | GroupBatch]:
+    """One epoch's batches of a training shard on this worker (a single training set's, or one set
+    of a mixture's), its shuffles seeded by ``seed``; a grouped set draws its documents and
+    in-batch negatives afresh each epoch, seeded alike."""
+    if isinstance(collate, GroupCollator):
+        import torch
+
+        draws = np.random.default_rng([*seed, 1])
+        generator = torch.Generator().manual_seed(int(draws.integers(2**62)))
+        collate = replace(collate, rng=draws, generator=generator)
+    return iter_batches(
+        shard,
+        layout.batch_size,
+        collate,
+        window_batches=config.data.window_batches,
+        group_by_length=config.data.group_by_length,
+        rng=np.random.default_rng(seed) if config.data.shuffle else None,
+        strata=layout.accumulation,
+    )

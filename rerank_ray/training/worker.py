@@ -37,10 +37,10 @@ from rerank_ray.data.checks import REASONS, describe_tally, tally, tally_dict
 from rerank_ray.data.position import DataPosition, TrainedRows, merge_ranges, partial_epoch_batches
 from rerank_ray.training import checkpointing, early_stopping, faults, mixture, preemption, setup, sharding, strategy
 from rerank_ray.training.audit import AuditLog, check_replicas
-from rerank_ray.training.batching import Batch, Collator, GroupBatch, GroupCollator, iter_batches, optimizer_steps
+from rerank_ray.training.batching import Batch, Collator, GroupBatch, optimizer_steps
 from rerank_ray.training.checkpointing import CheckpointInfo, LoopState
 from rerank_ray.training.collectives import Collectives
-from rerank_ray.training.evaluate import Evaluations, ShardEvaluator, mean_groups
+from rerank_ray.training.evaluate import Evaluations, ShardEvaluator
 from rerank_ray.training.losses import (
     GroupLoss,
     cached_backward,
@@ -148,6 +148,7 @@ class Worker:
             else None
         )
         self._build(point)
+        eval_sets = config.eval_sets()
         self.evaluator = (
             Evaluations(
                 [
@@ -163,11 +164,11 @@ class Worker:
                         inputs=self.inputs,
                         audit=self.audit,
                     )
-                    for eval_set, eval_plan in zip(config.eval_sets(), plan.evals, strict=True)
+                    for eval_set, eval_plan in zip(eval_sets, plan.evals, strict=True)
                 ],
+                eval_sets,
                 plan.headline_metric,
                 self.rank,
-                groups=mean_groups(config.eval_sets()),
             )
             if plan.evals
             else None
@@ -399,25 +400,9 @@ class Worker:
 
     def _epoch_batches(self, epoch: int, shard: Any, resumed_at: int | None) -> Iterator[Batch | GroupBatch]:
         """One epoch's batches of ``shard``; ``resumed_at``: the step a mid-epoch restore resumed at."""
-        config = self.config
-        seed = [config.train.seed, epoch, self.rank] + ([resumed_at] if resumed_at is not None else [])
-        collate: Collator | GroupCollator = self.train_collate
-        if self.group_collate is not None:
-            # This epoch's draws (documents kept, in-batch negatives): seeded per rank and epoch.
-            import torch
-
-            draws = np.random.default_rng([*seed, 1])
-            generator = torch.Generator().manual_seed(int(draws.integers(2**62)))
-            collate = replace(self.group_collate, rng=draws, generator=generator)
-        return iter_batches(
-            shard,
-            self.layout.batch_size,
-            collate,
-            window_batches=config.data.window_batches,
-            group_by_length=config.data.group_by_length,
-            rng=np.random.default_rng(seed) if config.data.shuffle else None,
-            strata=self.layout.accumulation,
-        )
+        seed = [self.config.train.seed, epoch, self.rank] + ([resumed_at] if resumed_at is not None else [])
+        collate = self.group_collate if self.group_collate is not None else self.train_collate
+        return setup.epoch_batches(self.config, self.layout, shard, collate, seed)
 
     def _steps_of(self, epoch: int) -> Iterator[list[Batch | GroupBatch]]:
         """The micro-batches of each optimizer step of ``epoch`` on this worker; in a mixture,
